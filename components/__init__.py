@@ -1,0 +1,1 @@
+"""Thin KFP components; each calls one freshrec function."""

@@ -1,0 +1,1 @@
+"""KFP pipelines: pure factories and their compiled YAML."""
