@@ -1,0 +1,57 @@
+# freshrec — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+RUN_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run run-quick test test-fast lint format compile bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock pyproject.toml setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "uv==0.13.9"
+	$(UV) pip install --python $(BIN)/python -r requirements.lock
+	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create the virtual environment from requirements.lock
+
+run: $(STAMP) ## run the whole continuously-learning loop locally on MovieLens-100k
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec run $(RUN_ARGS)
+
+run-quick: $(STAMP) ## the same loop on a small window (about 3 minutes)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec run --quick $(RUN_ARGS)
+
+test: $(STAMP) ## run every test (slow, integration and e2e included)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-fast: $(STAMP) ## run the fast tests only
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest -m "not slow and not e2e" $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: $(STAMP) ## recompile the pipelines' YAML
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec pipeline compile
+
+bench: $(STAMP) ## run every benchmark and rewrite benchmarks/results.md
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m benchmarks.run_all
+
+lock: ## re-resolve requirements.in into requirements.lock
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==0.13.9"; }
+	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.11
+
+clean: ## remove the virtual environment and local state
+	rm -rf $(VENV) .freshrec

@@ -1,0 +1,45 @@
+"""``make bench``: run every ``benchmarks/bench_*.py`` and rewrite ``benchmarks/results.md``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks.results import Row, print_rows, write_rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("only", nargs="*", help="module names (bench_x) to run; default all")
+    args = parser.parse_args()
+    modules = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    if args.only:
+        modules = [m for m in modules if m in args.only]
+    rows: list[Row] = []
+    failed = []
+    for name in modules:
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        try:
+            got = importlib.import_module(f"benchmarks.{name}").run(args.quick)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        print_rows(got)
+        print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+        rows += got
+    write_rows(rows, replace_all=not args.only and not failed)
+    if failed:
+        print("failed:", ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""One typed settings object for freshrec.
+
+Entry points (the CLI, KFP components, benchmarks) call :func:`load_settings` once and pass the
+object (or the section they need) down. Nothing here reads the environment or touches the disk at
+import time.
+
+Values come from, in increasing priority: the defaults below, an optional YAML file
+(``--config`` / ``FRESHREC_CONFIG``), and environment variables ``FRESHREC_<SECTION>__<FIELD>``
+(for example ``FRESHREC_SERVING__REST_PORT=9501``). Secrets are never given defaults here; alert
+receivers name the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DataSettings(BaseModel):
+    """Where raw datasets live and which one the local loop uses."""
+
+    datasets_dir: Path = Path("../shared/datasets")
+    dataset: str = "movielens-100k"
+    future_tolerance_s: float = 300.0
+    train_fraction: float = 0.8
+    valid_fraction: float = 0.1
+
+
+class FeatureSettings(BaseModel):
+    """Feast repository and online store."""
+
+    repo_dir: Path = Path("feature_repo")
+    # "local" (SQLite online + file offline), "redis" (Redis online + PostgreSQL registry)
+    environment: Literal["local", "redis"] = "local"
+    redis_connection: str = "localhost:6379"
+    postgres_url: str = "postgresql+psycopg://postgres@localhost:5432/postgres"
+    feature_service: str = "ranking_v1"
+    ttl_days: int = 3650
+
+
+class ModelSettings(BaseModel):
+    """Model architecture and its repository."""
+
+    name: str = "ctr"
+    architecture: Literal["dcn", "lr"] = "dcn"
+    embedding_dim: int = 16
+    id_hash_buckets: int = 50_000
+    cross_layers: int = 2
+    deep_units: list[int] = Field(default_factory=lambda: [128, 64])
+    dropout: float = 0.1
+
+
+class TrainingSettings(BaseModel):
+    """Batch training."""
+
+    batch_size: int = 512
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 2
+    seed: int = 42
+    mixed_precision: bool = False
+    warm_start: bool = True
+
+
+class BlessingSettings(BaseModel):
+    """Declarative blessing policy: absolute floors and allowed change against production."""
+
+    min_auc: float = 0.60
+    max_logloss: float = 0.70
+    max_auc_drop: float = 0.005
+    max_logloss_increase: float = 0.01
+    max_calibration_error: float = 0.10
+
+
+class ServingSettings(BaseModel):
+    """The TF-Serving-compatible local server and the ranking gateway."""
+
+    host: str = "127.0.0.1"
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    gateway_port: int = 8080
+    poll_interval_s: float = 1.0
+    max_batch_size: int = 1000
+    max_request_bytes: int = 4 * 1024 * 1024
+
+
+class RolloutSettings(BaseModel):
+    """Canary plan and analysis thresholds."""
+
+    plan_file: Path | None = None
+    max_error_rate: float = 0.01
+    max_p99_latency_ms: float = 100.0
+    max_logloss_increase: float = 0.02
+    min_clicks: int = 50
+    namespace: str = "freshrec"
+    rollout_name: str = "ctr-serving"
+
+
+class DriftSettings(BaseModel):
+    """Drift and data-quality checks."""
+
+    drift_share_threshold: float = 0.5
+    numeric_method: str = "wasserstein"
+    categorical_method: str = "jensenshannon"
+    numeric_threshold: float = 0.1
+    categorical_threshold: float = 0.1
+    max_sample_rows: int = 50_000
+    min_rows: int = 100
+    max_missing_share: float = 0.05
+    max_unseen_category_share: float = 0.5
+
+
+class AlertReceiver(BaseModel):
+    """One alert destination. The URL or key is read from ``secret_env`` at send time."""
+
+    kind: Literal["alertmanager", "slack", "pagerduty", "webhook"]
+    url: str | None = None
+    secret_env: str | None = None
+
+
+class AlertSettings(BaseModel):
+    receivers: list[AlertReceiver] = Field(default_factory=list)
+    timeout_s: float = 5.0
+    max_retries: int = 3
+    backoff_s: float = 0.5
+    min_interval_s: float = 60.0
+
+
+class TriggerSettings(BaseModel):
+    """When drift, quality or a schedule starts retraining."""
+
+    cooldown_s: float = 3600.0
+    on_drift: bool = True
+    on_quality_failure: bool = True
+    online_logloss_increase: float = 0.05
+    schedule_s: float | None = None
+
+
+class OnlineSettings(BaseModel):
+    """The streaming learner."""
+
+    source: Literal["eventlog", "redis"] = "eventlog"
+    redis_url: str = "redis://localhost:6379/0"
+    stream: str = "freshrec:events"
+    group: str = "freshrec-online"
+    micro_batch: int = 256
+    learning_rate: float = 2e-4
+    export_every_events: int = 5000
+    export_every_s: float = 60.0
+    label_delay_s: float = 0.0
+    guard_max_logloss_increase: float = 0.02
+    guard_prediction_mean_bounds: tuple[float, float] = (0.02, 0.98)
+    reset_on_guard_failure: bool = True
+
+
+class PipelineSettings(BaseModel):
+    """KFP settings: image, cluster submission, GPU for training."""
+
+    image: str = "ghcr.io/freshrec/freshrec:0.1.0"
+    host: str | None = None
+    namespace: str = "kubeflow"
+    experiment: str = "freshrec"
+    gpu_accelerator_type: str | None = None
+    gpu_limit: int = 1
+    gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    """Every setting of freshrec, grouped by concern."""
+
+    model_config = SettingsConfigDict(env_prefix="FRESHREC_", env_nested_delimiter="__", extra="forbid")
+
+    workdir: Path = Path(".freshrec")
+    data: DataSettings = Field(default_factory=DataSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    blessing: BlessingSettings = Field(default_factory=BlessingSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    triggers: TriggerSettings = Field(default_factory=TriggerSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    # Derived locations under the workdir: one place, so every module agrees on the layout.
+    @property
+    def models_dir(self) -> Path:
+        return self.workdir / "models"
+
+    @property
+    def eventlog_dir(self) -> Path:
+        return self.workdir / "eventlog"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.workdir / "quarantine"
+
+    @property
+    def tables_dir(self) -> Path:
+        """Prepared entity tables (profiles, activity features) that Feast sources read."""
+        return self.workdir / "tables"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.workdir / "reports"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.workdir / "predictions"
+
+    @property
+    def state_dir(self) -> Path:
+        """Checkpoints, stream positions, alert and trigger state."""
+        return self.workdir / "state"
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings once: defaults < YAML file < environment < explicit overrides.
+
+    Args:
+        config_file: a YAML file with the same nesting as :class:`Settings`; defaults to
+            ``$FRESHREC_CONFIG`` when set.
+        **overrides: top-level sections or fields, e.g. ``workdir=Path("/tmp/x")``.
+    """
+    path = config_file or os.environ.get("FRESHREC_CONFIG")
+    file_values: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        file_values = loaded
+    env_settings = Settings()
+    merged = _deep_merge(file_values, env_settings.model_dump(exclude_unset=True))
+    merged = _deep_merge(merged, overrides)
+    return Settings.model_validate(merged)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
