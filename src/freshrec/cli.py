@@ -46,7 +46,9 @@ COMMANDS: list[tuple[str, str, str]] = [
 @app.callback()
 def _root(
     ctx: typer.Context,
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML settings file (else $FRESHREC_CONFIG)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML settings file (else $FRESHREC_CONFIG)."
+    ),
     workdir: Path | None = typer.Option(None, "--workdir", "-w", help="State directory (default .freshrec)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -54,7 +56,8 @@ def _root(
     from freshrec.config import load_settings
 
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     overrides = {"workdir": workdir} if workdir else {}
     ctx.obj = load_settings(config, **overrides)

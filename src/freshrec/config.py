@@ -53,6 +53,10 @@ class ModelSettings(BaseModel):
     cross_layers: int = 2
     deep_units: list[int] = Field(default_factory=lambda: [128, 64])
     dropout: float = 0.1
+    cross_rank: int | None = None  # None: full-rank cross layers; an int: low-rank W = U V
+    embedding_l2: float = 1e-6
+    id_embedding_l2: float = 1e-6
+    dense_l2: float = 0.0
 
 
 class TrainingSettings(BaseModel):
@@ -97,6 +101,20 @@ class RolloutSettings(BaseModel):
     max_p99_latency_ms: float = 100.0
     max_logloss_increase: float = 0.02
     min_clicks: int = 50
+    # Fewer canary requests than this cannot show the error rate is under max_error_rate.
+    min_requests: int = 100
+    # Relative CTR drop (canary vs stable) that fails when it is also statistically significant.
+    max_ctr_drop: float = 0.10
+    # Kolmogorov-Smirnov distance between the arms' score distributions beyond which a canary is broken.
+    max_score_ks: float = 0.30
+    min_predictions: int = 50
+    # One-sided significance level of the logloss, CTR and score-shift tests.
+    alpha: float = 0.05
+    click_window_s: float = 3600.0
+    # How long the local controller keeps re-analysing an inconclusive step, and what it does then.
+    max_inconclusive_wait_s: float = 1800.0
+    analysis_interval_s: float = 30.0
+    on_inconclusive: Literal["rollback", "promote"] = "rollback"
     namespace: str = "freshrec"
     rollout_name: str = "ctr-serving"
 
