@@ -174,6 +174,21 @@ class OnlineSettings(BaseModel):
     guard_max_logloss_increase: float = 0.02
     guard_prediction_mean_bounds: tuple[float, float] = (0.02, 0.98)
     reset_on_guard_failure: bool = True
+    # A learner whose recent prequential AUC is below this floor has learned corrupted labels.
+    guard_min_auc: float = 0.5
+    guard_max_reference_logloss_increase: float = 0.05
+    guard_min_events: int = 200
+    guard_reference_size: int = 2000
+    prequential_window: int = 5000
+    consumer: str = "learner-1"
+    # Pending entries of a dead consumer idle this long are claimed by a live one (XAUTOCLAIM).
+    claim_min_idle_ms: int = 30_000
+    seen_ids_capacity: int = 1_000_000
+    checkpoint_every_batches: int = 1
+    epochs_per_batch: int = 1
+    # Online exports are labelled "stable" directly when they pass the guard (no canary for them).
+    label_stable: bool = True
+    push_features: bool = True
 
 
 class PipelineSettings(BaseModel):
