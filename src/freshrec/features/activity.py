@@ -1,0 +1,315 @@
+"""User and item activity features, as of a time, from strictly earlier events only.
+
+For an entity (a user or an item) and a time ``t`` the features use the events of that entity with
+``event_timestamp < t``: events at the same timestamp never see each other, so a training row cannot
+leak its own label (or a simultaneous one) into its features.
+
+Features (``USER_ACTIVITY``; ``ITEM_ACTIVITY`` is the same with the ``item_`` prefix), all float32:
+
+- ``<p>_events_1d|7d|30d``: events in ``[t - window, t)``; ``<p>_events_total``: all events before ``t``.
+- ``<p>_ctr_30d``, ``<p>_ctr_total``: click rate smoothed towards a *fixed* prior,
+  ``(clicks + CTR_PRIOR_STRENGTH * CTR_PRIOR) / (events + CTR_PRIOR_STRENGTH)``. The prior is fixed
+  (not the running global CTR) so that an entity's value only changes with its own events, which is
+  what lets Feast store one row per entity change and the online :class:`ActivityState` agree exactly.
+  With no history the value is ``CTR_PRIOR``.
+- ``<p>_hours_since_last``: hours since the entity's latest earlier event, capped at
+  ``HOURS_SINCE_LAST_CAP`` (30 days); with no history it is the cap.
+
+Rows for Feast (:func:`compute_activity`): for every entity and every distinct timestamp ``t`` at which it
+has events, one row stamped ``t`` holding the features as of *before* ``t``; plus one "tail" row per entity
+stamped ``last + TAIL_OFFSET`` holding the state after its last event (what the online store should serve).
+Feast's point-in-time join takes the latest row with ``row_ts <= event_ts``, so an event at ``t`` gets the
+row stamped ``t``: exactly the strictly-earlier state, with the windows evaluated at ``t``.
+
+Everything is vectorised: events are sorted by (entity, time) once and every window bound is a
+``numpy.searchsorted`` on an int64 key ``entity_code * (n_times + 1) + time_rank``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30)
+CTR_PRIOR = 0.5
+CTR_PRIOR_STRENGTH = 10.0
+HOURS_SINCE_LAST_CAP = 720.0
+TAIL_OFFSET = pd.Timedelta(microseconds=1)
+
+_SUFFIXES = [
+    "events_1d",
+    "events_7d",
+    "events_30d",
+    "events_total",
+    "ctr_30d",
+    "ctr_total",
+    "hours_since_last",
+]
+USER_ACTIVITY: list[str] = [f"user_{s}" for s in _SUFFIXES]
+ITEM_ACTIVITY: list[str] = [f"item_{s}" for s in _SUFFIXES]
+ACTIVITY_DTYPE = np.float32
+
+_NS_PER_DAY = 86_400 * 10**9
+_NS_PER_HOUR = 3_600 * 10**9
+_REQUIRED = ("event_timestamp", "user_id", "item_id", "label")
+
+
+def activity_defaults(prefix: str) -> dict[str, float]:
+    """Feature values for an entity with no history (unknown ids)."""
+    return {
+        f"{prefix}_events_1d": 0.0,
+        f"{prefix}_events_7d": 0.0,
+        f"{prefix}_events_30d": 0.0,
+        f"{prefix}_events_total": 0.0,
+        f"{prefix}_ctr_30d": CTR_PRIOR,
+        f"{prefix}_ctr_total": CTR_PRIOR,
+        f"{prefix}_hours_since_last": HOURS_SINCE_LAST_CAP,
+    }
+
+
+def _smoothed_ctr(clicks: np.ndarray, events: np.ndarray) -> np.ndarray:
+    return (clicks + CTR_PRIOR_STRENGTH * CTR_PRIOR) / (events + CTR_PRIOR_STRENGTH)
+
+
+def _check_events(events: pd.DataFrame) -> None:
+    missing = [c for c in _REQUIRED if c not in events.columns]
+    if missing:
+        raise ValueError(f"events frame lacks column(s) {missing}; has {list(events.columns)}")
+
+
+def _ts_ns(values: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
+    """UTC timestamps as int64 nanoseconds (naive values are taken as UTC)."""
+    ts = pd.to_datetime(values, utc=True)
+    if isinstance(ts, pd.Series):
+        ts = pd.DatetimeIndex(ts)
+    return ts.as_unit("ns").asi8
+
+
+class _History:
+    """One entity column of an event frame, sorted by (entity, time), ready for as-of queries."""
+
+    def __init__(self, ids: np.ndarray, ts_ns: np.ndarray, labels: np.ndarray) -> None:
+        self.vocab, codes = np.unique(ids, return_inverse=True)
+        self.times = np.unique(ts_ns)
+        self.base = np.int64(len(self.times) + 1)
+        rank = np.searchsorted(self.times, ts_ns)
+        keys = codes.astype(np.int64) * self.base + rank
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.ts = ts_ns[order]
+        self.clicks = np.concatenate([[0], np.cumsum(labels[order].astype(np.int64))])
+
+    def codes_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes of ``ids`` in the vocabulary and a mask of the ids that have any history."""
+        pos = np.searchsorted(self.vocab, ids)
+        pos = np.minimum(pos, max(len(self.vocab) - 1, 0))
+        known = (self.vocab[pos] == ids) if len(self.vocab) else np.zeros(len(ids), dtype=bool)
+        return pos.astype(np.int64), known
+
+    def _pos(self, codes: np.ndarray, q_ns: np.ndarray) -> np.ndarray:
+        # index of the first event of `codes` with time >= q (events before it are strictly earlier)
+        rank = np.searchsorted(self.times, q_ns, side="left")
+        return np.searchsorted(self.keys, codes * self.base + rank, side="left")
+
+    def as_of(self, ids: np.ndarray, q_ns: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+        codes, known = self.codes_of(ids)
+        start = np.searchsorted(self.keys, codes * self.base, side="left")
+        hi = self._pos(codes, q_ns)
+        hi = np.where(known, hi, start)
+        out: dict[str, np.ndarray] = {}
+        counts: dict[int, np.ndarray] = {}
+        clicks: dict[int, np.ndarray] = {}
+        for days in WINDOWS_DAYS:
+            lo = np.where(known, self._pos(codes, q_ns - days * _NS_PER_DAY), start)
+            counts[days] = (hi - lo).astype(np.float64)
+            clicks[days] = (self.clicks[hi] - self.clicks[lo]).astype(np.float64)
+            out[f"{prefix}_events_{days}d"] = counts[days]
+        total = (hi - start).astype(np.float64)
+        out[f"{prefix}_events_total"] = total
+        out[f"{prefix}_ctr_30d"] = _smoothed_ctr(clicks[30], counts[30])
+        out[f"{prefix}_ctr_total"] = _smoothed_ctr(
+            (self.clicks[hi] - self.clicks[start]).astype(np.float64), total
+        )
+        has_prev = hi > start
+        prev_ts = self.ts[np.maximum(hi - 1, 0)] if len(self.ts) else np.zeros(len(hi), dtype=np.int64)
+        hours = np.where(has_prev, (q_ns - prev_ts) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
+        out[f"{prefix}_hours_since_last"] = np.minimum(hours, HOURS_SINCE_LAST_CAP)
+        return {k: v.astype(ACTIVITY_DTYPE) for k, v in out.items()}
+
+
+def _entity_history(events: pd.DataFrame, key: str) -> _History:
+    return _History(
+        events[key].astype(str).to_numpy(dtype=object).astype(str),
+        _ts_ns(events["event_timestamp"]),
+        events["label"].to_numpy(),
+    )
+
+
+def activity_as_of(
+    events: pd.DataFrame, entity: str, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray
+) -> pd.DataFrame:
+    """Activity features of ``entity`` ("user" or "item") for ``ids`` at ``as_of`` (scalar or per id).
+
+    Uses the events strictly before ``as_of``; unknown ids get :func:`activity_defaults`.
+    """
+    if entity not in ("user", "item"):
+        raise ValueError(f"entity must be 'user' or 'item', got {entity!r}")
+    _check_events(events)
+    ids_arr = np.asarray(list(ids), dtype=str)
+    q = _as_of_ns(as_of, len(ids_arr))
+    feats = _entity_history(events, f"{entity}_id").as_of(ids_arr, q, entity)
+    return pd.DataFrame({f"{entity}_id": ids_arr.astype(object), **feats})
+
+
+def _as_of_ns(as_of: pd.Timestamp | pd.Series | np.ndarray | str, n: int) -> np.ndarray:
+    if isinstance(as_of, pd.Series | np.ndarray | pd.DatetimeIndex | list):
+        q = _ts_ns(as_of)
+        if len(q) != n:
+            raise ValueError(f"as_of has {len(q)} values for {n} ids")
+        return q
+    return np.full(n, _ts_ns(pd.DatetimeIndex([pd.Timestamp(as_of)]))[0], dtype=np.int64)
+
+
+def activity_as_of_events(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per event (same index and order): ``USER_ACTIVITY + ITEM_ACTIVITY`` as of its time."""
+    _check_events(events)
+    q = _ts_ns(events["event_timestamp"])
+    cols: dict[str, np.ndarray] = {}
+    for entity in ("user", "item"):
+        key = f"{entity}_id"
+        ids = events[key].astype(str).to_numpy(dtype=object).astype(str)
+        cols.update(_entity_history(events, key).as_of(ids, q, entity))
+    return pd.DataFrame(cols, index=events.index)
+
+
+def _entity_rows(events: pd.DataFrame, entity: str) -> pd.DataFrame:
+    key = f"{entity}_id"
+    hist = _entity_history(events, key)
+    pairs = pd.DataFrame({key: events[key].astype(str).to_numpy(), "ts": _ts_ns(events["event_timestamp"])})
+    pairs = pairs.drop_duplicates()
+    last = pairs.groupby(key, sort=False)["ts"].max()
+    tail = pd.DataFrame({key: last.index.to_numpy(), "ts": last.to_numpy() + TAIL_OFFSET.value})
+    rows = pd.concat([pairs, tail], ignore_index=True).sort_values([key, "ts"], kind="stable")
+    ids = rows[key].to_numpy(dtype=str)
+    q = rows["ts"].to_numpy(dtype=np.int64)
+    feats = hist.as_of(ids, q, entity)
+    ts = pd.to_datetime(q, utc=True)
+    return pd.DataFrame({key: ids.astype(object), "event_timestamp": ts, **feats}).reset_index(drop=True)
+
+
+def compute_activity(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Timestamped activity rows for Feast: ``(user_rows, item_rows)``.
+
+    Each frame has ``<entity>_id``, ``event_timestamp`` (UTC) and the activity features. A row stamped at
+    an event time ``t`` holds the state as of before ``t``; the last row of each entity, stamped
+    ``last_event + TAIL_OFFSET``, holds the state after all its events (see the module docstring).
+    """
+    _check_events(events)
+    return _entity_rows(events, "user"), _entity_rows(events, "item")
+
+
+@dataclass
+class _EntityState:
+    recent: deque[tuple[int, int]] = field(default_factory=deque)  # (ts_ns, label), time-ordered
+    total: int = 0
+    clicks: int = 0
+    # time of the newest event that has left `recent` (needed for hours_since_last when `recent` is empty)
+    last_dropped_ns: int | None = None
+
+
+class ActivityState:
+    """Incremental activity state for the online learner; gives the same numbers as the offline code.
+
+    Per entity it keeps a deque of the (time, label) pairs of its last 60 days plus running totals.
+    Queries must be at ``as_of >= newest event of the entity - 30 days`` to be exact (the online learner
+    asks about "now" or about the events of the batch it just added). Events may arrive in any order within a batch; an event older than the
+    entity's newest is inserted in time order.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, _EntityState]] = {"user": {}, "item": {}}
+        self.events_seen = 0
+
+    def update(self, events: pd.DataFrame) -> None:
+        """Add a batch of events (event frame with at least event_timestamp, user_id, item_id, label)."""
+        _check_events(events)
+        if events.empty:
+            return
+        ts = _ts_ns(events["event_timestamp"])
+        labels = events["label"].to_numpy().astype(np.int64)
+        order = np.argsort(ts, kind="stable")
+        for entity in ("user", "item"):
+            ids = events[f"{entity}_id"].astype(str).to_numpy()[order]
+            frame = pd.DataFrame({"id": ids, "ts": ts[order], "label": labels[order]})
+            states = self._states[entity]
+            # one Python step per entity in the batch (not per event): the deque is extended in bulk
+            for eid, grp in frame.groupby("id", sort=False):
+                st = states.get(eid)
+                if st is None:
+                    st = states[eid] = _EntityState()
+                pairs = list(zip(grp["ts"].tolist(), grp["label"].tolist(), strict=True))
+                if st.recent and pairs[0][0] < st.recent[-1][0]:
+                    st.recent = deque(sorted([*st.recent, *pairs]))
+                else:
+                    st.recent.extend(pairs)
+                st.total += len(pairs)
+                st.clicks += int(grp["label"].sum())
+                # keep 2 x 30 days so that queries up to 30 days before the newest event stay exact
+                horizon = st.recent[-1][0] - 2 * WINDOWS_DAYS[-1] * _NS_PER_DAY
+                while st.recent and st.recent[0][0] < horizon:
+                    st.last_dropped_ns = st.recent.popleft()[0]
+        self.events_seen += len(events)
+
+    def _rows(
+        self, entity: str, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray
+    ) -> pd.DataFrame:
+        ids_list = [str(i) for i in ids]
+        q_all = _as_of_ns(as_of, len(ids_list))
+        states = self._states[entity]
+        defaults = activity_defaults(entity)
+        cols: dict[str, list[float]] = {name: [] for name in defaults}
+        for eid, q in zip(ids_list, q_all.tolist(), strict=True):
+            st = states.get(eid)
+            if st is None or st.total == 0:
+                for name, value in defaults.items():
+                    cols[name].append(value)
+                continue
+            rts = np.fromiter((p[0] for p in st.recent), dtype=np.int64, count=len(st.recent))
+            rlab = np.fromiter((p[1] for p in st.recent), dtype=np.int64, count=len(st.recent))
+            before = rts < q
+            later = int((~before).sum())
+            total = st.total - later
+            total_clicks = st.clicks - int(rlab[~before].sum())
+            for days in WINDOWS_DAYS:
+                in_win = before & (rts >= q - days * _NS_PER_DAY)
+                n = float(in_win.sum())
+                cols[f"{entity}_events_{days}d"].append(n)
+                if days == WINDOWS_DAYS[-1]:
+                    cols[f"{entity}_ctr_30d"].append(float(_smoothed_ctr(float(rlab[in_win].sum()), n)))
+            cols[f"{entity}_events_total"].append(float(total))
+            cols[f"{entity}_ctr_total"].append(float(_smoothed_ctr(float(total_clicks), float(total))))
+            if before.any():
+                prev = int(rts[before].max())
+            else:
+                prev = st.last_dropped_ns
+            hours = (
+                HOURS_SINCE_LAST_CAP if prev is None else min((q - prev) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
+            )
+            cols[f"{entity}_hours_since_last"].append(hours)
+        frame = pd.DataFrame({f"{entity}_id": ids_list})
+        for name in defaults:
+            frame[name] = np.asarray(cols[name], dtype=np.float64).astype(ACTIVITY_DTYPE)
+        frame["event_timestamp"] = pd.to_datetime(q_all, utc=True)
+        return frame
+
+    def user_rows(self, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray) -> pd.DataFrame:
+        """``user_id``, ``USER_ACTIVITY`` and ``event_timestamp`` (= as_of) per id, from events before as_of."""
+        return self._rows("user", ids, as_of)
+
+    def item_rows(self, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray) -> pd.DataFrame:
+        """``item_id``, ``ITEM_ACTIVITY`` and ``event_timestamp`` (= as_of) per id, from events before as_of."""
+        return self._rows("item", ids, as_of)
