@@ -1,0 +1,142 @@
+"""Model repository: atomic publish, servable versions only, labels through TF Serving's config proto."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from freshrec.model.repository import ModelRepository, RepositoryError, read_model_config
+
+
+def fake_export(path: Path, tag: str = "x") -> Path:
+    """A directory that looks like a SavedModel export (the repository does not parse the graph)."""
+    (path / "variables").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"pb-" + tag.encode())
+    (path / "variables" / "variables.index").write_bytes(b"idx")
+    return path
+
+
+def _publish_in_process(models_dir: str, src: str, queue) -> None:
+    repo = ModelRepository(models_dir, "ctr")
+    queue.put(repo.publish(src, {"who": src}))
+
+
+def test_publish_assigns_increasing_versions_and_writes_metadata(tmp_path):
+    repo = ModelRepository(tmp_path / "models", "ctr")
+    assert repo.versions() == [] and repo.latest() is None
+    v1 = repo.publish(fake_export(tmp_path / "a"), {"metrics": {"auc": 0.7}, "parent_version": None})
+    v2 = repo.publish(fake_export(tmp_path / "b"), {"metrics": {"auc": 0.71}, "parent_version": v1})
+    assert (v1, v2) == (1, 2)
+    assert repo.versions() == [1, 2]
+    meta = repo.metadata(2)
+    assert meta["parent_version"] == 1 and meta["version"] == 2 and meta["name"] == "ctr"
+    assert "created_at" in meta
+    assert (repo.path(1) / "saved_model.pb").read_bytes() == b"pb-x"
+    assert not [p for p in repo.root.iterdir() if p.name.startswith(".")], "staging/reservations left behind"
+
+
+def test_half_written_versions_are_invisible(tmp_path):
+    repo = ModelRepository(tmp_path / "models", "ctr")
+    repo.publish(fake_export(tmp_path / "a"), {})
+    fake_export(repo.root / ".staging-abc")  # an interrupted publish
+    (repo.root / "7").mkdir()  # a bare directory without SavedModel or marker
+    fake_export(repo.root / "8")  # a SavedModel without freshrec.json
+    fake_export(repo.root / "9")
+    (repo.root / "9" / "freshrec.json").write_text("{truncated")  # corrupt marker
+    assert repo.versions() == [1]
+    with pytest.raises(RepositoryError, match="no servable version 8"):
+        repo.metadata(8)
+    # The next publish skips every number already on disk, servable or not.
+    assert repo.publish(fake_export(tmp_path / "b"), {}) == 10
+
+
+def test_publish_rejects_a_directory_without_saved_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"saved_model\.pb"):
+        ModelRepository(tmp_path / "models").publish(tmp_path / "empty", {})
+
+
+def test_concurrent_publishes_from_threads_get_distinct_versions(tmp_path):
+    repo = ModelRepository(tmp_path / "models", "ctr")
+    sources = [fake_export(tmp_path / f"s{k}", tag=str(k)) for k in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        versions = list(pool.map(lambda s: repo.publish(s, {"src": s.name}), sources))
+    assert sorted(versions) == list(range(1, 9))
+    assert {repo.metadata(v)["src"] for v in versions} == {s.name for s in sources}
+
+
+def test_concurrent_publishes_from_processes_get_distinct_versions(tmp_path):
+    models = tmp_path / "models"
+    sources = [fake_export(tmp_path / f"p{k}", tag=str(k)) for k in range(4)]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_publish_in_process, args=(str(models), str(s), queue)) for s in sources]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    got = sorted(queue.get(timeout=5) for _ in procs)
+    assert got == [1, 2, 3, 4]
+    repo = ModelRepository(models, "ctr")
+    assert repo.versions() == [1, 2, 3, 4]
+    assert (repo.path(got[0]) / "saved_model.pb").read_bytes() != (
+        repo.path(got[1]) / "saved_model.pb"
+    ).read_bytes()
+
+
+def test_labels_round_trip_through_model_server_config(tmp_path):
+    models = tmp_path / "models"
+    repo = ModelRepository(models, "ctr")
+    other = ModelRepository(models, "other")
+    for k in range(3):
+        repo.publish(fake_export(tmp_path / f"a{k}"), {})
+    other.publish(fake_export(tmp_path / "o"), {})
+    assert repo.labels() == {} and repo.stable() is None
+    repo.set_label("stable", 1)
+    repo.set_label("canary", 3)
+    other.set_label("stable", 1)
+    assert repo.labels() == {"stable": 1, "canary": 3}
+    assert ModelRepository(models, "ctr").stable() == 1
+
+    config = read_model_config(repo.config_path)
+    entries = {c.name: c for c in config.model_config_list.config}
+    assert set(entries) == {"ctr", "other"}
+    ctr = entries["ctr"]
+    assert dict(ctr.version_labels) == {"stable": 1, "canary": 3}
+    assert list(ctr.model_version_policy.specific.versions) == [1, 3]
+    assert ctr.base_path == str(repo.root.resolve()) and ctr.model_platform == "tensorflow"
+
+    repo.remove_label("canary")
+    config = read_model_config(repo.config_path)
+    ctr = next(c for c in config.model_config_list.config if c.name == "ctr")
+    assert dict(ctr.version_labels) == {"stable": 1}
+    assert list(ctr.model_version_policy.specific.versions) == [1]
+    assert other.labels() == {"stable": 1}
+
+
+def test_label_errors(tmp_path):
+    repo = ModelRepository(tmp_path / "models", "ctr")
+    repo.publish(fake_export(tmp_path / "a"), {})
+    with pytest.raises(RepositoryError, match="no servable version 5"):
+        repo.set_label("stable", 5)
+    with pytest.raises(ValueError, match="unknown label"):
+        repo.set_label("prod", 1)
+    repo.set_label("stable", 1)
+    with pytest.raises(RepositoryError, match="labelled"):
+        repo.delete(1)
+    repo.config_path.write_text("this is { not a proto")
+    with pytest.raises(RepositoryError, match="not a valid ModelServerConfig"):
+        repo.labels()
+
+
+def test_update_metadata_is_merged(tmp_path):
+    repo = ModelRepository(tmp_path / "models", "ctr")
+    v = repo.publish(fake_export(tmp_path / "a"), {"metrics": {"auc": 0.7}})
+    repo.update_metadata(v, blessing={"blessed": True})
+    meta = json.loads((repo.path(v) / "freshrec.json").read_text())
+    assert meta["metrics"] == {"auc": 0.7} and meta["blessing"] == {"blessed": True}
