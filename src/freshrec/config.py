@@ -41,6 +41,8 @@ class FeatureSettings(BaseModel):
     postgres_url: str = "postgresql+psycopg://postgres@localhost:5432/postgres"
     feature_service: str = "ranking_v1"
     ttl_days: int = 3650
+    # Feast project name: Redis keys and SQL-registry rows are namespaced by it
+    project: str = "freshrec"
 
 
 class ModelSettings(BaseModel):
