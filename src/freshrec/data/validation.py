@@ -1,0 +1,302 @@
+"""Event schema, row validation and quarantine.
+
+Every row handed to :func:`validate_events` comes back either accepted (typed to the event schema) or
+quarantined with *all* the reasons it failed, joined by ``;``. ``accepted + quarantined == received`` is
+checked on every call, so no row can be lost silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+EVENT_COLUMNS: tuple[str, ...] = ("event_id", "event_timestamp", "user_id", "item_id", "label")
+ID_COLUMNS: tuple[str, ...] = ("event_id", "user_id", "item_id")
+
+# Reason codes, stable strings: reports, tests and dashboards count them by name.
+EVENT_ID_EMPTY = "event_id_empty"
+USER_ID_EMPTY = "user_id_empty"
+ITEM_ID_EMPTY = "item_id_empty"
+LABEL_MISSING = "label_missing"
+LABEL_NOT_BINARY = "label_not_binary"
+TIMESTAMP_MISSING = "timestamp_missing"
+TIMESTAMP_UNPARSEABLE = "timestamp_unparseable"
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+EVENT_ID_DUPLICATE = "event_id_duplicate"  # repeated inside the batch (the first valid one is kept)
+EVENT_ID_SEEN = "event_id_seen"  # already in the event log
+
+
+class FileFormatError(ValueError):
+    """A file that cannot be read as events at all (bad CSV/Parquet/JSONL, wrong or missing columns)."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of one validation call.
+
+    Attributes:
+        accepted: rows in the event schema (``event_id``/``user_id``/``item_id`` str,
+            ``event_timestamp`` datetime64[ns, UTC], ``label`` int8) plus any extra columns.
+        quarantined: the rejected rows, every value as a string, with a ``reasons`` column.
+        received: number of input rows.
+    """
+
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame
+    received: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.accepted) + len(self.quarantined) != self.received:
+            raise AssertionError(
+                f"validation lost rows: accepted {len(self.accepted)} + quarantined {len(self.quarantined)}"
+                f" != received {self.received}"
+            )
+
+
+def id_strings(values: pd.Series) -> pd.Series:
+    """Ids as stripped strings; missing values become "". Integral floats lose their ".0"."""
+    if pd.api.types.is_float_dtype(values):
+        as_int = values.dropna()
+        if (as_int == np.floor(as_int)).all():
+            out = values.map(lambda v: "" if pd.isna(v) else str(int(v)))
+            return out.astype(object)
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype(str).astype(object)
+    out = values.astype(object).where(values.notna(), "")
+    return out.map(lambda v: v.strip() if isinstance(v, str) else str(v)).astype(object)
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse event timestamps to UTC.
+
+    Numbers (or digit strings) are Unix seconds; strings are ISO 8601 (naive ones taken as UTC).
+
+    Returns:
+        ``(timestamps, missing)``: datetime64[ns, UTC] with NaT where missing or unparseable, and a bool
+        mask of the missing ones (so NaT & ~missing means unparseable).
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        ts = values.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+        return ts, values.isna()
+    if pd.api.types.is_datetime64_dtype(values):
+        ts = values.dt.tz_localize("UTC").astype("datetime64[ns, UTC]")
+        return ts, values.isna()
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        missing = values.isna()
+        ts = pd.to_datetime(
+            values.where(np.isfinite(values.astype(float)) & (values.abs() < 1e11)),
+            unit="s",
+            utc=True,
+            errors="coerce",
+        )
+        return ts.astype("datetime64[ns, UTC]"), missing
+    text = values.astype(object).where(values.notna(), "")
+    text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
+    missing = text == ""
+    ts = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    numeric = pd.to_numeric(text.where(text.str.fullmatch(r"-?\d+(\.\d+)?"), None), errors="coerce")
+    is_num = numeric.notna() & (numeric.abs() < 1e11)
+    if is_num.any():
+        ts[is_num] = pd.to_datetime(numeric[is_num], unit="s", utc=True)
+    rest = ~is_num & ~missing
+    if rest.any():
+        parsed = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
+        ts[rest] = parsed
+    return ts, missing
+
+
+def _labels(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Return (label as float with NaN, missing mask, not-binary mask)."""
+    if pd.api.types.is_bool_dtype(values):
+        num = values.astype(float)
+        return num, values.isna(), pd.Series(False, index=values.index)
+    if pd.api.types.is_numeric_dtype(values):
+        num = values.astype(float)
+        missing = values.isna()
+    else:
+        text = values.astype(object).where(values.notna(), "")
+        text = text.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+        missing = text.map(lambda v: isinstance(v, str) and v == "").astype(bool)
+        text = text.replace({"true": 1, "false": 0})
+        num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
+    not_binary = ~missing & ~num.isin([0.0, 1.0])
+    return num, missing, not_binary
+
+
+def validate_events(
+    df: pd.DataFrame,
+    *,
+    now: datetime | pd.Timestamp | None = None,
+    future_tolerance_s: float = 300.0,
+    seen_ids: Iterable[str] | None = None,
+    source: str | None = None,
+) -> ValidationResult:
+    """Split a batch of events into accepted rows and quarantined rows with their reasons.
+
+    Args:
+        df: raw events; needs the columns of :data:`EVENT_COLUMNS` (values may be strings).
+        now: the reference time for the future check (default: the current UTC time).
+        future_tolerance_s: how far in the future a timestamp may be (clock skew).
+        seen_ids: event ids already stored; rows carrying one are quarantined as ``event_id_seen``.
+        source: the file or stream the rows came from, used in error messages.
+
+    Raises:
+        FileFormatError: when required columns are missing.
+    """
+    missing_cols = [c for c in EVENT_COLUMNS if c not in df.columns]
+    if missing_cols:
+        raise FileFormatError(
+            source or "<events>", f"missing required column(s) {missing_cols}; got {list(df.columns)}"
+        )
+    df = df.reset_index(drop=True)
+    received = len(df)
+    now_ts = pd.Timestamp(now if now is not None else datetime.now(UTC))
+    now_ts = now_ts.tz_localize("UTC") if now_ts.tzinfo is None else now_ts.tz_convert("UTC")
+
+    ids = {c: id_strings(df[c]) for c in ID_COLUMNS}
+    ts, ts_missing = parse_timestamps(df["event_timestamp"])
+    label, label_missing, label_bad = _labels(df["label"])
+
+    checks: list[tuple[str, pd.Series]] = [
+        (EVENT_ID_EMPTY, ids["event_id"] == ""),
+        (USER_ID_EMPTY, ids["user_id"] == ""),
+        (ITEM_ID_EMPTY, ids["item_id"] == ""),
+        (LABEL_MISSING, label_missing),
+        (LABEL_NOT_BINARY, label_bad),
+        (TIMESTAMP_MISSING, ts_missing),
+        (TIMESTAMP_UNPARSEABLE, ts.isna() & ~ts_missing),
+        (TIMESTAMP_IN_FUTURE, ts > now_ts + pd.Timedelta(seconds=future_tolerance_s)),
+    ]
+    bad_so_far = np.zeros(received, dtype=bool)
+    for _, mask in checks:
+        bad_so_far |= mask.to_numpy(dtype=bool)
+
+    # Duplicates: the first otherwise-valid row with an id wins; every other row with that id is a duplicate.
+    eid = ids["event_id"]
+    candidate = ~bad_so_far & (eid != "").to_numpy()
+    first_valid = pd.Series(False, index=df.index)
+    cand_ids = eid[candidate]
+    first_valid[cand_ids[~cand_ids.duplicated(keep="first")].index] = True
+    valid_id_set = set(cand_ids)
+    dup = (eid != "") & eid.isin(valid_id_set) & ~first_valid
+    checks.append((EVENT_ID_DUPLICATE, dup))
+    if seen_ids is not None:
+        seen = seen_ids if isinstance(seen_ids, set | frozenset) else set(seen_ids)
+        checks.append((EVENT_ID_SEEN, (eid != "") & eid.isin(seen)))
+
+    reason_cols = {name: mask.to_numpy(dtype=bool) for name, mask in checks}
+    any_bad = np.zeros(received, dtype=bool)
+    for mask in reason_cols.values():
+        any_bad |= mask
+    counts = {name: int(mask.sum()) for name, mask in reason_cols.items() if mask.any()}
+
+    accepted = df.loc[~any_bad].copy()
+    for c in ID_COLUMNS:
+        accepted[c] = ids[c][~any_bad].astype(object)
+    accepted["event_timestamp"] = ts[~any_bad].astype("datetime64[ns, UTC]")
+    accepted["label"] = label[~any_bad].astype("int8")
+    extra = [c for c in accepted.columns if c not in EVENT_COLUMNS]
+    accepted = accepted[list(EVENT_COLUMNS) + extra].reset_index(drop=True)
+
+    quarantined = _as_strings(df.loc[any_bad])
+    if any_bad.any():
+        names = np.array(list(reason_cols))
+        matrix = np.column_stack([reason_cols[n][any_bad] for n in names])
+        quarantined["reasons"] = [";".join(names[row]) for row in matrix]
+    else:
+        quarantined["reasons"] = pd.Series(dtype=object)
+    quarantined = quarantined.reset_index(drop=True)
+    if counts:
+        log.info(
+            "validated %d rows from %s: %d quarantined %s",
+            received,
+            source or "batch",
+            len(quarantined),
+            counts,
+        )
+    return ValidationResult(accepted=accepted, quarantined=quarantined, received=received, reasons=counts)
+
+
+def _as_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """Every value as its string form ("" for missing), so nothing about a bad row is lost or coerced."""
+    out = pd.DataFrame(index=df.index)
+    for c in df.columns:
+        col = df[c]
+        out[str(c)] = col.astype(object).map(
+            lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT else str(v)
+        )
+    return out
+
+
+def count_reasons(reasons: pd.Series) -> dict[str, int]:
+    """Count individual reason codes in a ``reasons`` column ("a;b" counts once for a and once for b)."""
+    counter: Counter[str] = Counter()
+    for value in reasons:
+        counter.update(r for r in str(value).split(";") if r)
+    return dict(counter.most_common())
+
+
+def write_quarantine(
+    quarantined: pd.DataFrame,
+    quarantine_dir: Path,
+    *,
+    source: str,
+    name: str,
+    ingested_at: datetime | None = None,
+) -> Path | None:
+    """Write quarantined rows to ``<quarantine_dir>/<name>.parquet`` atomically.
+
+    A deterministic ``name`` (e.g. derived from the source file's hash) makes a retried ingest overwrite its
+    own quarantine file instead of duplicating it.
+
+    Returns:
+        The written path, or None when there was nothing to write.
+    """
+    if quarantined.empty:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = ingested_at or datetime.now(UTC)
+    table = _as_strings(quarantined.drop(columns=["reasons"]))
+    table.insert(0, "reasons", quarantined["reasons"].astype(str).to_numpy())
+    table.insert(
+        0,
+        "ingested_at",
+        pd.Timestamp(when).tz_convert("UTC") if pd.Timestamp(when).tzinfo else pd.Timestamp(when, tz="UTC"),
+    )
+    table.insert(0, "source", source)
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    out = quarantine_dir / f"{name}.parquet"
+    tmp = quarantine_dir / f".tmp-{uuid.uuid4().hex}.parquet"
+    try:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def read_quarantine(quarantine_dir: Path) -> pd.DataFrame:
+    """All quarantined rows written so far (empty frame when none)."""
+    files = sorted(quarantine_dir.glob("*.parquet")) if quarantine_dir.exists() else []
+    if not files:
+        return pd.DataFrame(columns=["source", "ingested_at", "reasons"])
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
