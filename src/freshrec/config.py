@@ -125,14 +125,34 @@ class DriftSettings(BaseModel):
     """Drift and data-quality checks."""
 
     drift_share_threshold: float = 0.5
+    # Methods are Evidently stat-test names; wasserstein, jensenshannon and psi run on full data in numpy,
+    # any other name is computed by Evidently itself.
     numeric_method: str = "wasserstein"
     categorical_method: str = "jensenshannon"
     numeric_threshold: float = 0.1
     categorical_threshold: float = 0.1
-    max_sample_rows: int = 50_000
+    column_methods: dict[str, str] = Field(default_factory=dict)
+    column_thresholds: dict[str, float] = Field(default_factory=dict)
+    # As Evidently's default preset: numeric columns with this few distinct values compare as categories.
+    numeric_as_categorical_max_unique: int = 5
+    # Rows of each window given to Evidently for the HTML report (verdicts use all rows).
+    max_sample_rows: int = 20_000
+    seed: int = 0
     min_rows: int = 100
     max_missing_share: float = 0.05
     max_unseen_category_share: float = 0.5
+    out_of_range_margin: float = 0.1
+    max_out_of_range_share: float = 0.01
+    # Counters that grow with time leave the reference range by design.
+    out_of_range_exempt: list[str] = Field(default_factory=lambda: ["*_events_total"])
+    score_column: str | None = "score"
+    target_column: str | None = "label"
+    prediction_method: str = "wasserstein"
+    prediction_threshold: float = 0.1
+    target_rate_threshold: float = 0.05
+    skew_atol: float = 1e-4
+    skew_rtol: float = 1e-3
+    max_skew_share: float = 0.01
 
 
 class AlertReceiver(BaseModel):
