@@ -1,0 +1,71 @@
+"""A tiny CTR SavedModel with the serving contract's shape, for serving tests and benchmarks.
+
+It takes raw named inputs of the three kinds the real model takes (a string id, an int64 and a
+float32 feature) and returns ``probability`` with shape [batch, 1], like
+``freshrec.model.export.export_model``. ``bias`` shifts the logit so that versions differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+DEMO_INPUTS = {"user_id": "string", "item_id": "string", "user_age": "int64", "item_ctr_total": "float32"}
+
+
+def export_demo_model(out_dir: Path, bias: float = 0.0, seed: int = 0, with_logit: bool = False) -> Path:
+    """Export the demo model as a SavedModel at ``out_dir`` (written beside it, then renamed).
+
+    Args:
+        out_dir: the version folder, e.g. ``models/ctr/3``; must not exist.
+        bias: added to the logit, so two versions give different scores.
+        seed: weight initialisation seed.
+        with_logit: also output ``logit`` (a second named output, for multi-output formats).
+
+    Returns:
+        ``out_dir``.
+    """
+    import keras
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists")
+    keras.utils.set_random_seed(seed)
+    inputs = {name: keras.Input(shape=(), dtype=dtype, name=name) for name, dtype in DEMO_INPUTS.items()}
+    user = keras.layers.Hashing(num_bins=97)(inputs["user_id"])
+    item = keras.layers.Hashing(num_bins=97)(inputs["item_id"])
+    emb = keras.layers.Embedding(97, 4)
+    numeric = keras.ops.stack(
+        [keras.ops.cast(inputs["user_age"], "float32") / 50.0, inputs["item_ctr_total"]], axis=-1
+    )
+    cross = keras.ops.sum(emb(user) * emb(item), axis=-1, keepdims=True)
+    logit = keras.layers.Dense(1)(keras.ops.concatenate([numeric, cross], axis=-1)) + bias
+    outputs = {"probability": keras.ops.sigmoid(logit)}
+    if with_logit:
+        outputs["logit"] = logit
+    model = keras.Model(inputs, outputs)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.export(str(tmp), verbose=False)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def write_model_config(models_dir: Path, name: str, labels: dict[str, int] | None = None) -> Path:
+    """Write ``models_dir/models.config`` (TF Serving text proto) for one model with version labels."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = name
+    model.base_path = str(Path(models_dir).resolve() / name)
+    model.model_platform = "tensorflow"
+    for label, version in (labels or {}).items():
+        model.version_labels[label] = version
+    path = Path(models_dir) / "models.config"
+    tmp = path.with_name(f".models.config.{os.getpid()}.tmp")
+    tmp.write_text(text_format.MessageToString(config))
+    os.replace(tmp, path)
+    return path

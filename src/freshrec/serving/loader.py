@@ -1,0 +1,417 @@
+"""Model repository polling and version loading for the local TF-Serving-compatible server.
+
+The server reads the same things TF Serving reads: ``<models_dir>/models.config`` (a
+``ModelServerConfig`` text proto with ``version_labels``) and, per model, numbered version folders
+under its ``base_path`` holding a SavedModel. A :class:`ModelManager` polls both; readers get an
+immutable snapshot (a new dict is built and the reference swapped), so a request that resolved a
+version keeps it even while the poller unloads it, and no request ever sees a half-loaded version.
+
+Version policy (as TF Serving with labels): keep the latest loadable version, every labelled version
+and the versions a ``specific``/``all``/``latest {num_versions}`` policy asks for; unload the rest.
+A version that fails to load or to warm up is recorded as failed (status ``END`` with the error)
+and never served; it is retried only when its folder changes. A label may only point at a loaded
+version (TF Serving refuses the config otherwise): a label to a failed version keeps its old target.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+CONFIG_FILE = "models.config"
+
+
+class ServingError(Exception):
+    """An error with a TF Serving status code name (``NOT_FOUND``, ``INVALID_ARGUMENT`` ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the config: where its versions live and which to keep."""
+
+    name: str
+    base_path: Path
+    labels: dict[str, int] = field(default_factory=dict)
+    policy: str = "latest"  # latest | all | specific
+    policy_versions: tuple[int, ...] = ()
+    num_latest: int = 1
+
+
+@dataclass
+class Servable:
+    """A loaded, warmed-up SavedModel version."""
+
+    name: str
+    version: int
+    path: Path
+    loaded: Any  # the tf.saved_model.load object; kept so the functions' variables stay alive
+    signatures: dict[str, Any]
+    signature_defs: Any  # tensorflow.core.protobuf.meta_graph_pb2 SignatureDef map (proto)
+    input_specs: dict[str, dict[str, Any]]  # signature -> input name -> tf.TensorSpec
+    loaded_at: float
+
+    def signature(self, name: str | None) -> Any:
+        """The concrete function for a signature name ('' or None = serving_default)."""
+        key = name or DEFAULT_SIGNATURE
+        fn = self.signatures.get(key)
+        if fn is None:
+            raise ServingError(
+                "INVALID_ARGUMENT", f'Serving signature name: "{key}" not found in signature def'
+            )
+        return fn
+
+    def predict(self, inputs: dict[str, Any], signature_name: str | None = None) -> dict[str, np.ndarray]:
+        """Run a signature on named arrays (numpy or tf tensors); returns named numpy outputs.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for missing/extra inputs, wrong dtypes or shapes.
+        """
+        import tensorflow as tf
+
+        key = signature_name or DEFAULT_SIGNATURE
+        fn = self.signature(key)
+        specs = self.input_specs[key]
+        missing = sorted(set(specs) - set(inputs))
+        extra = sorted(set(inputs) - set(specs))
+        if missing or extra:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input names do not match signature {key}: missing {missing}, unexpected {extra}; "
+                f"expected {sorted(specs)}",
+            )
+        tensors = {}
+        for name, spec in specs.items():
+            value = inputs[name]
+            try:
+                tensors[name] = (
+                    value if isinstance(value, tf.Tensor) else tf.constant(value, dtype=spec.dtype)
+                )
+            except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
+                raise ServingError(
+                    "INVALID_ARGUMENT", f"input {name!r} is not of expected type {spec.dtype.name}: {exc}"
+                ) from exc
+            if not spec.shape.is_compatible_with(tensors[name].shape):
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"input {name!r} has shape {tensors[name].shape.as_list()}, "
+                    f"signature expects {spec.shape.as_list()}",
+                )
+        try:
+            out = fn(**tensors)
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
+            raise ServingError(
+                "INVALID_ARGUMENT", str(exc).splitlines()[0] if str(exc) else repr(exc)
+            ) from exc
+        return {k: v.numpy() for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """Immutable snapshot of one model: loaded versions, labels, failures."""
+
+    entry: ModelEntry
+    servables: dict[int, Servable]
+    labels: dict[str, int]
+    failed: dict[int, str]
+
+    def latest(self) -> Servable | None:
+        return self.servables[max(self.servables)] if self.servables else None
+
+
+def parse_model_config(path: Path, models_dir: Path) -> list[ModelEntry]:
+    """Parse a TF Serving ``ModelServerConfig`` text proto into model entries.
+
+    Relative ``base_path`` values are taken relative to ``models_dir``; a base path that does not
+    exist here (e.g. a container path) falls back to ``models_dir/<name>``.
+
+    Raises:
+        ValueError: the file is not a valid ModelServerConfig text proto (names the file).
+    """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(path.read_text(), config)
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path}: not a ModelServerConfig text proto: {exc}") from exc
+    entries = []
+    for model in config.model_config_list.config:
+        if not model.name:
+            raise ValueError(f"{path}: a model config without a name")
+        base = Path(model.base_path) if model.base_path else models_dir / model.name
+        if not base.is_absolute():
+            base = models_dir / base
+        if not base.exists() and (models_dir / model.name).exists():
+            base = models_dir / model.name
+        policy, versions, num_latest = "latest", (), 1
+        which = model.model_version_policy.WhichOneof("policy_choice")
+        if which == "all":
+            policy = "all"
+        elif which == "specific":
+            policy, versions = "specific", tuple(int(v) for v in model.model_version_policy.specific.versions)
+        elif which == "latest":
+            num_latest = max(1, model.model_version_policy.latest.num_versions)
+        entries.append(
+            ModelEntry(
+                name=model.name,
+                base_path=base,
+                labels={k: int(v) for k, v in model.version_labels.items()},
+                policy=policy,
+                policy_versions=versions,
+                num_latest=num_latest,
+            )
+        )
+    return entries
+
+
+def list_versions(base_path: Path) -> dict[int, Path]:
+    """Numbered version folders under a model's base path (TF Serving's layout); others are ignored."""
+    if not base_path.is_dir():
+        return {}
+    return {int(p.name): p for p in base_path.iterdir() if p.name.isdigit() and p.is_dir()}
+
+
+def _folder_stamp(path: Path) -> float:
+    try:
+        return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.iterdir())])
+    except OSError:
+        return 0.0
+
+
+def load_servable(name: str, version: int, path: Path) -> Servable:
+    """Load a SavedModel version and run each serving signature once on a one-row batch.
+
+    Raises:
+        Exception: whatever TensorFlow raises for a missing/corrupt SavedModel or a failing warm-up.
+    """
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = path / "saved_model.pb"
+    if not pb.exists():
+        raise FileNotFoundError(f"{path}: no saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pb.read_bytes())
+    if not proto.meta_graphs:
+        raise ValueError(f"{pb}: no meta graph")
+    loaded = tf.saved_model.load(str(path))
+    signatures = dict(loaded.signatures)
+    if not signatures:
+        raise ValueError(f"{path}: the SavedModel has no serving signatures")
+    input_specs = {k: dict(fn.structured_input_signature[1]) for k, fn in signatures.items()}
+    servable = Servable(
+        name=name,
+        version=version,
+        path=path,
+        loaded=loaded,
+        signatures=signatures,
+        signature_defs=proto.meta_graphs[0].signature_def,
+        input_specs=input_specs,
+        loaded_at=time.time(),
+    )
+    for key, specs in input_specs.items():
+        servable.predict({n: _warmup_value(s) for n, s in specs.items()}, key)  # pay tracing/allocation now
+    return servable
+
+
+def _warmup_value(spec: Any) -> np.ndarray:
+    shape = [1 if d is None else d for d in spec.shape.as_list()] if spec.shape.rank is not None else [1]
+    if spec.dtype.name == "string":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype.as_numpy_dtype)
+
+
+class ModelManager:
+    """Keeps the wanted versions of every configured model loaded; thread-safe snapshot reads."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        default_model: str,
+        poll_interval_s: float = 1.0,
+        loader: Callable[[str, int, Path], Servable] = load_servable,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.default_model = default_model
+        self.poll_interval_s = poll_interval_s
+        self._loader = loader
+        self._views: dict[str, ModelView] = {}
+        self._failed_stamps: dict[tuple[str, int], float] = {}
+        self._poll_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._config_error_logged: str | None = None
+        self._label_warnings: set[tuple[str, str, int]] = set()
+        self.on_change: Callable[[], None] | None = None
+
+    # --- reading -------------------------------------------------------------------------------
+    def views(self) -> dict[str, ModelView]:
+        """The current snapshot: model name -> view."""
+        return self._views
+
+    def view(self, name: str) -> ModelView:
+        view = self._views.get(name)
+        if view is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+        return view
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable for a request: a version, a label, or the latest loaded version.
+
+        Raises:
+            ServingError: NOT_FOUND (unknown model or version), INVALID_ARGUMENT (unknown label),
+                as TF Serving answers.
+        """
+        view = self._views.get(name)
+        if label:
+            if view is None or label not in view.labels:
+                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+            version = view.labels[label]
+        if view is None:
+            request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise ServingError("NOT_FOUND", f"Servable not found for request: {request}")
+        if version is None:
+            servable = view.latest()
+            if servable is None:
+                raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
+            return servable
+        servable = view.servables.get(version)
+        if servable is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    # --- polling -------------------------------------------------------------------------------
+    def config_entries(self) -> list[ModelEntry]:
+        """Models from models.config, or the default model when there is none (or it is unreadable)."""
+        path = self.models_dir / CONFIG_FILE
+        if path.exists():
+            try:
+                entries = parse_model_config(path, self.models_dir)
+                self._config_error_logged = None
+                return entries
+            except (ValueError, OSError) as exc:
+                if self._config_error_logged != str(exc):
+                    log.error("keeping the previous model config: %s", exc)
+                    self._config_error_logged = str(exc)
+                return [v.entry for v in self._views.values()] or [self._default_entry()]
+        return [self._default_entry()]
+
+    def _default_entry(self) -> ModelEntry:
+        return ModelEntry(name=self.default_model, base_path=self.models_dir / self.default_model)
+
+    def poll_once(self) -> bool:
+        """Load new/wanted versions, apply labels, unload unwanted ones. Returns True if anything changed."""
+        with self._poll_lock:
+            changed = False
+            new_views: dict[str, ModelView] = {}
+            for entry in self.config_entries():
+                old = self._views.get(entry.name)
+                view = self._poll_model(entry, old)
+                changed |= old is None or (view.servables.keys(), view.labels, view.failed) != (
+                    old.servables.keys(),
+                    old.labels,
+                    old.failed,
+                )
+                new_views[entry.name] = view
+            changed |= set(new_views) != set(self._views)
+            self._views = new_views  # one reference swap: readers see the old or the new snapshot
+        if changed and self.on_change is not None:
+            self.on_change()
+        return changed
+
+    def _poll_model(self, entry: ModelEntry, old: ModelView | None) -> ModelView:
+        on_disk = list_versions(entry.base_path)
+        loaded = dict(old.servables) if old else {}
+        failed = {v: msg for v, msg in (old.failed.items() if old else []) if v in on_disk}
+        for v in list(failed):
+            if self._failed_stamps.get((entry.name, v)) != _folder_stamp(on_disk[v]):
+                del failed[v]  # the folder changed since it failed: try again
+        loadable = sorted((v for v in on_disk if v not in failed), reverse=True)
+
+        def try_load(v: int) -> bool:
+            if v in loaded:
+                return True
+            if v in failed or v not in on_disk:
+                return False
+            try:
+                loaded[v] = self._loader(entry.name, v, on_disk[v])
+                log.info("loaded %s version %d from %s", entry.name, v, on_disk[v])
+                return True
+            except Exception as exc:  # any load/warm-up failure: never serve it, keep the rest
+                msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                failed[v] = msg
+                self._failed_stamps[(entry.name, v)] = _folder_stamp(on_disk[v])
+                log.error("not serving %s version %d: %s", entry.name, v, msg)
+                return False
+
+        wanted: set[int] = set()
+        if entry.policy == "specific":
+            wanted |= {v for v in entry.policy_versions if try_load(v)}
+        else:
+            # newest first; a version that fails to load is skipped, so the previous one stays
+            for v in loadable:
+                if try_load(v):
+                    wanted.add(v)
+                    if entry.policy == "latest" and len(wanted) >= entry.num_latest:
+                        break
+        wanted |= {v for v in set(entry.labels.values()) if try_load(v)}
+        labels = {}
+        for label, v in entry.labels.items():
+            if v in loaded:
+                labels[label] = v
+            else:
+                prev = old.labels.get(label) if old else None
+                if prev is not None and prev in loaded:
+                    labels[label] = prev
+                    wanted.add(prev)
+                note = (entry.name, label, v)
+                if note not in self._label_warnings:
+                    self._label_warnings.add(note)
+                    log.warning(
+                        "label %s of %s points at version %d, which is not loaded; %s",
+                        label,
+                        entry.name,
+                        v,
+                        f"keeping it on {prev}" if labels.get(label) is not None else "label not served",
+                    )
+        for v in [v for v in loaded if v not in wanted or v not in on_disk]:
+            del loaded[v]
+            log.info("unloaded %s version %d", entry.name, v)
+        return ModelView(entry=entry, servables=loaded, labels=labels, failed=failed)
+
+    def start(self) -> None:
+        """Poll in a background thread every ``poll_interval_s``."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.poll_once()
+            except Exception:  # the poller must survive a bad poll; the next one retries
+                log.exception("model repository poll failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
