@@ -1,0 +1,325 @@
+"""Canary analysis: one function that compares the canary arm with the stable arm.
+
+Checks (each is pass, fail, inconclusive or skipped):
+
+- ``error_rate``: canary errors / requests against ``max_error_rate``. Fails as soon as the canary has
+  more errors than ``max_error_rate × max(requests, min_requests)`` (no later success can bring it
+  under the limit); inconclusive below ``min_requests``.
+- ``latency_p99``: canary p99 (ms) against ``max_p99_latency_ms``.
+- ``score_shift``: two-sample Kolmogorov-Smirnov distance between the arms' predicted scores; fails when
+  the distance exceeds ``max_score_ks`` and is significant — a guard against a broken model (constant or
+  inverted scores), not against a better one.
+- ``logloss``: online logloss per prediction (scores joined with clicks). Welch z-test on the difference
+  of means, one-sided: fails when canary − stable exceeds ``max_logloss_increase`` and is significantly
+  above 0; inconclusive when it exceeds the margin but is not significant (keep waiting).
+- ``ctr``: two-proportion z-test on the click rate of the arms' predictions; fails on a relative drop above
+  ``max_ctr_drop`` that is significant; inconclusive when the drop is large but not significant.
+
+Label-based checks say "inconclusive" while either arm has fewer than ``min_clicks`` clicks, instead of
+guessing from noise. The verdict is ``fail`` if any check fails, else ``inconclusive`` if any check is
+inconclusive, else ``pass``. Skipped checks (no data source given, e.g. no stats for latency) do not
+count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from freshrec.config import RolloutSettings
+from freshrec.rollout.plan import ALL_CHECKS
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+Status = Literal["pass", "fail", "inconclusive", "skipped"]
+ARMS = ("stable", "canary")
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    """Request counters of one arm (the gateway's ``GET /v1/admin/stats`` or Prometheus)."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArmStats:
+        """Accept the gateway's field names (``latency_p99_ms`` or a nested ``latency_ms.p99``)."""
+        lat = d.get("latency_ms") or {}
+        return cls(
+            requests=int(d.get("requests", 0) or 0),
+            errors=int(d.get("errors", 0) or 0),
+            latency_p50_ms=_opt_float(d.get("latency_p50_ms", lat.get("p50"))),
+            latency_p99_ms=_opt_float(d.get("latency_p99_ms", lat.get("p99"))),
+        )
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison: the figure for each arm, the threshold, and what was concluded."""
+
+    name: str
+    status: Status
+    stable: float | None
+    canary: float | None
+    threshold: float | None
+    detail: str
+    p_value: float | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False when conclusive, None when inconclusive or skipped."""
+        return {"pass": True, "fail": False}.get(self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    verdict: Verdict
+    checks: list[Check] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per failed or inconclusive check."""
+        return [f"{c.name}: {c.detail}" for c in self.checks if c.status in ("fail", "inconclusive")]
+
+    def check(self, name: str) -> Check:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check named {name!r} in this analysis")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "reasons": self.reasons,
+            "checks": [c.to_dict() for c in self.checks],
+            "counts": self.counts,
+        }
+
+
+def _norm_sf(z: float) -> float:
+    """P(Z > z) for a standard normal."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def _logloss_rows(frame: pd.DataFrame) -> np.ndarray:
+    p = np.clip(frame["score"].to_numpy(dtype=float), _EPS, 1 - _EPS)
+    y = frame["label"].to_numpy(dtype=float)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def check_error_rate(stats: dict[str, ArmStats] | None, s: RolloutSettings) -> Check:
+    name, limit = "error_rate", s.max_error_rate
+    if not stats or "canary" not in stats:
+        return Check(name, "skipped", None, None, limit, "no request stats given")
+    st, ca = stats.get("stable", ArmStats()), stats["canary"]
+    rate = lambda a: a.errors / a.requests if a.requests else None  # noqa: E731
+    sr, cr = rate(st), rate(ca)
+    if ca.errors > limit * max(ca.requests, s.min_requests):
+        return Check(name, "fail", sr, cr, limit, f"{ca.errors} errors in {ca.requests} canary requests")
+    if ca.requests < s.min_requests:
+        return Check(
+            name,
+            "inconclusive",
+            sr,
+            cr,
+            limit,
+            f"{ca.requests} canary requests < min_requests {s.min_requests}",
+        )
+    return Check(name, "pass", sr, cr, limit, f"{ca.errors} errors in {ca.requests} canary requests")
+
+
+def check_latency(stats: dict[str, ArmStats] | None, s: RolloutSettings) -> Check:
+    name, limit = "latency_p99", s.max_p99_latency_ms
+    ca = (stats or {}).get("canary")
+    if ca is None or ca.latency_p99_ms is None:
+        return Check(name, "skipped", None, None, limit, "no canary latency given")
+    st = (stats or {}).get("stable")
+    sp = st.latency_p99_ms if st else None
+    if ca.requests and ca.requests < s.min_requests:
+        return Check(
+            name, "inconclusive", sp, ca.latency_p99_ms, limit, f"only {ca.requests} canary requests"
+        )
+    ok = ca.latency_p99_ms <= limit
+    rel = "<=" if ok else ">"
+    return Check(
+        name,
+        "pass" if ok else "fail",
+        sp,
+        ca.latency_p99_ms,
+        limit,
+        f"canary p99 {ca.latency_p99_ms:.1f} ms {rel} {limit} ms",
+    )
+
+
+def check_score_shift(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Check:
+    from scipy import stats as sps
+
+    name, limit = "score_shift", s.max_score_ks
+    st, ca = arms["stable"]["score"].to_numpy(float), arms["canary"]["score"].to_numpy(float)
+    if min(len(st), len(ca)) < s.min_predictions:
+        return Check(
+            name,
+            "inconclusive",
+            None,
+            None,
+            limit,
+            f"{len(st)} stable / {len(ca)} canary predictions < min_predictions {s.min_predictions}",
+        )
+    res = sps.ks_2samp(st, ca)
+    ks, p = float(res.statistic), float(res.pvalue)
+    detail = f"KS {ks:.3f}, mean score {st.mean():.4f} → {ca.mean():.4f}"
+    status: Status = "fail" if ks > limit and p < s.alpha else "pass"
+    # stable/canary hold the mean scores so a reader sees the direction; the threshold is on KS.
+    return Check(name, status, float(st.mean()), float(ca.mean()), limit, detail, p)
+
+
+def _clicks(frame: pd.DataFrame) -> int:
+    return int(frame["label"].sum()) if len(frame) else 0
+
+
+def check_logloss(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Check:
+    name, margin = "logloss", s.max_logloss_increase
+    st, ca = arms["stable"], arms["canary"]
+    few = _too_few_clicks(st, ca, s)
+    if few:
+        return Check(name, "inconclusive", None, None, margin, few)
+    ls, lc = _logloss_rows(st), _logloss_rows(ca)
+    diff = float(lc.mean() - ls.mean())
+    se = math.sqrt(ls.var(ddof=1) / len(ls) + lc.var(ddof=1) / len(lc))
+    p = _norm_sf(diff / se) if se > 0 else (0.0 if diff > 0 else 1.0)  # H1: canary worse
+    detail = f"logloss {ls.mean():.4f} → {lc.mean():.4f} (Δ {diff:+.4f}, one-sided p {p:.3g})"
+    if diff <= margin:
+        status: Status = "pass"
+    else:
+        status = "fail" if p < s.alpha else "inconclusive"
+    return Check(name, status, float(ls.mean()), float(lc.mean()), margin, detail, p)
+
+
+def check_ctr(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Check:
+    name, max_drop = "ctr", s.max_ctr_drop
+    st, ca = arms["stable"], arms["canary"]
+    few = _too_few_clicks(st, ca, s)
+    if few:
+        return Check(name, "inconclusive", None, None, max_drop, few)
+    cs, cc, ns, nc = _clicks(st), _clicks(ca), len(st), len(ca)
+    ps, pc = cs / ns, cc / nc
+    pooled = (cs + cc) / (ns + nc)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / ns + 1 / nc))
+    p = _norm_sf((ps - pc) / se) if se > 0 else 1.0  # H1: canary CTR lower
+    drop = (ps - pc) / ps if ps > 0 else 0.0
+    detail = f"CTR {ps:.4f} → {pc:.4f} (relative drop {drop:+.1%}, one-sided p {p:.3g})"
+    if drop <= max_drop:
+        status: Status = "pass"
+    else:
+        status = "fail" if p < s.alpha else "inconclusive"
+    return Check(name, status, ps, pc, max_drop, detail, p)
+
+
+def _too_few_clicks(st: pd.DataFrame, ca: pd.DataFrame, s: RolloutSettings) -> str | None:
+    cs, cc = _clicks(st), _clicks(ca)
+    if min(cs, cc) < s.min_clicks:
+        return f"{cs} stable / {cc} canary clicks < min_clicks {s.min_clicks}: keep waiting"
+    return None
+
+
+def split_arms(
+    joined: pd.DataFrame, canary_version: int | None = None, stable_version: int | None = None
+) -> dict[str, pd.DataFrame]:
+    """Split joined predictions into stable/canary frames.
+
+    By ``model_version`` when versions are given (in the cluster the arm is the pod the request reached),
+    else by the ``arm`` column the gateway logged.
+    """
+    if joined is None or len(joined) == 0:
+        empty = pd.DataFrame({"score": pd.Series(dtype=float), "label": pd.Series(dtype="int8")})
+        return {"stable": empty, "canary": empty}
+    if canary_version is not None:
+        col = "model_version"
+        needed = [col, "score", "label"]
+    else:
+        col = "arm"
+        needed = [col, "score", "label"]
+    missing = [c for c in needed if c not in joined.columns]
+    if missing:
+        raise ValueError(f"joined predictions lack column(s) {missing}; have {list(joined.columns)}")
+    rows = joined.dropna(subset=["score", "label"])
+    if canary_version is not None:
+        versions = rows[col].astype("int64")
+        ca = rows[versions == int(canary_version)]
+        st = (
+            rows[versions == int(stable_version)]
+            if stable_version is not None
+            else rows[versions != int(canary_version)]
+        )
+    else:
+        ca, st = rows[rows[col] == "canary"], rows[rows[col] == "stable"]
+    return {"stable": st, "canary": ca}
+
+
+def analyze(
+    joined_predictions: pd.DataFrame | None,
+    arm_stats: dict[str, ArmStats | dict[str, Any]] | None,
+    rollout_settings: RolloutSettings,
+    checks: tuple[str, ...] | list[str] = ALL_CHECKS,
+    *,
+    canary_version: int | None = None,
+    stable_version: int | None = None,
+) -> AnalysisResult:
+    """Compare canary with stable.
+
+    Args:
+        joined_predictions: predictions joined with clicks (``predlog.join_clicks``): columns ``arm``
+            (or ``model_version`` with ``canary_version``), ``score``, ``label``.
+        arm_stats: per arm (``"stable"``, ``"canary"``) request counters, as :class:`ArmStats` or the
+            gateway's stats dicts; None skips the error and latency checks.
+        rollout_settings: thresholds.
+        checks: which checks to run (a plan's analysis step may choose a subset).
+        canary_version / stable_version: split by model version instead of the ``arm`` column.
+    """
+    unknown = set(checks) - set(ALL_CHECKS)
+    if unknown:
+        raise ValueError(f"unknown analysis check(s) {sorted(unknown)}; known: {list(ALL_CHECKS)}")
+    stats = None
+    if arm_stats is not None:
+        stats = {k: v if isinstance(v, ArmStats) else ArmStats.from_dict(v) for k, v in arm_stats.items()}
+    arms = split_arms(joined_predictions, canary_version, stable_version)
+    runners = {
+        "error_rate": lambda: check_error_rate(stats, rollout_settings),
+        "latency_p99": lambda: check_latency(stats, rollout_settings),
+        "score_shift": lambda: check_score_shift(arms, rollout_settings),
+        "logloss": lambda: check_logloss(arms, rollout_settings),
+        "ctr": lambda: check_ctr(arms, rollout_settings),
+    }
+    results = [runners[name]() for name in ALL_CHECKS if name in checks]
+    statuses = {c.status for c in results}
+    verdict: Verdict
+    if "fail" in statuses:
+        verdict = "fail"
+    elif "inconclusive" in statuses or not statuses - {"skipped"}:
+        # Nothing measured at all is not a pass.
+        verdict = "inconclusive"
+    else:
+        verdict = "pass"
+    counts = {arm: {"predictions": len(arms[arm]), "clicks": _clicks(arms[arm])} for arm in ARMS}
+    if stats:
+        for arm in ARMS:
+            if arm in stats:
+                counts[arm].update(requests=stats[arm].requests, errors=stats[arm].errors)
+    return AnalysisResult(verdict, results, counts)

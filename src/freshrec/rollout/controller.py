@@ -1,0 +1,378 @@
+"""Local canary controller: walks a :class:`~freshrec.rollout.plan.CanaryPlan` on the gateway's weights.
+
+The controller has three collaborators, each a small protocol so that local mode and tests plug in real
+parts:
+
+- :class:`TrafficRouter` — sets the canary version/weight and reports per-arm request stats
+  (:class:`HttpTrafficRouter` talks to the gateway's admin API);
+- :class:`Promoter` — moves the ``canary``/``stable`` labels in the model repository
+  (:class:`RepositoryPromoter`);
+- a predictions source — returns the predictions joined with clicks since the rollout began
+  (:class:`PredictionLogSource` reads the gateway's prediction log and the event log).
+
+Every decision is appended to a timeline that is saved as JSON for the run report. A failure anywhere
+rolls the canary back (weight 0, canary label removed) before the error propagates, so the stable model
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+
+from freshrec.config import RolloutSettings
+from freshrec.rollout.analysis import AnalysisResult, ArmStats, analyze
+from freshrec.rollout.plan import AnalysisStep, CanaryPlan, PauseStep, SetWeightStep
+
+log = logging.getLogger(__name__)
+
+
+class TrafficRouter(Protocol):
+    """Splits traffic between the stable model and a canary version."""
+
+    def set_canary(self, version: int | None, weight: int) -> None: ...
+
+    def stats(self) -> dict[str, ArmStats]: ...
+
+
+class Promoter(Protocol):
+    """Moves the model repository's labels."""
+
+    def stable_version(self) -> int | None: ...
+
+    def start(self, version: int) -> None: ...
+
+    def promote(self, version: int) -> None: ...
+
+    def rollback(self, version: int) -> None: ...
+
+
+PredictionsSource = Callable[[], pd.DataFrame]
+
+
+class RolloutError(RuntimeError):
+    """The canary could not be started (bad version, gateway unreachable ...)."""
+
+
+class HttpTrafficRouter:
+    """The gateway's admin API: ``PUT /v1/admin/canary`` and ``GET /v1/admin/stats``."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def set_canary(self, version: int | None, weight: int) -> None:
+        import requests
+
+        url = f"{self.base_url}/v1/admin/canary"
+        resp = requests.put(url, json={"version": version, "weight": int(weight)}, timeout=self.timeout_s)
+        if resp.status_code >= 400:
+            raise RolloutError(f"PUT {url} version={version} weight={weight}: {resp.status_code} {resp.text}")
+
+    def stats(self) -> dict[str, ArmStats]:
+        import requests
+
+        url = f"{self.base_url}/v1/admin/stats"
+        resp = requests.get(url, timeout=self.timeout_s)
+        if resp.status_code >= 400:
+            raise RolloutError(f"GET {url}: {resp.status_code} {resp.text}")
+        return parse_arm_stats(resp.json())
+
+
+def parse_arm_stats(body: dict[str, Any]) -> dict[str, ArmStats]:
+    """Per-arm stats from ``{"stable": {...}, "canary": {...}}`` or the same under ``"arms"``."""
+    arms = body.get("arms", body)
+    return {
+        arm: ArmStats.from_dict(arms[arm]) for arm in ("stable", "canary") if isinstance(arms.get(arm), dict)
+    }
+
+
+class RepositoryPromoter:
+    """Labels in the model repository (``freshrec.model.repository.ModelRepository``)."""
+
+    def __init__(self, repository: Any) -> None:
+        self.repository = repository
+
+    def stable_version(self) -> int | None:
+        return self.repository.stable()
+
+    def start(self, version: int) -> None:
+        if version not in self.repository.versions():
+            raise RolloutError(
+                f"model version {version} is not in the repository {self.repository.versions()}"
+            )
+        self.repository.set_label("canary", version)
+
+    def promote(self, version: int) -> None:
+        self.repository.set_label("stable", version)
+        self.repository.remove_label("canary")
+
+    def rollback(self, version: int) -> None:
+        self.repository.remove_label("canary")
+
+
+class PredictionLogSource:
+    """Predictions logged since ``since`` joined with clicks from the event log."""
+
+    def __init__(
+        self, predictions_dir: Path, eventlog_dir: Path, window_s: float, since: datetime | None = None
+    ):
+        self.predictions_dir = Path(predictions_dir)
+        self.eventlog_dir = Path(eventlog_dir)
+        self.window_s = window_s
+        self.since = since
+
+    def __call__(self) -> pd.DataFrame:
+        return load_joined(self.predictions_dir, self.eventlog_dir, self.window_s, self.since)
+
+
+def read_parquet_dir(path: Path) -> pd.DataFrame:
+    """All Parquet files under ``path`` (a file or a folder, searched recursively) as one frame."""
+    path = Path(path)
+    if path.is_file():
+        return pd.read_parquet(path)
+    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+
+
+def load_joined(
+    predictions: Path, events: Path, window_s: float, since: datetime | None = None
+) -> pd.DataFrame:
+    """Read the prediction log and the events, and join them with ``predlog.join_clicks``."""
+    from freshrec.serving.predlog import join_clicks
+
+    preds = read_parquet_dir(predictions)
+    if preds.empty:
+        return pd.DataFrame(columns=["arm", "model_version", "score", "label"])
+    if since is not None and "served_at" in preds.columns:
+        preds = preds[pd.to_datetime(preds["served_at"], utc=True) >= pd.Timestamp(since)]
+    evs = read_parquet_dir(events)
+    return join_clicks(preds, evs, window_s)
+
+
+@dataclass
+class TimelineEntry:
+    """One thing the controller did or concluded."""
+
+    at: str
+    elapsed_s: float
+    step: int | None
+    action: str
+    weight: int
+    verdict: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    analysis: dict[str, Any] | None = None
+
+
+@dataclass
+class RolloutReport:
+    version: int
+    stable_before: int | None
+    outcome: Literal["promoted", "rolled_back"]
+    timeline: list[TimelineEntry]
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "stable_before": self.stable_before,
+            "outcome": self.outcome,
+            "timeline": [asdict(e) for e in self.timeline],
+        }
+
+
+class LocalCanaryController:
+    """Runs a canary plan against a traffic router, analysing joined predictions between steps."""
+
+    def __init__(
+        self,
+        plan: CanaryPlan,
+        router: TrafficRouter,
+        promoter: Promoter,
+        predictions: PredictionsSource,
+        settings: RolloutSettings,
+        *,
+        report_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        progress: Callable[[TimelineEntry], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.router = router
+        self.promoter = promoter
+        self.predictions = predictions
+        self.settings = settings
+        self.report_dir = report_dir
+        self.clock = clock
+        self.sleep = sleep
+        self.now = now
+        self.progress = progress
+
+    def run(self, version: int) -> RolloutReport:
+        """Roll ``version`` out by the plan; promote at the end or roll back on a failed analysis."""
+        self._t0 = self.clock()
+        self._timeline: list[TimelineEntry] = []
+        self._weight = 0
+        stable = self.promoter.stable_version()
+        if stable == version:
+            raise RolloutError(f"version {version} is already the stable version")
+        self.promoter.start(version)
+        self._record(None, "start", reasons=[f"canary v{version} against stable v{stable}"])
+        try:
+            outcome = self._walk(version)
+        except BaseException as exc:
+            log.exception("canary of v%s failed; rolling back", version)
+            self._rollback(version, None, [f"error: {exc!r}"])
+            self._save(version, stable, "rolled_back")
+            raise
+        return self._save(version, stable, outcome)
+
+    def _walk(self, version: int) -> Literal["promoted", "rolled_back"]:
+        for i, step in enumerate(self.plan.steps):
+            if isinstance(step, SetWeightStep):
+                self.router.set_canary(version, step.set_weight)
+                self._weight = step.set_weight
+                self._record(i, "set_weight")
+            elif isinstance(step, PauseStep):
+                self._pause(i, step)
+            elif isinstance(step, AnalysisStep):
+                verdict, reasons = self._analyse(i, step)
+                if verdict == "fail" or (
+                    verdict == "inconclusive" and self.settings.on_inconclusive == "rollback"
+                ):
+                    self._rollback(version, i, reasons)
+                    return "rolled_back"
+        self.promoter.promote(version)
+        self.router.set_canary(None, 0)
+        self._weight = 0
+        self._record(None, "promote", reasons=[f"v{version} is now stable"])
+        return "promoted"
+
+    def _pause(self, i: int, step: PauseStep) -> None:
+        spec = step.pause
+        start = self.clock()
+        self._record(
+            i,
+            "pause",
+            reasons=[
+                f"up to {spec.duration_s:g} s"
+                + (f" or {spec.until_clicks} canary clicks" if spec.until_clicks else "")
+            ],
+        )
+        interval = self.settings.analysis_interval_s
+        while True:
+            left = spec.duration_s - (self.clock() - start)
+            if left <= 0:
+                return
+            if spec.until_clicks:
+                clicks = self._canary_clicks()
+                if clicks >= spec.until_clicks:
+                    self._record(i, "pause_done", reasons=[f"{clicks} canary clicks"])
+                    return
+                self.sleep(min(interval, left))
+            else:
+                self.sleep(left)
+
+    def _canary_clicks(self) -> int:
+        joined = self.predictions()
+        if joined.empty or "arm" not in joined.columns:
+            return 0
+        return int(joined.loc[joined["arm"] == "canary", "label"].sum())
+
+    def _analyse(self, i: int, step: AnalysisStep) -> tuple[str, list[str]]:
+        start = self.clock()
+        while True:
+            result: AnalysisResult = analyze(
+                self.predictions(), self._stats(), self.settings, step.analysis.checks
+            )
+            self._record(
+                i, "analysis", verdict=result.verdict, reasons=result.reasons, analysis=result.to_dict()
+            )
+            if result.verdict != "inconclusive":
+                return result.verdict, result.reasons
+            waited = self.clock() - start
+            if waited >= self.settings.max_inconclusive_wait_s:
+                reasons = [f"still inconclusive after {waited:.0f} s", *result.reasons]
+                self._record(
+                    i,
+                    f"inconclusive_{self.settings.on_inconclusive}",
+                    verdict="inconclusive",
+                    reasons=reasons,
+                )
+                return "inconclusive", reasons
+            self.sleep(min(self.settings.analysis_interval_s, self.settings.max_inconclusive_wait_s - waited))
+
+    def _stats(self) -> dict[str, ArmStats] | None:
+        try:
+            return self.router.stats()
+        except Exception as exc:  # stats are one input among several; analysis skips missing ones
+            log.warning("traffic stats unavailable: %s", exc)
+            return None
+
+    def _rollback(self, version: int, step: int | None, reasons: list[str]) -> None:
+        # Traffic first, then the label: no request may reach a version that is being unloaded.
+        try:
+            self.router.set_canary(None, 0)
+        finally:
+            self.promoter.rollback(version)
+        self._weight = 0
+        self._record(step, "rollback", verdict="fail", reasons=reasons)
+
+    def _record(self, step: int | None, action: str, **kw: Any) -> None:
+        entry = TimelineEntry(
+            at=self.now().isoformat(),
+            elapsed_s=round(self.clock() - self._t0, 3),
+            step=step,
+            action=action,
+            weight=self._weight,
+            **kw,
+        )
+        self._timeline.append(entry)
+        log.info(
+            "canary step %s %s weight=%s %s %s",
+            step,
+            action,
+            self._weight,
+            kw.get("verdict") or "",
+            "; ".join(kw.get("reasons") or []),
+        )
+        if self.progress:
+            self.progress(entry)
+
+    def _save(
+        self, version: int, stable: int | None, outcome: Literal["promoted", "rolled_back"]
+    ) -> RolloutReport:
+        report = RolloutReport(version, stable, outcome, self._timeline)
+        if self.report_dir is not None:
+            stamp = self.now().strftime("%Y%m%dT%H%M%S")
+            report.path = write_json_atomic(
+                Path(self.report_dir) / f"canary-v{version}-{stamp}.json", report.to_dict()
+            )
+        return report
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON to a temp file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
