@@ -292,10 +292,7 @@ class ActivityState:
                     cols[f"{entity}_ctr_30d"].append(float(_smoothed_ctr(float(rlab[in_win].sum()), n)))
             cols[f"{entity}_events_total"].append(float(total))
             cols[f"{entity}_ctr_total"].append(float(_smoothed_ctr(float(total_clicks), float(total))))
-            if before.any():
-                prev = int(rts[before].max())
-            else:
-                prev = st.last_dropped_ns
+            prev = int(rts[before].max()) if before.any() else st.last_dropped_ns
             hours = (
                 HOURS_SINCE_LAST_CAP if prev is None else min((q - prev) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
             )
