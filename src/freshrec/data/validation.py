@@ -122,6 +122,18 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return ts, missing
 
 
+def _beyond_ns_range(value: object) -> bool:
+    """True for a valid timestamp after 2262 (pandas' nanosecond limit), e.g. "2999-01-01" or 1e12 s."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        try:
+            return datetime.fromisoformat(str(value).strip().replace("Z", "+00:00")).year > 2261
+        except ValueError:
+            return False
+    return bool(np.isfinite(number) and number >= 1e11)
+
+
 def _labels(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Return (label as float with NaN, missing mask, not-binary mask)."""
     if pd.api.types.is_bool_dtype(values):
@@ -172,6 +184,11 @@ def validate_events(
 
     ids = {c: id_strings(df[c]) for c in ID_COLUMNS}
     ts, ts_missing = parse_timestamps(df["event_timestamp"])
+    failed = ts.isna() & ~ts_missing
+    beyond_np = np.zeros(received, dtype=bool)
+    failed_pos = np.flatnonzero(failed.to_numpy(dtype=bool))
+    beyond_np[failed_pos] = [_beyond_ns_range(v) for v in df["event_timestamp"].to_numpy()[failed_pos]]
+    beyond = pd.Series(beyond_np, index=df.index)
     label, label_missing, label_bad = _labels(df["label"])
 
     checks: list[tuple[str, pd.Series]] = [
@@ -181,8 +198,8 @@ def validate_events(
         (LABEL_MISSING, label_missing),
         (LABEL_NOT_BINARY, label_bad),
         (TIMESTAMP_MISSING, ts_missing),
-        (TIMESTAMP_UNPARSEABLE, ts.isna() & ~ts_missing),
-        (TIMESTAMP_IN_FUTURE, ts > now_ts + pd.Timedelta(seconds=future_tolerance_s)),
+        (TIMESTAMP_UNPARSEABLE, failed & ~beyond),
+        (TIMESTAMP_IN_FUTURE, (ts > now_ts + pd.Timedelta(seconds=future_tolerance_s)) | beyond),
     ]
     bad_so_far = np.zeros(received, dtype=bool)
     for _, mask in checks:

@@ -1,0 +1,155 @@
+"""``freshrec data``: ingest event files, prepare a described dataset.
+
+Only stdlib, typer, rich and freshrec.config at module level; the data modules (pandas, pyarrow) are
+imported inside the commands so that ``freshrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from freshrec.config import Settings
+
+if TYPE_CHECKING:
+    from freshrec.data.ingest import IngestReport
+
+app = typer.Typer(help="Events and datasets: ingest files into the event log, prepare a described dataset.")
+console = Console()
+
+
+def _summary(reports: list[IngestReport], title: str) -> Table:
+    table = Table(title=title)
+    for col, justify in [
+        ("source", "left"),
+        ("received", "right"),
+        ("accepted", "right"),
+        ("quarantined", "right"),
+        ("skipped", "right"),
+        ("top reasons", "left"),
+    ]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in reports:
+        reasons = ", ".join(f"{k} ({v})" for k, v in r.top_reasons(3))
+        if r.already_ingested:
+            reasons = "already ingested"
+        table.add_row(
+            r.source,
+            f"{r.received:,}",
+            f"{r.accepted:,}",
+            f"{r.quarantined:,}",
+            f"{r.skipped:,}",
+            reasons or "—",
+        )
+    if len(reports) > 1:
+        table.add_row(
+            "total",
+            f"{sum(r.received for r in reports):,}",
+            f"{sum(r.accepted for r in reports):,}",
+            f"{sum(r.quarantined for r in reports):,}",
+            f"{sum(r.skipped for r in reports):,}",
+            "",
+            style="bold",
+        )
+    return table
+
+
+@app.command("ingest")
+def ingest(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(
+        ..., help="CSV/TSV (with header), Parquet or JSONL files of events.", exists=True
+    ),
+) -> None:
+    """Validate event files and append them to the event log; bad rows go to quarantine with reasons.
+
+    Re-ingesting a file adds nothing. A malformed file is reported and skipped (nothing written for it);
+    the command then exits with status 1.
+    """
+    from freshrec.data.ingest import IngestReport, ingest_files
+
+    settings: Settings = ctx.obj
+    reports: list[IngestReport] = []
+    errors: list[str] = []
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("ingesting", total=len(files))
+
+        def on_file(path: Path, item: object) -> None:
+            progress.update(task, advance=1, description=f"ingested {path.name}")
+
+        for item in ingest_files(list(files), settings, on_file=on_file):
+            if isinstance(item, IngestReport):
+                reports.append(item)
+            else:
+                errors.append(str(item))
+    if reports:
+        console.print(_summary(reports, f"ingest → {settings.eventlog_dir}"))
+        quarantined = sum(r.quarantined for r in reports)
+        if quarantined:
+            console.print(f"quarantined rows: {settings.quarantine_dir}")
+    for err in errors:
+        console.print(f"[red]error:[/red] {err}")
+    if errors:
+        raise typer.Exit(code=1)
+
+
+@app.command("prepare")
+def prepare(
+    ctx: typer.Context,
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help="A shipped dataset name (movielens-100k, movielens-1m-tail, ...) or a YAML path.",
+    ),
+    datasets_dir: Path | None = typer.Option(
+        None, "--datasets-dir", help="Folder holding the raw dataset files."
+    ),
+) -> None:
+    """Load a described dataset, validate it into the event log and write the user/item profile tables."""
+    from freshrec.data.prepare import prepare as run_prepare
+
+    settings: Settings = ctx.obj
+    if datasets_dir is not None:
+        settings = settings.model_copy(
+            update={"data": settings.data.model_copy(update={"datasets_dir": datasets_dir})}
+        )
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("preparing", total=None)
+        try:
+            report = run_prepare(
+                settings, dataset, progress=lambda msg: progress.update(task, description=msg)
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            progress.stop()
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=1) from exc
+    console.print(_summary([report.ingest], f"prepare {report.dataset} → {settings.eventlog_dir}"))
+    tables = Table(title="tables", show_header=False)
+    tables.add_row("users", f"{report.users:,}", report.users_path)
+    tables.add_row("items", f"{report.items:,}", report.items_path)
+    tables.add_row("events", f"{report.first_event} … {report.last_event}", report.eventlog_dir)
+    console.print(tables)
+    console.print(f"done in {report.duration_s:.1f} s")

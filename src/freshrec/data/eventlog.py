@@ -1,0 +1,317 @@
+"""The append-only event log: Parquet files partitioned by event date.
+
+Layout under ``root``::
+
+    date=2024-01-31/part-<uuid>.parquet   one file per append and date, never rewritten
+    _manifest/<sha256>.json               one entry per ingested source (file hash or content hash)
+    .lock                                  serialises writers (fcntl)
+
+A part file appears atomically (written under ``_tmp/`` then ``os.replace``d into its partition). An append
+of a source already in the manifest is skipped, and rows whose ``event_id`` is already stored in the touched
+partitions are dropped, so re-ingesting a file, or retrying an append that died half-way, adds nothing twice.
+Readers never see a half-written file; an interrupted multi-partition append may be visible in part until
+it is retried, and the retry completes it without duplicates.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from freshrec.data.validation import EVENT_COLUMNS
+
+log = logging.getLogger(__name__)
+
+_PARTITION = "date="
+
+
+@dataclass
+class AppendResult:
+    """What one :meth:`EventLog.append` did.
+
+    Attributes:
+        received: rows handed to append.
+        written: rows now stored.
+        duplicates: rows dropped because their ``event_id`` was repeated in the batch or already stored.
+        already_ingested: the source (or identical content) was appended before; nothing was written.
+        files: the part files written.
+    """
+
+    source_id: str
+    received: int
+    written: int
+    duplicates: int
+    already_ingested: bool = False
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def partitions(self) -> list[str]:
+        return sorted({p.parent.name for p in self.files})
+
+
+def content_hash(df: pd.DataFrame) -> str:
+    """A stable hash of an event frame's rows (order-sensitive), used when no source id is given."""
+    cols = [c for c in df.columns]
+    h = hashlib.sha256(",".join(map(str, cols)).encode())
+    if len(df):
+        try:
+            hashed = pd.util.hash_pandas_object(df[cols], index=False)
+        except TypeError:  # unhashable cells (lists, dicts) in context columns
+            hashed = pd.util.hash_pandas_object(df[cols].astype(str), index=False)
+        h.update(hashed.to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def day_strings(timestamps: pd.Series) -> np.ndarray:
+    """UTC dates as ``YYYY-MM-DD`` strings (NaT -> "NaT"); numpy's conversion, far faster than strftime."""
+    values = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    return values.astype("datetime64[D]").astype(str)
+
+
+def _partition_date(name: str) -> date | None:
+    if not name.startswith(_PARTITION):
+        return None
+    try:
+        return date.fromisoformat(name[len(_PARTITION) :])
+    except ValueError:
+        return None
+
+
+def _utc(value: datetime | pd.Timestamp | str) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+class EventLog:
+    """Append-only, date-partitioned Parquet event log at ``root``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _manifest_path(self, source_id: str) -> Path:
+        return self.root / "_manifest" / f"{hashlib.sha256(source_id.encode()).hexdigest()}.json"
+
+    def has_source(self, source_id: str) -> bool:
+        """Whether ``source_id`` was appended before."""
+        return self._manifest_path(source_id).is_file()
+
+    def manifest(self) -> list[dict]:
+        """Every manifest entry (source_id, rows, written, files, ingested_at), oldest first."""
+        folder = self.root / "_manifest"
+        if not folder.is_dir():
+            return []
+        entries = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+        return sorted(entries, key=lambda e: e.get("ingested_at", ""))
+
+    def append(self, df: pd.DataFrame, source_id: str | None = None) -> AppendResult:
+        """Append validated events (the schema of ``validate_events(...).accepted``).
+
+        Args:
+            df: events with ``event_id``, ``event_timestamp`` (tz-aware), ``user_id``, ``item_id``, ``label``.
+            source_id: identifies the source (e.g. ``"file:<sha256>"``); defaults to a hash of the rows.
+
+        Raises:
+            ValueError: missing columns or a timestamp column that is not timezone-aware datetime.
+        """
+        missing = [c for c in EVENT_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"event log append: missing column(s) {missing}")
+        if not isinstance(df["event_timestamp"].dtype, pd.DatetimeTZDtype):
+            raise ValueError("event log append: event_timestamp must be datetime64[ns, UTC] (validate first)")
+        source_id = source_id or f"content:{content_hash(df)}"
+        received = len(df)
+        with self._locked():
+            if self.has_source(source_id):
+                log.info("event log: %s already ingested, skipped", source_id)
+                return AppendResult(source_id, received, 0, 0, already_ingested=True)
+            batch = df.drop_duplicates("event_id", keep="first")
+            batch = batch.assign(event_timestamp=batch["event_timestamp"].dt.tz_convert("UTC"))
+            days = pd.Series(day_strings(batch["event_timestamp"]), index=batch.index)
+            existing = self.event_ids(sorted(set(days)))
+            if existing:
+                keep = ~batch["event_id"].isin(existing).to_numpy()
+                batch, days = batch.loc[keep], days.loc[keep]
+            files = self._write_partitions(batch, days)
+            self._write_manifest(source_id, received, len(batch), files)
+        result = AppendResult(source_id, received, len(batch), received - len(batch), files=files)
+        log.info(
+            "event log: appended %d of %d rows to %d partitions",
+            result.written,
+            received,
+            len(result.partitions),
+        )
+        return result
+
+    def _write_partitions(self, batch: pd.DataFrame, days: pd.Series) -> list[Path]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tmp_dir = self.root / "_tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        batch = batch.sort_values(["event_timestamp", "event_id"], kind="stable")
+        days = days.loc[batch.index]
+        for day, part in batch.groupby(days.to_numpy(), sort=True):
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            tmp = tmp_dir / name
+            try:
+                pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), tmp)
+                target_dir = self.root / f"{_PARTITION}{day}"
+                target_dir.mkdir(exist_ok=True)
+                os.replace(tmp, target_dir / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+            files.append(target_dir / name)
+        return files
+
+    def _write_manifest(self, source_id: str, received: int, written: int, files: list[Path]) -> None:
+        path = self._manifest_path(source_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "source_id": source_id,
+            "rows": received,
+            "written": written,
+            "files": [str(f.relative_to(self.root)) for f in files],
+            "ingested_at": datetime.now(UTC).isoformat(),
+        }
+        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(entry, indent=1))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def dates(self) -> list[date]:
+        """The event dates with at least one part file, ascending."""
+        if not self.root.is_dir():
+            return []
+        out = [_partition_date(p.name) for p in self.root.iterdir() if p.is_dir()]
+        return sorted(d for d in out if d is not None)
+
+    def files(self, start: datetime | str | None = None, end: datetime | str | None = None) -> list[Path]:
+        """Part files whose partition may hold events in ``[start, end)``, by date then name."""
+        lo = _utc(start).date() if start is not None else None
+        hi = _utc(end) if end is not None else None
+        out: list[Path] = []
+        for day in self.dates():
+            if lo is not None and day < lo:
+                continue
+            if hi is not None and pd.Timestamp(day, tz="UTC") >= hi:
+                continue
+            out.extend(sorted((self.root / f"{_PARTITION}{day.isoformat()}").glob("part-*.parquet")))
+        return out
+
+    def event_ids(self, dates: Sequence[str | date] | None = None) -> set[str]:
+        """Event ids stored in the given dates' partitions (all partitions when None)."""
+        import pyarrow.parquet as pq
+
+        if dates is None:
+            paths = self.files()
+        else:
+            paths = []
+            for d in dates:
+                folder = self.root / f"{_PARTITION}{d if isinstance(d, str) else d.isoformat()}"
+                paths.extend(folder.glob("part-*.parquet"))
+        ids: set[str] = set()
+        for p in paths:
+            ids.update(pq.read_table(p, columns=["event_id"]).column(0).to_pylist())
+        return ids
+
+    def read(
+        self,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Events with ``start <= event_timestamp < end`` (either bound optional), sorted by time then id.
+
+        Only the partitions of the window's dates are opened.
+        """
+        return self.read_files(self.files(start, end), start=start, end=end, columns=columns)
+
+    def read_files(
+        self,
+        paths: Sequence[Path],
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Events from the given part files (e.g. the new ones an online source has not seen yet)."""
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
+
+        wanted = list(columns) if columns is not None else None
+        if not paths:
+            return _empty(wanted)
+        schemas = [pq.read_schema(p) for p in paths]
+        try:
+            schema = pa.unify_schemas(schemas, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"event log {self.root}: part files have incompatible schemas: {exc}") from exc
+        dataset = ds.dataset([str(p) for p in paths], schema=schema, format="parquet")
+        flt = None
+        ts_type = schema.field("event_timestamp").type
+        if start is not None:
+            flt = ds.field("event_timestamp") >= pa.scalar(_utc(start), type=ts_type)
+        if end is not None:
+            cond = ds.field("event_timestamp") < pa.scalar(_utc(end), type=ts_type)
+            flt = cond if flt is None else flt & cond
+        read_cols = None
+        if wanted is not None:
+            unknown = [c for c in wanted if c not in schema.names]
+            if unknown:
+                raise ValueError(f"event log {self.root}: unknown column(s) {unknown}; have {schema.names}")
+            read_cols = list(dict.fromkeys([*wanted, "event_timestamp", "event_id"]))
+        table = dataset.to_table(columns=read_cols, filter=flt)
+        df = table.to_pandas()
+        if "event_timestamp" in df.columns:
+            df["event_timestamp"] = df["event_timestamp"].astype("datetime64[ns, UTC]")
+        df = df.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
+        if wanted is not None:
+            df = df[wanted]
+        return df
+
+    def count(self) -> int:
+        """Number of stored events (from Parquet footers, no data read)."""
+        import pyarrow.parquet as pq
+
+        return int(sum(pq.ParquetFile(p).metadata.num_rows for p in self.files()))
+
+
+def _empty(columns: list[str] | None) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {
+            "event_id": pd.Series(dtype=object),
+            "event_timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
+            "user_id": pd.Series(dtype=object),
+            "item_id": pd.Series(dtype=object),
+            "label": pd.Series(dtype=np.int8),
+        }
+    )
+    if columns is None:
+        return df
+    return pd.DataFrame({c: df[c] if c in df.columns else pd.Series(dtype=object) for c in columns})
