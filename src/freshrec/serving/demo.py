@@ -52,20 +52,16 @@ def export_demo_model(out_dir: Path, bias: float = 0.0, seed: int = 0, with_logi
     return out_dir
 
 
-def write_model_config(models_dir: Path, name: str, labels: dict[str, int] | None = None) -> Path:
-    """Write ``models_dir/models.config`` (TF Serving text proto) for one model with version labels."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
+def publish_demo_version(
+    models_dir: Path, name: str = "ctr", bias: float = 0.0, seed: int = 0, with_logit: bool = False
+) -> int:
+    """Export the demo model and publish it to the model repository; returns the new version."""
+    import tempfile
 
-    config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add()
-    model.name = name
-    model.base_path = str(Path(models_dir).resolve() / name)
-    model.model_platform = "tensorflow"
-    for label, version in (labels or {}).items():
-        model.version_labels[label] = version
-    path = Path(models_dir) / "models.config"
-    tmp = path.with_name(f".models.config.{os.getpid()}.tmp")
-    tmp.write_text(text_format.MessageToString(config))
-    os.replace(tmp, path)
-    return path
+    from freshrec.model.repository import ModelRepository
+
+    repo = ModelRepository(models_dir, name)
+    Path(models_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".demo-export-") as tmp:
+        export_demo_model(Path(tmp) / "model", bias=bias, seed=seed, with_logit=with_logit)
+        return repo.publish(Path(tmp) / "model", {"demo": True, "bias": bias}, move=True)

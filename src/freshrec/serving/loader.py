@@ -6,8 +6,11 @@ under its ``base_path`` holding a SavedModel. A :class:`ModelManager` polls both
 immutable snapshot (a new dict is built and the reference swapped), so a request that resolved a
 version keeps it even while the poller unloads it, and no request ever sees a half-loaded version.
 
-Version policy (as TF Serving with labels): keep the latest loadable version, every labelled version
-and the versions a ``specific``/``all``/``latest {num_versions}`` policy asks for; unload the rest.
+Version policy: keep the newest loadable version(s) (``latest {num_versions}``, default 1), every
+labelled version, and the versions a ``specific`` policy lists (or all, for ``all``); unload the rest.
+Unlike TF Serving, a ``specific`` policy does not stop the newest version from loading: the
+repository writes ``specific`` (labelled versions) for TF Serving, and locally a new version must
+still be reachable by number for the canary arm and the online learner.
 A version that fails to load or to warm up is recorded as failed (status ``END`` with the error)
 and never served; it is retried only when its folder changes. A label may only point at a loaded
 version (TF Serving refuses the config otherwise): a label to a failed version keeps its old target.
@@ -181,10 +184,17 @@ def parse_model_config(path: Path, models_dir: Path) -> list[ModelEntry]:
 
 
 def list_versions(base_path: Path) -> dict[int, Path]:
-    """Numbered version folders under a model's base path (TF Serving's layout); others are ignored."""
+    """Servable version folders under a model's base path.
+
+    The repository's rule (``ModelRepository.versions``): a numbered folder with a SavedModel,
+    ``variables/`` and a readable ``freshrec.json``; staging folders and anything else are ignored.
+    """
+    from freshrec.model.repository import ModelRepository
+
     if not base_path.is_dir():
         return {}
-    return {int(p.name): p for p in base_path.iterdir() if p.name.isdigit() and p.is_dir()}
+    repo = ModelRepository(base_path.parent, base_path.name)
+    return {v: repo.path(v) for v in repo.versions()}
 
 
 def _folder_stamp(path: Path) -> float:
@@ -363,13 +373,14 @@ class ModelManager:
         wanted: set[int] = set()
         if entry.policy == "specific":
             wanted |= {v for v in entry.policy_versions if try_load(v)}
-        else:
-            # newest first; a version that fails to load is skipped, so the previous one stays
-            for v in loadable:
-                if try_load(v):
-                    wanted.add(v)
-                    if entry.policy == "latest" and len(wanted) >= entry.num_latest:
-                        break
+        # newest first; a version that fails to load is skipped, so the previous one stays. Also under a
+        # `specific` policy: the repository writes one for TF Serving's sake (labelled versions), but
+        # locally the newest version must be reachable by number (canary, online learner) too.
+        for v in loadable:
+            if try_load(v):
+                wanted.add(v)
+                if entry.policy != "all" and len(wanted - set(entry.policy_versions)) >= entry.num_latest:
+                    break
         wanted |= {v for v in set(entry.labels.values()) if try_load(v)}
         labels = {}
         for label, v in entry.labels.items():

@@ -1,0 +1,185 @@
+"""The prediction log: every served (request, item, score), written as Parquet, joinable with clicks.
+
+Rows: ``request_id`` str, ``user_id`` str, ``item_id`` str, ``model_version`` int64, ``arm`` str
+(stable|canary), ``score`` float64, ``served_at`` timestamp[ns, UTC]. The gateway buffers rows and
+flushes them every ``flush_interval_s`` or ``flush_rows`` rows as one file
+``predictions-<UTC time>-<random>.parquet``, written to a hidden temporary name and renamed, so a
+reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["request_id", "user_id", "item_id", "model_version", "arm", "score", "served_at"]
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "request_id": pd.Series(dtype=object),
+            "user_id": pd.Series(dtype=object),
+            "item_id": pd.Series(dtype=object),
+            "model_version": pd.Series(dtype="int64"),
+            "arm": pd.Series(dtype=object),
+            "score": pd.Series(dtype="float64"),
+            "served_at": pd.Series(dtype="datetime64[ns, UTC]"),
+        }
+    )
+
+
+class PredictionLog:
+    """Buffers prediction rows and flushes them atomically as Parquet files under ``directory``."""
+
+    def __init__(self, directory: Path, flush_rows: int = 50_000, flush_interval_s: float = 2.0) -> None:
+        self.directory = Path(directory)
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._buffer: list[tuple[str, str, Sequence[str], int, str, np.ndarray, int]] = []
+        self._rows = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.files_written = 0
+
+    def add(
+        self,
+        request_id: str,
+        user_id: str,
+        item_ids: Sequence[str],
+        model_version: int,
+        arm: str,
+        scores: np.ndarray,
+    ) -> None:
+        """Record one ranked request (cheap: the columns are built at flush time)."""
+        served_ns = time.time_ns()
+        with self._lock:
+            self._buffer.append((request_id, user_id, item_ids, int(model_version), arm, scores, served_ns))
+            self._rows += len(item_ids)
+            full = self._rows >= self.flush_rows
+        if full:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one Parquet file; returns its path (None if nothing to write)."""
+        with self._lock:
+            buffer, self._buffer, self._rows = self._buffer, [], 0
+        if not buffer:
+            return None
+        counts = np.array([len(b[2]) for b in buffer])
+        frame = pd.DataFrame(
+            {
+                "request_id": np.repeat(np.array([b[0] for b in buffer], dtype=object), counts),
+                "user_id": np.repeat(np.array([b[1] for b in buffer], dtype=object), counts),
+                "item_id": np.concatenate([np.asarray(b[2], dtype=object) for b in buffer]),
+                "model_version": np.repeat(np.array([b[3] for b in buffer], dtype=np.int64), counts),
+                "arm": np.repeat(np.array([b[4] for b in buffer], dtype=object), counts),
+                "score": np.concatenate([np.asarray(b[5], dtype=np.float64).ravel() for b in buffer]),
+                "served_at": pd.to_datetime(np.repeat(np.array([b[6] for b in buffer]), counts), utc=True),
+            }
+        )
+        with self._write_lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+            path = self.directory / f"predictions-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = self.directory / f".{path.name}.tmp"
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+            self.files_written += 1
+        return path
+
+    def start(self) -> None:
+        """Flush in the background every ``flush_interval_s``."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="predlog", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except Exception:  # keep logging; the rows of a failed flush are lost and said so
+                log.exception("prediction log flush failed")
+
+    def stop(self) -> None:
+        """Stop the background flusher and write what is buffered."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush()
+
+
+def read_predictions(
+    directory: Path, start: datetime | None = None, end: datetime | None = None
+) -> pd.DataFrame:
+    """All logged predictions under ``directory`` (optionally ``start <= served_at < end``), by time."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.glob("predictions-*.parquet")) if directory.is_dir() else []
+    if not files:
+        return _empty()
+    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+    if start is not None:
+        frame = frame[frame["served_at"] >= pd.Timestamp(start)]
+    if end is not None:
+        frame = frame[frame["served_at"] < pd.Timestamp(end)]
+    return frame.sort_values("served_at", kind="stable").reset_index(drop=True)
+
+
+def join_clicks(predictions: pd.DataFrame, events: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Label each prediction with the outcome of the same (user, item) within ``window_s`` after it.
+
+    The rule: a prediction served at ``t`` gets ``label`` 1 if the event log has an event for its
+    (user_id, item_id) with label 1 and ``t <= event_timestamp <= t + window_s``; 0 if there are
+    events in that window but none with label 1; and stays unlabelled (``<NA>``) when there is no
+    such event (the impression's outcome is not known yet, or never will be). Events before the
+    prediction never label it. The result is ``predictions`` with a nullable ``label`` (Int8) column
+    and ``event_timestamp`` (the first matching event, NaT when unlabelled), in the same row order.
+
+    Raises:
+        ValueError: a required column is missing (names the frame and column).
+    """
+    for frame, name, needed in (
+        (predictions, "predictions", ["user_id", "item_id", "served_at"]),
+        (events, "events", ["user_id", "item_id", "event_timestamp", "label"]),
+    ):
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise ValueError(f"join_clicks: {name} lacks column(s) {missing}")
+    out = predictions.reset_index(drop=True).copy()
+    out["served_at"] = pd.to_datetime(out["served_at"], utc=True)
+    label = pd.Series(pd.NA, index=out.index, dtype="Int8")
+    first = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
+    if len(out) and len(events):
+        ev = events[["user_id", "item_id", "event_timestamp", "label"]].copy()
+        ev["event_timestamp"] = pd.to_datetime(ev["event_timestamp"], utc=True)
+        lo, hi = out["served_at"].min(), out["served_at"].max() + pd.Timedelta(seconds=window_s)
+        ev = ev[(ev["event_timestamp"] >= lo) & (ev["event_timestamp"] <= hi)]
+        left = out[["user_id", "item_id", "served_at"]].assign(_row=out.index)
+        pairs = left.merge(ev, on=["user_id", "item_id"], how="inner")
+        delta = (pairs["event_timestamp"] - pairs["served_at"]).dt.total_seconds()
+        pairs = pairs[(delta >= 0) & (delta <= window_s)]
+        if len(pairs):
+            grouped = pairs.groupby("_row").agg(
+                label=("label", "max"), event_timestamp=("event_timestamp", "min")
+            )
+            label.loc[grouped.index] = grouped["label"].astype("int8").to_numpy()
+            first.loc[grouped.index] = grouped["event_timestamp"]
+    out["label"] = label
+    out["event_timestamp"] = first
+    return out
