@@ -156,11 +156,18 @@ class DriftSettings(BaseModel):
 
 
 class AlertReceiver(BaseModel):
-    """One alert destination. The URL or key is read from ``secret_env`` at send time."""
+    """One alert destination. The secret is read from ``secret_env`` or ``secret_file`` at send time.
+
+    The secret is the webhook URL (slack, webhook: when ``url`` is not set), the routing key (pagerduty),
+    or an optional bearer token (alertmanager, webhook with ``url``). ``secret_file`` is a mounted
+    Kubernetes secret key (e.g. ``/etc/freshrec/alerts/slack-url``).
+    """
 
     kind: Literal["alertmanager", "slack", "pagerduty", "webhook"]
+    name: str | None = None  # defaults to the kind; used in logs and `freshrec alerts test --receiver`
     url: str | None = None
     secret_env: str | None = None
+    secret_file: Path | None = None
 
 
 class AlertSettings(BaseModel):
@@ -168,7 +175,15 @@ class AlertSettings(BaseModel):
     timeout_s: float = 5.0
     max_retries: int = 3
     backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    # No second notification for the same (model, reason) within this many seconds (flapping).
     min_interval_s: float = 60.0
+    # At most this many firing notifications per receiver per hour (resolves always go out).
+    max_per_hour: int = 30
+    # Alertmanager: firing alerts are re-posted on every check with endsAt = now + this.
+    alertmanager_ttl_s: float = 7200.0
+    generator_url: str = "http://freshrec.local/drift"
+    console: bool = True
 
 
 class TriggerSettings(BaseModel):
