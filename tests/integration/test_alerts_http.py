@@ -1,0 +1,276 @@
+"""Alert delivery against real HTTP receivers on loopback that fail the first N deliveries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from freshrec.alerts import AlertManager
+from freshrec.config import AlertReceiver, AlertSettings, DriftSettings
+from freshrec.drift import DriftResult, FeatureDrift
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver:
+    """A loopback HTTP server that answers ``fail_status`` to the first ``fail_first`` requests."""
+
+    def __init__(self, fail_first: int = 0, fail_status: int = 503, ok_status: int = 200) -> None:
+        self.requests: list[dict] = []
+        self.fail_first = fail_first
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "json": json.loads(body or b"null")}
+                )
+                status = fail_status if len(outer.requests) <= outer.fail_first else ok_status
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b'{"status":"ok"}' if status < 300 else b"upstream down")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _settings(*receivers: AlertReceiver, **kw) -> AlertSettings:
+    values = {"timeout_s": 2.0, "max_retries": 3, "backoff_s": 0.01, "min_interval_s": 0.0, "console": False}
+    values.update(kw)
+    return AlertSettings(receivers=list(receivers), **values)
+
+
+def _drift_result(drifted: bool) -> DriftResult:
+    feats = {
+        n: FeatureDrift(
+            name=n, kind="numeric", method="wasserstein", threshold=0.1, score=s, drifted=s >= 0.1
+        )
+        for n, s in {"user_age": 0.4 if drifted else 0.01, "item_year": 0.3 if drifted else 0.02}.items()
+    }
+    share = sum(f.drifted for f in feats.values()) / 2
+    return DriftResult(
+        verdict="drift" if drifted else "ok",
+        reason="test",
+        created_at=datetime.now(UTC),
+        n_reference=1000,
+        n_current=1000,
+        features=feats,
+        drift_share=share,
+        dataset_drift=share >= DriftSettings().drift_share_threshold,
+    )
+
+
+def test_retry_until_delivered_then_dedupe_then_resolve(tmp_path):
+    with Receiver(fail_first=2) as hook:
+        sleeps: list[float] = []
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=hook.url + "/hook")), tmp_path, sleep=sleeps.append
+        )
+        (first,) = manager.sync_from_drift(_drift_result(True), "ctr")
+        assert first.ok and first.attempts == 3 and first.status_code == 200
+        assert sleeps == [0.01, 0.02]  # exponential backoff
+        assert hook.requests[-1]["json"]["status"] == "firing"
+        assert hook.requests[-1]["json"]["key"] == "ctr/drift"
+        assert "user_age" in hook.requests[-1]["json"]["summary"]
+
+        # Same drift at the next check: nothing new is sent (one open alert per model + reason).
+        assert manager.sync_from_drift(_drift_result(True), "ctr") == []
+        assert len(hook.requests) == 3
+        # A fresh manager over the same state dir (the next CronJob run) also dedupes.
+        again = AlertManager(_settings(AlertReceiver(kind="webhook", url=hook.url + "/hook")), tmp_path)
+        assert again.sync_from_drift(_drift_result(True), "ctr") == []
+        assert set(again.open_alerts()) == {"ctr/drift"}
+
+        (resolved,) = again.sync_from_drift(_drift_result(False), "ctr")
+        assert resolved.ok and resolved.action == "resolve"
+        assert hook.requests[-1]["json"]["status"] == "resolved"
+        assert again.open_alerts() == {}
+
+
+def test_failed_delivery_is_reported_not_raised_and_retried_next_check(tmp_path, caplog):
+    with Receiver(fail_first=100) as hook:
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=hook.url), max_retries=2),
+            tmp_path,
+            sleep=lambda s: None,
+        )
+        with caplog.at_level(logging.ERROR, logger="freshrec.alerts"):
+            (failed,) = manager.fire("ctr", "drift", "drift found")
+        assert not failed.ok and failed.attempts == 3 and failed.status_code == 503
+        assert "upstream down" in failed.error
+        assert "failed after 3 attempts" in caplog.text
+        hook.fail_first = 0
+        (retried,) = manager.fire("ctr", "drift", "drift found")
+        assert retried.ok  # the receiver that missed it gets it at the next check
+        assert manager.fire("ctr", "drift", "drift found") == []
+
+
+def test_client_errors_are_not_retried(tmp_path):
+    with Receiver(fail_first=100, fail_status=400) as hook:
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=hook.url)), tmp_path, sleep=lambda s: None
+        )
+        (d,) = manager.fire("ctr", "drift", "x")
+        assert not d.ok and d.attempts == 1 and d.status_code == 400
+
+
+def test_unreachable_receiver_times_out_within_bound(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that accepts connections but never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=url), timeout_s=0.3, max_retries=1),
+            tmp_path,
+            sleep=lambda s: None,
+        )
+        t0 = time.monotonic()
+        (d,) = manager.fire("ctr", "drift", "x")
+        assert not d.ok and d.attempts == 2 and "Timeout" in d.error
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_rate_limit_per_receiver(tmp_path):
+    with Receiver() as hook:
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=hook.url), max_per_hour=2), tmp_path
+        )
+        results = [manager.fire(f"m{i}", "drift", "x")[0] for i in range(4)]
+        assert [r.ok for r in results] == [True, True, False, False]
+        assert [r.skipped for r in results[2:]] == ["rate limited", "rate limited"]
+        assert len(hook.requests) == 2
+
+
+def test_min_interval_stops_flapping(tmp_path):
+    with Receiver() as hook:
+        now = [1000.0]
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=hook.url), min_interval_s=60.0),
+            tmp_path,
+            clock=lambda: now[0],
+        )
+        assert manager.fire("ctr", "drift", "x")[0].ok
+        now[0] += 10
+        assert manager.resolve("ctr", "drift")[0].ok  # resolves always go out
+        now[0] += 10
+        assert manager.fire("ctr", "drift", "x")[0].skipped == "min interval"
+        now[0] += 60
+        assert manager.fire("ctr", "drift", "x")[0].ok
+        assert [r["json"]["status"] for r in hook.requests] == ["firing", "resolved", "firing"]
+
+
+def test_formats_of_alertmanager_slack_pagerduty(tmp_path, monkeypatch):
+    with Receiver() as am, Receiver() as slack, Receiver() as pd:
+        monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", slack.url + "/services/T000/B000/SECRETPATH")
+        key_file = tmp_path / "pd-routing-key"
+        key_file.write_text("R0UT1NGKEY\n")
+        settings = _settings(
+            AlertReceiver(kind="alertmanager", url=am.url),
+            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"),
+            AlertReceiver(kind="pagerduty", url=pd.url + "/v2/enqueue", secret_file=key_file),
+        )
+        manager = AlertManager(settings, tmp_path / "state")
+        deliveries = manager.sync_from_drift(_drift_result(True), "ctr")
+        assert all(d.ok for d in deliveries) and len(deliveries) == 3
+
+        (post,) = am.requests
+        assert post["path"] == "/api/v2/alerts"
+        (alert,) = post["json"]
+        assert alert["labels"] == {
+            "alertname": "FreshrecDrift",
+            "model": "ctr",
+            "reason": "drift",
+            "severity": "warning",
+            "service": "freshrec",
+        }
+        assert set(alert) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
+        assert alert["startsAt"].endswith("Z") and alert["endsAt"] > alert["startsAt"]
+
+        (msg,) = slack.requests
+        assert msg["path"] == "/services/T000/B000/SECRETPATH"
+        assert "FIRING" in msg["json"]["text"] and msg["json"]["blocks"][0]["type"] == "section"
+
+        (event,) = pd.requests
+        assert event["json"]["routing_key"] == "R0UT1NGKEY"
+        assert (
+            event["json"]["event_action"] == "trigger" and event["json"]["dedup_key"] == "freshrec/ctr/drift"
+        )
+        assert set(event["json"]["payload"]) >= {"summary", "severity", "source"}
+
+        # Still drifting: Alertmanager gets a refresh (it expires alerts that stop arriving), others not.
+        refresh = manager.sync_from_drift(_drift_result(True), "ctr")
+        assert [(d.kind, d.action) for d in refresh] == [("alertmanager", "refresh")]
+        # Cleared: all three resolve, PagerDuty by dedup key.
+        resolved = manager.sync_from_drift(_drift_result(False), "ctr")
+        assert sorted(d.kind for d in resolved if d.ok) == ["alertmanager", "pagerduty", "slack"]
+        assert pd.requests[-1]["json"]["event_action"] == "resolve"
+        assert pd.requests[-1]["json"]["dedup_key"] == "freshrec/ctr/drift"
+        assert am.requests[-1]["json"][0]["endsAt"] <= datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog):
+    secret_path = "/services/T111/B222/TOPSECRETTOKEN"
+    with Receiver(fail_first=100, fail_status=500) as slack:
+        monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", slack.url + secret_path)
+        monkeypatch.setenv("FRESHREC_TEST_PD_KEY", "PDKEYSECRET")
+        settings = _settings(
+            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"),
+            AlertReceiver(kind="pagerduty", url=slack.url, secret_env="FRESHREC_TEST_PD_KEY"),
+            AlertReceiver(kind="webhook", name="missing", secret_env="FRESHREC_NOT_SET"),
+            max_retries=1,
+        )
+        manager = AlertManager(settings, tmp_path, sleep=lambda s: None)
+        with caplog.at_level(logging.DEBUG):
+            deliveries = manager.fire("ctr", "drift", "x") + manager.test()
+    assert not any(d.ok for d in deliveries)
+    text = caplog.text + " ".join(d.model_dump_json() for d in deliveries)
+    assert "POST ***" in caplog.text  # urllib3 logged the request line, with the secret path redacted
+    for secret in ("TOPSECRETTOKEN", "PDKEYSECRET", secret_path):
+        assert secret not in text
+    missing = [d for d in deliveries if d.receiver == "missing"]
+    assert missing and all("FRESHREC_NOT_SET is not set" in d.error for d in missing)
+
+
+def test_unreachable_slack_error_is_redacted(tmp_path, monkeypatch, port_factory):
+    monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", f"http://127.0.0.1:{port_factory()}/services/T9/B9/SECRETXYZ")
+    manager = AlertManager(
+        _settings(AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"), max_retries=0), tmp_path
+    )
+    (d,) = manager.fire("ctr", "drift", "x")
+    assert not d.ok and "ConnectionError" in d.error
+    assert "SECRETXYZ" not in d.error and "/services/T9/B9" not in d.error
+
+
+def test_alerts_test_selects_receivers(tmp_path):
+    with Receiver() as a, Receiver() as b:
+        settings = _settings(
+            AlertReceiver(kind="webhook", name="a", url=a.url),
+            AlertReceiver(kind="webhook", name="b", url=b.url),
+        )
+        manager = AlertManager(settings, tmp_path)
+        (d,) = manager.test(["b"])
+        assert d.ok and d.receiver == "b" and not a.requests and b.requests[0]["json"]["reason"] == "test"
+        with pytest.raises(ValueError, match="unknown receivers"):
+            manager.test(["nope"])
+        assert manager.open_alerts() == {}
