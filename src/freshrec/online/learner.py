@@ -1,0 +1,615 @@
+"""The streaming learner: test-then-train on micro-batches, checkpoint, then guarded export.
+
+One step (:meth:`OnlineLearner.step`) takes a polled batch and:
+
+1. drops replays (``event_id`` already in the checkpointed seen-set) and quarantines malformed rows;
+2. adds the events to the incremental activity state and builds the model's feature rows (profiles +
+   activity as of each event, from strictly earlier events), pushing the fresh activity rows to Feast;
+3. scores the events with the current model *before* learning from them (prequential metrics), and with the
+   serving version (for the guard, on exactly the same events);
+4. trains on the events whose click window has closed (``label_delay_s`` of event time; the others wait in
+   a buffer that is part of the checkpoint);
+5. checkpoints (weights, optimizer, seen ids, buffer, positions, totals) atomically, and only then commits
+   the source positions (at-least-once delivery + dedup = every event counted once);
+6. every ``export_every_events`` events or ``export_every_s`` seconds, runs the guard and, if it passes,
+   publishes a new version (labelled stable), else keeps the old one, alerts, and optionally resets.
+
+Online exports are labelled ``stable`` directly when the guard passes: the guard compares the candidate with
+the serving version on the same fresh events, which is the analysis a canary would make, and a canary of
+minutes would defeat the point of learning online. The canary path stays for batch-retrained models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from freshrec.config import OnlineSettings
+from freshrec.online.guard import GuardPolicy, GuardResult, check_guard
+from freshrec.online.prequential import PrequentialMetrics
+from freshrec.online.sources import Batch, EventSource, SeenIds
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_POINTER = "CURRENT"
+
+
+@dataclass
+class Totals:
+    """Counters over the learner's whole life (kept in the checkpoint)."""
+
+    received: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    scored: int = 0
+    learned: int = 0
+    batches: int = 0
+    exports: int = 0
+    guard_failures: int = 0
+    resets: int = 0
+    newest_event_time: str | None = None
+    newest_learned_time: str | None = None
+
+
+@dataclass
+class ExportRecord:
+    """What happened at one export attempt."""
+
+    attempted_at: float
+    passed: bool
+    version: int | None
+    parent_version: int | None
+    events_learned: int
+    newest_event_time: str | None
+    newest_entered_at: float | None
+    guard: dict
+    published_at: float | None = None
+
+
+class Featurizer:
+    """Feature rows for the model from raw events: profile join + incremental activity features.
+
+    Args:
+        users, items: profile tables (``user_id`` / ``item_id`` + profile columns).
+        activity: a ``freshrec.features.activity.ActivityState`` (warm it with the history first).
+    """
+
+    def __init__(self, users: pd.DataFrame, items: pd.DataFrame, activity: Any | None = None) -> None:
+        from freshrec.features.activity import ActivityState
+
+        self.users = users
+        self.items = items
+        self.activity = activity if activity is not None else ActivityState()
+
+    def __call__(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Update the activity state with ``events`` and return one feature row per event (same order)."""
+        from freshrec.features.activity import ITEM_ACTIVITY, USER_ACTIVITY
+        from freshrec.features.training_set import build_training_frame
+
+        events = events.reset_index(drop=True)
+        # Adding the batch first, then asking "as of each event's own time" (strictly earlier events) gives
+        # the exact point-in-time value, including earlier events of the same batch.
+        self.activity.update(events)
+        frame = build_training_frame(events, self.users, self.items)
+        ts = events["event_timestamp"]
+        user = self.activity.user_rows(events["user_id"].astype(str), ts)
+        item = self.activity.item_rows(events["item_id"].astype(str), ts)
+        for name in USER_ACTIVITY:
+            frame[name] = user[name].to_numpy()
+        for name in ITEM_ACTIVITY:
+            frame[name] = item[name].to_numpy()
+        return frame
+
+    def fresh_rows(self, events: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Activity rows of the batch's users and items after the batch (to push to the online store)."""
+        as_of = pd.Timestamp(events["event_timestamp"].max()) + pd.Timedelta(microseconds=1)
+        users = self.activity.user_rows(pd.unique(events["user_id"].astype(str)), as_of)
+        items = self.activity.item_rows(pd.unique(events["item_id"].astype(str)), as_of)
+        return users, items
+
+
+def predict(model: Any, frame: pd.DataFrame, spec: Any) -> np.ndarray:
+    """Probabilities for a micro-batch: a direct call (``model.predict`` costs far more per small batch)."""
+    from freshrec.model.spec import frame_to_inputs
+
+    if len(frame) == 0:
+        return np.zeros(0, dtype=np.float32)
+    fn = getattr(model, "_freshrec_online_predict", None)
+    if fn is None:
+        import tensorflow as tf
+
+        # One traced graph for every batch size (an eager call re-dispatches every layer each time).
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._freshrec_online_predict = fn
+    out = fn(frame_to_inputs(frame, spec))
+    return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+def _compile(model: Any, learning_rate: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy")
+
+
+def _clone_weights(src: Any, dst: Any) -> None:
+    dst.set_weights(src.get_weights())
+
+
+@dataclass
+class _GuardWindow:
+    labels: list[np.ndarray] = field(default_factory=list)
+    cand: list[np.ndarray] = field(default_factory=list)
+    serv: list[np.ndarray] = field(default_factory=list)
+    n: int = 0
+
+    def add(self, y: np.ndarray, c: np.ndarray, s: np.ndarray) -> None:
+        self.labels.append(y)
+        self.cand.append(c)
+        self.serv.append(s)
+        self.n += len(y)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.labels:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        return np.concatenate(self.labels), np.concatenate(self.cand), np.concatenate(self.serv)
+
+
+class OnlineLearner:
+    """Test-then-train learner over an :class:`~freshrec.online.sources.EventSource`.
+
+    Args:
+        model: the Keras model to keep training (spec attached, e.g. from ``load_keras_model``).
+        serving_model: a second model with the serving version's weights (same architecture); the guard
+            scores it on the same events. Its weights are replaced by the learner's at each export.
+        featurizer: events → feature rows (see :class:`Featurizer`).
+        settings: ``settings.online``.
+        state_dir: checkpoint directory (None: no checkpoints, e.g. in benchmarks).
+        repository: a ``ModelRepository`` to publish to (None: exports disabled).
+        parent_version: the version the learner started from (the serving one).
+        quarantine_dir: where malformed rows go (None: logged only).
+        push: optional callable(user_rows, item_rows) pushing fresh activity to the online store.
+        on_guard_failure: optional callable(GuardResult, ExportRecord) (e.g. raise an alert).
+        on_export: optional callable(ExportRecord) after a version is published (e.g. freshness tracking).
+        keep_all_predictions: keep every prequential pair (exact whole-stream AUC, for the benchmark).
+        validate: validate events (False when the caller already holds validated, typed events).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        serving_model: Any | None,
+        featurizer: Callable[[pd.DataFrame], pd.DataFrame],
+        settings: OnlineSettings,
+        state_dir: Path | None = None,
+        repository: Any | None = None,
+        parent_version: int | None = None,
+        quarantine_dir: Path | None = None,
+        push: Callable[[pd.DataFrame, pd.DataFrame], Any] | None = None,
+        on_guard_failure: Callable[[GuardResult, ExportRecord], Any] | None = None,
+        on_export: Callable[[ExportRecord], Any] | None = None,
+        keep_all_predictions: bool = False,
+        validate: bool = True,
+        future_tolerance_s: float = 300.0,
+    ) -> None:
+        from freshrec.model.export import spec_of
+
+        self.model = model
+        self.spec = spec_of(model)
+        self.serving_model = serving_model
+        self.featurizer = featurizer
+        self.settings = settings
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.repository = repository
+        self.serving_version = parent_version
+        self.quarantine_dir = quarantine_dir
+        self.push = push
+        self.on_guard_failure = on_guard_failure
+        self.on_export = on_export
+        self.validate = validate
+        self.future_tolerance_s = future_tolerance_s
+        self.policy = GuardPolicy.from_settings(settings)
+        self.metrics = PrequentialMetrics(window=settings.prequential_window, keep_all=keep_all_predictions)
+        self.serving_metrics = PrequentialMetrics(
+            window=settings.prequential_window, keep_all=keep_all_predictions
+        )
+        self.seen = SeenIds(settings.seen_ids_capacity)
+        self.totals = Totals()
+        self.exports: list[ExportRecord] = []
+        self.buffer = pd.DataFrame()  # featurized impressions waiting for their click window to close
+        self.watermark: pd.Timestamp | None = None
+        self._window = _GuardWindow()
+        self._reference: pd.DataFrame | None = None  # events learned before the serving version was exported
+        self._recent_learned: list[pd.DataFrame] = []
+        self._positions: list[Any] = []
+        self._last_export_time = time.monotonic()
+        self._learned_since_export = 0
+        self._newest_entered_at: float | None = None
+        self._checkpoint_seq = 0
+        _compile(self.model, settings.learning_rate)
+        if self.serving_model is None:
+            from freshrec.model.builder import build_model
+            from freshrec.model.export import attach, settings_of
+
+            self.serving_model = attach(
+                build_model(self.spec, settings_of(model)), self.spec, settings_of(model)
+            )
+            _clone_weights(model, self.serving_model)
+        self._good_weights = self.serving_model.get_weights()
+
+    # ------------------------------------------------------------------------------------------ stepping
+    def step(self, batch: Batch, source: EventSource | None = None) -> dict[str, Any]:
+        """Process one polled batch (see the module docstring). Returns a small progress record."""
+        raw = batch.events.reset_index(drop=True)
+        self.totals.received += len(raw)
+        entered = np.asarray(batch.entered_at, dtype=np.float64)
+        if len(raw):
+            ids = (
+                raw["event_id"].astype(str).to_numpy()
+                if "event_id" in raw.columns
+                else np.array([""] * len(raw))
+            )
+            new = self.seen.mask_new(ids)
+            self.totals.duplicates += int((~new).sum())
+            raw = raw[new].reset_index(drop=True)
+            if len(entered) == len(new):
+                entered = entered[new]
+            events = self._validated(raw)
+            self.seen.add(i for i in ids[new] if i)
+        else:
+            events = raw
+        record: dict[str, Any] = {"received": len(batch.events), "accepted": len(events)}
+        if len(events):
+            if len(entered):
+                self._newest_entered_at = max(self._newest_entered_at or 0.0, float(entered.max()))
+            record.update(self._learn(events))
+        self._positions.append(batch.positions)
+        self.totals.batches += 1
+        if (
+            self.state_dir is not None
+            and self.totals.batches % max(1, self.settings.checkpoint_every_batches) == 0
+        ):
+            self.checkpoint(source)
+        if self._export_due():
+            record["export"] = self.maybe_export()
+        return record
+
+    def _validated(self, raw: pd.DataFrame) -> pd.DataFrame:
+        if not self.validate or raw.empty:
+            return raw
+        from freshrec.data.validation import validate_events, write_quarantine
+
+        result = validate_events(raw, future_tolerance_s=self.future_tolerance_s, source="online")
+        if len(result.quarantined):
+            self.totals.quarantined += len(result.quarantined)
+            if self.quarantine_dir is not None:
+                write_quarantine(
+                    result.quarantined,
+                    Path(self.quarantine_dir),
+                    source="online",
+                    name=f"online-{uuid.uuid4().hex}",
+                )
+            log.warning("quarantined %d online events: %s", len(result.quarantined), result.reasons)
+        return result.accepted
+
+    def _learn(self, events: pd.DataFrame) -> dict[str, Any]:
+        from freshrec.model.spec import labels_of
+
+        events = events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+        frame = self.featurizer(events)
+        if self.push is not None and hasattr(self.featurizer, "fresh_rows"):
+            try:
+                self.push(*self.featurizer.fresh_rows(events))
+            except Exception as exc:  # a feature-store outage must not stop learning
+                log.warning("pushing fresh activity features failed: %s", exc)
+        y = labels_of(frame, self.spec)
+        cand = predict(self.model, frame, self.spec)
+        serv = predict(self.serving_model, frame, self.spec)
+        first, last = str(events["event_timestamp"].iloc[0]), str(events["event_timestamp"].iloc[-1])
+        rec = self.metrics.update(y, cand, first, last)
+        self.serving_metrics.update(y, serv, first, last)
+        self._window.add(y, cand, serv)
+        self.totals.scored += len(frame)
+        self.totals.newest_event_time = last
+        newest = pd.Timestamp(events["event_timestamp"].iloc[-1])
+        self.watermark = newest if self.watermark is None or newest > self.watermark else self.watermark
+        learned = self._train(frame)
+        return {"batch_logloss": rec.logloss, "window_auc": rec.window_auc, "learned": learned}
+
+    def _train(self, frame: pd.DataFrame) -> int:
+        from freshrec.model.spec import frame_to_inputs, labels_of
+
+        delay = self.settings.label_delay_s
+        if delay > 0:
+            buf = pd.concat([self.buffer, frame], ignore_index=True) if len(self.buffer) else frame
+            closed = buf["event_timestamp"] + pd.Timedelta(seconds=delay) <= self.watermark
+            ready, self.buffer = buf[closed].reset_index(drop=True), buf[~closed].reset_index(drop=True)
+        else:
+            ready = frame
+        if ready.empty:
+            return 0
+        inputs = frame_to_inputs(ready, self.spec)
+        y = labels_of(ready, self.spec)
+        for _ in range(max(1, self.settings.epochs_per_batch)):
+            self.model.train_on_batch(inputs, y)
+        self.totals.learned += len(ready)
+        self._learned_since_export += len(ready)
+        self.totals.newest_learned_time = str(ready["event_timestamp"].max())
+        self._recent_learned.append(ready)
+        # Bounded: only the newest guard_reference_size learned rows are kept for the next reference set.
+        while sum(len(f) for f in self._recent_learned[1:]) >= self.settings.guard_reference_size:
+            self._recent_learned.pop(0)
+        return len(ready)
+
+    def run(
+        self,
+        source: EventSource,
+        max_events: int | None = None,
+        until_idle: bool = False,
+        idle_timeout_s: float = 1.0,
+        progress: Callable[[dict[str, Any]], Any] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Totals:
+        """Poll and step until ``max_events`` were received, the source is idle (``until_idle``), or stopped."""
+        while True:
+            if should_stop is not None and should_stop():
+                break
+            want = self.settings.micro_batch
+            if max_events is not None:
+                want = min(want, max_events - self.totals.received)
+                if want <= 0:
+                    break
+            batch = source.poll(want, idle_timeout_s)
+            if len(batch) == 0 and not batch.positions:
+                if until_idle:
+                    break
+                continue
+            rec = self.step(batch, source)
+            if progress is not None:
+                progress(rec)
+        if self.state_dir is not None:
+            self.checkpoint(source)
+        return self.totals
+
+    # ------------------------------------------------------------------------------------------ export
+    def _export_due(self) -> bool:
+        if self.repository is None or self._window.n < self.settings.guard_min_events:
+            return False
+        if self._learned_since_export >= self.settings.export_every_events:
+            return True
+        return (
+            self._learned_since_export > 0
+            and time.monotonic() - self._last_export_time >= self.settings.export_every_s
+        )
+
+    def guard(self) -> GuardResult:
+        """Evaluate the guard on the events since the last export (and the reference set, if any)."""
+        from freshrec.model.spec import labels_of
+
+        y, cand, serv = self._window.arrays()
+        reference = None
+        if self._reference is not None and len(self._reference):
+            ref = self._reference
+            reference = (
+                labels_of(ref, self.spec),
+                predict(self.model, ref, self.spec),
+                predict(self.serving_model, ref, self.spec),
+            )
+        return check_guard(self.policy, y, cand, serv, weights=self.model.get_weights(), reference=reference)
+
+    def maybe_export(self) -> dict[str, Any]:
+        """Run the guard; publish a version if it passes, else keep the serving one (and maybe reset)."""
+        result = self.guard()
+        rec = ExportRecord(
+            attempted_at=time.time(),
+            passed=result.passed,
+            version=None,
+            parent_version=self.serving_version,
+            events_learned=self.totals.learned,
+            newest_event_time=self.totals.newest_learned_time,
+            newest_entered_at=self._newest_entered_at,
+            guard=result.to_dict(),
+        )
+        if result.passed:
+            rec.version = self._publish(rec)
+            rec.published_at = time.time()
+            self.totals.exports += 1
+            _clone_weights(self.model, self.serving_model)
+            self._good_weights = self.serving_model.get_weights()
+            self.serving_version = rec.version
+            self._reference = (
+                pd.concat(self._recent_learned, ignore_index=True) if self._recent_learned else None
+            )
+            log.info("exported version %s (%d events learned)", rec.version, self.totals.learned)
+            if self.on_export is not None:
+                self.on_export(rec)
+        else:
+            self.totals.guard_failures += 1
+            log.warning(
+                "guard failed, keeping version %s: %s", self.serving_version, "; ".join(result.reasons)
+            )
+            if self.settings.reset_on_guard_failure:
+                self.reset_to_good()
+            if self.on_guard_failure is not None:
+                try:
+                    self.on_guard_failure(result, rec)
+                except Exception as exc:  # an unreachable alert receiver must not stop learning
+                    log.error("guard-failure callback failed: %s", exc)
+        self.exports.append(rec)
+        self._window = _GuardWindow()
+        self._learned_since_export = 0
+        self._last_export_time = time.monotonic()
+        if self.state_dir is not None:
+            self.checkpoint(None)
+        return {"passed": result.passed, "version": rec.version, "reasons": result.reasons}
+
+    def reset_to_good(self) -> None:
+        """Back to the weights of the last good (serving) version, with a fresh optimizer."""
+        self.model.set_weights(self._good_weights)
+        _compile(self.model, self.settings.learning_rate)
+        self.totals.resets += 1
+
+    def _publish(self, rec: ExportRecord) -> int:
+        from freshrec.model.export import export_model
+
+        assert self.repository is not None
+        staging_root = Path(self.repository.models_dir) / ".online-exports"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        out = staging_root / f"export-{uuid.uuid4().hex}"
+        export_model(self.model, out)
+        metadata = {
+            "source": "online",
+            "parent_version": rec.parent_version,
+            "events_learned": rec.events_learned,
+            "newest_event_time": rec.newest_event_time,
+            "newest_entered_at": rec.newest_entered_at,
+            "prequential": {
+                "window_logloss": _finite(self.metrics.window_logloss()),
+                "window_auc": _finite(self.metrics.window_auc()),
+                "serving_window_logloss": _finite(self.serving_metrics.window_logloss()),
+                "serving_window_auc": _finite(self.serving_metrics.window_auc()),
+                "events": self.metrics.n,
+            },
+            "guard": rec.guard,
+            "spec_hash": self.spec.hash(),
+        }
+        try:
+            version = self.repository.publish(out, metadata, move=True)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        if self.settings.label_stable:
+            self.repository.set_label("stable", version)
+        return version
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+    def checkpoint(self, source: EventSource | None) -> Path | None:
+        """Write the learner's state atomically, then commit the positions it includes to ``source``."""
+        if self.state_dir is None:
+            return None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._checkpoint_seq += 1
+        name = f"ckpt-{int(time.time() * 1000)}-{self._checkpoint_seq:06d}"
+        tmp = self.state_dir / f".{name}.tmp"
+        tmp.mkdir()
+        weights = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+        opt_vars = (
+            [np.asarray(v) for v in self.model.optimizer.variables] if self.model.optimizer.built else []
+        )
+        weights.update({f"o{i}": v for i, v in enumerate(opt_vars)})
+        with open(tmp / "weights.npz", "wb") as fh:
+            np.savez(fh, **weights)
+        pd.DataFrame({"event_id": self.seen.to_list()}).to_parquet(tmp / "seen.parquet", index=False)
+        if len(self.buffer):
+            self.buffer.to_parquet(tmp / "buffer.parquet", index=False)
+        activity = getattr(self.featurizer, "activity", None)
+        if activity is not None:
+            # The activity state is plain Python (dicts of deques); pickle is the faithful way to keep it.
+            with open(tmp / "activity.pkl", "wb") as fh:
+                pickle.dump(activity, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        state = {
+            "totals": asdict(self.totals),
+            "serving_version": self.serving_version,
+            "n_weights": len(self.model.get_weights()),
+            "n_optimizer": len(opt_vars),
+            "watermark": str(self.watermark) if self.watermark is not None else None,
+            "positions": _jsonable(self._positions),
+            "prequential": self.metrics.state(),
+            "serving_prequential": self.serving_metrics.state(),
+            "exports": [asdict(e) for e in self.exports[-50:]],
+            "newest_entered_at": self._newest_entered_at,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, default=str))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        final = self.state_dir / name
+        os.rename(tmp, final)
+        pointer_tmp = self.state_dir / f".{CHECKPOINT_POINTER}.{uuid.uuid4().hex}"
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, self.state_dir / CHECKPOINT_POINTER)
+        for old in self.state_dir.glob("ckpt-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        # Only now are these events safe: tell the source it may forget them.
+        if source is not None:
+            for positions in self._positions:
+                source.commit(positions)
+        self._positions = []
+        return final
+
+    def restore(self) -> bool:
+        """Load the latest checkpoint from ``state_dir``; False when there is none."""
+        if self.state_dir is None:
+            return False
+        pointer = self.state_dir / CHECKPOINT_POINTER
+        if not pointer.is_file():
+            return False
+        path = self.state_dir / pointer.read_text().strip()
+        state = json.loads((path / "state.json").read_text())
+        with np.load(path / "weights.npz", allow_pickle=False) as data:
+            n_w, n_o = state["n_weights"], state["n_optimizer"]
+            self.model.set_weights([data[f"w{i}"] for i in range(n_w)])
+            if n_o:
+                opt = self.model.optimizer
+                if not opt.built:
+                    opt.build(self.model.trainable_variables)
+                for var, i in zip(opt.variables, range(n_o), strict=False):
+                    var.assign(data[f"o{i}"])
+        self.seen = SeenIds(
+            self.settings.seen_ids_capacity, pd.read_parquet(path / "seen.parquet")["event_id"].tolist()
+        )
+        act = path / "activity.pkl"
+        if act.is_file() and hasattr(self.featurizer, "activity"):
+            with open(act, "rb") as fh:
+                self.featurizer.activity = pickle.load(fh)  # our own checkpoint file
+        buf = path / "buffer.parquet"
+        self.buffer = pd.read_parquet(buf) if buf.is_file() else pd.DataFrame()
+        self.totals = Totals(**state["totals"])
+        self.watermark = pd.Timestamp(state["watermark"]) if state.get("watermark") else None
+        self.metrics.restore(state.get("prequential", {}))
+        self.serving_metrics.restore(state.get("serving_prequential", {}))
+        self._newest_entered_at = state.get("newest_entered_at")
+        self.serving_version = state.get("serving_version", self.serving_version)
+        log.info("restored checkpoint %s: %s", path.name, state["totals"])
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-able summary for the run report."""
+        return {
+            "totals": asdict(self.totals),
+            "serving_version": self.serving_version,
+            "prequential": {
+                "window_logloss": _finite(self.metrics.window_logloss()),
+                "window_auc": _finite(self.metrics.window_auc()),
+                "mean_logloss": _finite(self.metrics.mean_logloss()),
+                "serving_window_logloss": _finite(self.serving_metrics.window_logloss()),
+                "serving_window_auc": _finite(self.serving_metrics.window_auc()),
+            },
+            "batches": [r.to_dict() for r in self.metrics.records[-500:]],
+            "exports": [asdict(e) for e in self.exports],
+        }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
