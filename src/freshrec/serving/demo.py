@@ -14,7 +14,13 @@ from pathlib import Path
 DEMO_INPUTS = {"user_id": "string", "item_id": "string", "user_age": "int64", "item_ctr_total": "float32"}
 
 
-def export_demo_model(out_dir: Path, bias: float = 0.0, seed: int = 0, with_logit: bool = False) -> Path:
+def export_demo_model(
+    out_dir: Path,
+    bias: float = 0.0,
+    seed: int = 0,
+    with_logit: bool = False,
+    inputs: dict[str, str] | None = None,
+) -> Path:
     """Export the demo model as a SavedModel at ``out_dir`` (written beside it, then renamed).
 
     Args:
@@ -22,6 +28,7 @@ def export_demo_model(out_dir: Path, bias: float = 0.0, seed: int = 0, with_logi
         bias: added to the logit, so two versions give different scores.
         seed: weight initialisation seed.
         with_logit: also output ``logit`` (a second named output, for multi-output formats).
+        inputs: input name -> dtype (string|int64|float32); default :data:`DEMO_INPUTS`.
 
     Returns:
         ``out_dir``.
@@ -32,19 +39,20 @@ def export_demo_model(out_dir: Path, bias: float = 0.0, seed: int = 0, with_logi
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists")
     keras.utils.set_random_seed(seed)
-    inputs = {name: keras.Input(shape=(), dtype=dtype, name=name) for name, dtype in DEMO_INPUTS.items()}
-    user = keras.layers.Hashing(num_bins=97)(inputs["user_id"])
-    item = keras.layers.Hashing(num_bins=97)(inputs["item_id"])
-    emb = keras.layers.Embedding(97, 4)
-    numeric = keras.ops.stack(
-        [keras.ops.cast(inputs["user_age"], "float32") / 50.0, inputs["item_ctr_total"]], axis=-1
-    )
-    cross = keras.ops.sum(emb(user) * emb(item), axis=-1, keepdims=True)
-    logit = keras.layers.Dense(1)(keras.ops.concatenate([numeric, cross], axis=-1)) + bias
+    spec = inputs or DEMO_INPUTS
+    named = {name: keras.Input(shape=(), dtype=dtype, name=name) for name, dtype in spec.items()}
+    parts = []
+    for name, tensor in named.items():
+        if spec[name] == "string":
+            hashed = keras.layers.Hashing(num_bins=97)(tensor)
+            parts.append(keras.layers.Embedding(97, 4)(hashed))
+        else:
+            parts.append(keras.ops.expand_dims(keras.ops.tanh(keras.ops.cast(tensor, "float32") / 50.0), -1))
+    logit = keras.layers.Dense(1)(keras.ops.concatenate(parts, axis=-1)) + bias
     outputs = {"probability": keras.ops.sigmoid(logit)}
     if with_logit:
         outputs["logit"] = logit
-    model = keras.Model(inputs, outputs)
+    model = keras.Model(named, outputs)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.export(str(tmp), verbose=False)
@@ -53,7 +61,12 @@ def export_demo_model(out_dir: Path, bias: float = 0.0, seed: int = 0, with_logi
 
 
 def publish_demo_version(
-    models_dir: Path, name: str = "ctr", bias: float = 0.0, seed: int = 0, with_logit: bool = False
+    models_dir: Path,
+    name: str = "ctr",
+    bias: float = 0.0,
+    seed: int = 0,
+    with_logit: bool = False,
+    inputs: dict[str, str] | None = None,
 ) -> int:
     """Export the demo model and publish it to the model repository; returns the new version."""
     import tempfile
@@ -63,5 +76,5 @@ def publish_demo_version(
     repo = ModelRepository(models_dir, name)
     Path(models_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".demo-export-") as tmp:
-        export_demo_model(Path(tmp) / "model", bias=bias, seed=seed, with_logit=with_logit)
+        export_demo_model(Path(tmp) / "model", bias=bias, seed=seed, with_logit=with_logit, inputs=inputs)
         return repo.publish(Path(tmp) / "model", {"demo": True, "bias": bias}, move=True)
