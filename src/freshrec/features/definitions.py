@@ -7,8 +7,9 @@ for users of the ``feast`` CLI. One place defines every object, so the two canno
 
 - entities ``user`` (``user_id``) and ``item`` (``item_id``);
 - ``user_profile_source``/``item_profile_source``: ``users.parquet``/``items.parquet`` (written by
-  ``freshrec data prepare``); their feature columns are inferred at apply time, so a dataset brings its
-  own profile features by description; TTL 0 (profiles never expire);
+  ``freshrec data prepare`` with ``event_timestamp`` = start of the data and ``created``); their feature
+  columns are inferred at apply time, so a dataset brings its own profile features by description;
+  TTL 0 (profiles never expire);
 - ``user_activity_source``/``item_activity_source``: ``user_activity.parquet``/``item_activity.parquet``
   (:func:`freshrec.features.activity.compute_activity`), each behind a push source
   (``user_activity_push``/``item_activity_push``) so the online learner can push fresh rows;
@@ -80,6 +81,8 @@ def make_definitions(tables_dir: str | Path, activity_ttl_days: int = 3650) -> D
             name=f"{kind}_source",
             path=str(tables / filename),
             timestamp_field="event_timestamp",
+            # profiles carry `created` (first event of the id): a tie-breaker for Feast, not a feature
+            created_timestamp_column="created" if kind.endswith("_profile") else "",
             description=f"{filename} under the workdir's tables directory",
         )
     for entity in ("user", "item"):

@@ -346,7 +346,8 @@ class OnlineFeatures:
         defaults = self._defaults[entity]
         cols: dict[str, list[Any]] = {}
         for view, names in self._views[entity]:
-            rows = self._online.online_read(self.store.config, view, keys, names)
+            # a copy: the Redis store appends its timestamp keys to the list it is given
+            rows = self._online.online_read(self.store.config, view, keys, list(names))
             for name in names:
                 default = defaults[name]
                 cols[name] = [

@@ -1,0 +1,224 @@
+"""Real Feast: apply → materialize → online lookup (SQLite, Redis + PostgreSQL registry), push, PIT training set."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from freshrec.features import store
+from freshrec.features.activity import (
+    ITEM_ACTIVITY,
+    TAIL_OFFSET,
+    USER_ACTIVITY,
+    ActivityState,
+    activity_as_of,
+    activity_defaults,
+)
+from freshrec.features.training_set import build_training_frame
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.fixture
+def prepared(settings):
+    """A small synthetic dataset written by the data engineer's prepare step (event log + profiles)."""
+    from freshrec.data.prepare import prepare_dataset
+    from freshrec.data.synthetic import generate
+
+    ds = generate(seed=3, n_users=40, n_items=30, n_events=1500, days=40.0)
+    prepare_dataset(ds, settings)
+    events = ds.events.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
+    return settings, events
+
+
+def _tables(settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return (
+        pd.read_parquet(settings.tables_dir / "users.parquet"),
+        pd.read_parquet(settings.tables_dir / "items.parquet"),
+    )
+
+
+def _tail_state(events: pd.DataFrame, entity: str, ids: list[str]) -> pd.DataFrame:
+    """What the online store should hold per id: the state just after its last event."""
+    last = events.groupby(f"{entity}_id")["event_timestamp"].max()
+    as_of = pd.Series([last[i] + TAIL_OFFSET for i in ids])
+    return activity_as_of(events, entity, ids, as_of)
+
+
+def _check_lookup_against_offline(online: store.OnlineFeatures, events: pd.DataFrame, items_table) -> None:
+    user = events["user_id"].iloc[-1]
+    item_ids = list(events["item_id"].drop_duplicates().iloc[:20]) + ["no-such-item"]
+    got = online.lookup(user, item_ids)
+    assert len(got) == len(item_ids) and got["item_id"].tolist() == item_ids
+    assert got.columns.tolist()[:2] == ["user_id", "item_id"]
+    assert set(USER_ACTIVITY + ITEM_ACTIVITY) <= set(got.columns)
+    want_items = _tail_state(events, "item", item_ids[:-1])
+    np.testing.assert_allclose(got[ITEM_ACTIVITY].iloc[:-1].to_numpy(), want_items[ITEM_ACTIVITY].to_numpy())
+    want_user = _tail_state(events, "user", [user])
+    np.testing.assert_allclose(
+        got[USER_ACTIVITY].to_numpy(), np.repeat(want_user[USER_ACTIVITY].to_numpy(), 21, 0)
+    )
+    # profiles from the tables; unknown ids get the defaults
+    genres = items_table.set_index("item_id")["item_genres"]
+    assert got["item_genres"].iloc[:-1].tolist() == [genres[i] for i in item_ids[:-1]]
+    unknown = got.iloc[-1]
+    assert unknown["item_genres"] == ""
+    assert unknown[ITEM_ACTIVITY].to_dict() == pytest.approx(activity_defaults("item"))
+    assert got[USER_ACTIVITY + ITEM_ACTIVITY].dtypes.eq(np.float32).all()
+
+
+def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared):
+    settings, events = prepared
+    report = store.apply(settings)
+    assert {"user", "item", "ranking_v1", "user_activity_fv", "item_profile_fv"} <= set(report.objects)
+    assert report.activity_rows["events"] == len(events)  # activity tables built from the event log
+    first_end = (events["event_timestamp"].max() + pd.Timedelta(days=1)).to_pydatetime()
+    mat = store.materialize(settings, end=first_end)
+    assert set(mat.views.values()) == {"full from 1970"}
+    users_table, items_table = _tables(settings)
+
+    online = store.OnlineFeatures(settings)
+    _check_lookup_against_offline(online, events, items_table)
+
+    # the training set through Feast's point-in-time join equals the pure pandas one
+    sample = events.sample(400, random_state=0)
+    via_feast = store.get_training_set(settings, sample)
+    reference = build_training_frame(events, users_table, items_table)
+    reference = reference.set_index("event_id").loc[sample["event_id"]].reset_index()[via_feast.columns]
+    pd.testing.assert_frame_equal(via_feast, reference)
+
+    # push: the online learner's fresh state replaces the materialized row
+    user = events["user_id"].iloc[-1]
+    state = ActivityState()
+    state.update(events)
+    later = events["event_timestamp"].max() + timedelta(days=2)
+    pushed = state.user_rows([user], later)
+    pushed["user_events_total"] = np.float32(12345.0)  # a value nothing else could produce
+    assert online.push(user_rows=pushed) == 1
+    after = online.lookup(user, ["no-such-item"])
+    assert after["user_events_total"].iloc[0] == 12345.0
+
+    # incremental: new events after the first end reach the online store on the next materialize
+    from freshrec.data.eventlog import EventLog
+
+    new_item = "brand-new-item"
+    t = pd.Timestamp(first_end) + pd.Timedelta(hours=1)  # after the first materialization's end
+    fresh = pd.DataFrame(
+        {
+            "event_id": [f"fresh-{k}" for k in range(3)],
+            "event_timestamp": pd.to_datetime([t - pd.Timedelta(seconds=k) for k in range(3)], utc=True),
+            "user_id": [user] * 3,
+            "item_id": [new_item] * 3,
+            "label": np.array([1, 0, 1], dtype=np.int8),
+        }
+    )
+    EventLog(settings.eventlog_dir).append(fresh, source_id="fresh")
+    mat2 = store.materialize(settings)
+    assert all(v.startswith("incremental") for v in mat2.views.values())
+    row = store.OnlineFeatures(settings).lookup(user, [new_item]).iloc[0]
+    assert row["item_events_total"] == 3.0
+    assert row["item_ctr_total"] == pytest.approx((2 + 10 * 0.5) / (3 + 10), rel=1e-6)
+
+
+def test_point_in_time_join_never_leaks_later_values(settings):
+    """A value written after an event must not reach it; a naive latest-value join would leak it."""
+    from freshrec.data.prepare import profile_table
+
+    t0 = pd.Timestamp("2024-03-01 12:00", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "event_id": ["a", "b", "c", "d"],
+            "event_timestamp": [
+                t0,
+                t0 + pd.Timedelta(hours=1),
+                t0 + pd.Timedelta(hours=1),
+                t0 + pd.Timedelta(hours=5),
+            ],
+            "user_id": ["u", "u", "u", "v"],
+            "item_id": ["x", "y", "x", "x"],
+            "label": np.array([1, 1, 0, 1], dtype=np.int8),
+        }
+    )
+    users = profile_table(pd.DataFrame({"user_id": ["u", "v"], "user_age": [30, 40]}), events, "user_id")
+    items = profile_table(pd.DataFrame({"item_id": ["x", "y"], "item_year": [1999, 2001]}), events, "item_id")
+    store._write_parquet(users, settings.tables_dir / "users.parquet")
+    store._write_parquet(items, settings.tables_dir / "items.parquet")
+    store.write_activity_tables(settings, events)
+    # a value written *after* event "b"/"c" (and before "d"): it must reach neither b nor c
+    act_path = settings.tables_dir / "user_activity.parquet"
+    act = pd.read_parquet(act_path)
+    leak = act[act["user_id"] == "u"].tail(1).copy()
+    leak["event_timestamp"] = t0 + pd.Timedelta(hours=2)
+    leak["user_events_total"] = np.float32(999.0)
+    store._write_parquet(pd.concat([act, leak], ignore_index=True), act_path)
+    store.apply(settings)
+
+    got = store.get_training_set(settings, events).set_index("event_id")
+    # b and c (same user, same timestamp) see only event a: no leak of each other or of the later row
+    assert got.loc["b", "user_events_total"] == 1.0 and got.loc["c", "user_events_total"] == 1.0
+    assert got.loc["a", "user_events_total"] == 0.0
+    assert (got["user_events_total"] != 999.0).all()
+    assert got.loc["b", "user_ctr_total"] == pytest.approx((1 + 5) / (1 + 10))
+    # item x for event d: a and c are earlier (b is item y)
+    assert got.loc["d", "item_events_total"] == 2.0
+    # the pure pandas frame agrees
+    ref = build_training_frame(events, users, items).set_index("event_id")
+    pd.testing.assert_frame_equal(got[USER_ACTIVITY + ITEM_ACTIVITY], ref[USER_ACTIVITY + ITEM_ACTIVITY])
+
+    # the naive join (latest row per entity, ignoring time) does leak: the test would catch it
+    naive = events.merge(
+        act_from := pd.read_parquet(act_path).sort_values("event_timestamp").groupby("user_id").tail(1),
+        on="user_id",
+        suffixes=("", "_row"),
+    ).set_index("event_id")
+    assert len(act_from) == 1 or "v" in set(act_from["user_id"])
+    assert naive.loc["b", "user_events_total"] != got.loc["b", "user_events_total"]
+
+
+def _redis_connection(redis_url: str) -> str:
+    """``redis://host:port/db`` → Feast's ``host:port,db=N``."""
+    rest = redis_url.split("://", 1)[1]
+    hostport, _, db = rest.partition("/")
+    return f"{hostport},db={db or 0}"
+
+
+def test_redis_online_store_and_postgres_registry(prepared, redis_url, postgres_dsn):
+    settings, events = prepared
+    project = f"freshrec_test_{uuid.uuid4().hex[:8]}"
+    redis_settings = settings.model_copy(
+        update={
+            "features": settings.features.model_copy(
+                update={
+                    "environment": "redis",
+                    "project": project,
+                    "redis_connection": _redis_connection(redis_url),
+                    "postgres_url": postgres_dsn,
+                }
+            )
+        }
+    )
+    try:
+        store.apply(redis_settings)
+        # the registry really is in PostgreSQL: a fresh store object reads the objects back from it
+        names = {fv.name for fv in store.feature_store(redis_settings).list_feature_views()}
+        assert names == {"user_profile_fv", "item_profile_fv", "user_activity_fv", "item_activity_fv"}
+        assert not (settings.workdir / "feast" / "registry.db").exists()
+        store.materialize(redis_settings)
+        online = store.OnlineFeatures(redis_settings)
+        _check_lookup_against_offline(online, events, _tables(settings)[1])
+        item = events["item_id"].iloc[0]
+        state = ActivityState()
+        state.update(events)
+        rows = state.item_rows([item], events["event_timestamp"].max() + timedelta(hours=1))
+        rows["item_events_7d"] = np.float32(777.0)
+        online.push(item_rows=rows)
+        assert online.lookup("anyone", [item])["item_events_7d"].iloc[0] == 777.0
+    finally:
+        # Not fs.teardown(): Feast's SqlRegistry.teardown deletes the rows of *every* project in the database.
+        fs = store.feature_store(redis_settings)
+        fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
+        fs.registry.delete_project(project, commit=True)
