@@ -118,6 +118,29 @@ def _norm_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
+def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov distance and its asymptotic p-value.
+
+    The p-value uses the Kolmogorov distribution with Stephens' small-sample correction
+    (Numerical Recipes ``kstwo``); written here rather than imported because scipy.stats alone takes
+    seconds to import in the CLI.
+    """
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    d = float(
+        np.max(
+            np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))
+        )
+    )
+    en = math.sqrt(len(a) * len(b) / (len(a) + len(b)))
+    lam = (en + 0.12 + 0.11 / en) * d
+    if lam < 1e-3:
+        return d, 1.0
+    j = np.arange(1, 101)
+    p = float(2 * np.sum((-1.0) ** (j - 1) * np.exp(-2 * j**2 * lam**2)))
+    return d, min(max(p, 0.0), 1.0)
+
+
 def _logloss_rows(frame: pd.DataFrame) -> np.ndarray:
     p = np.clip(frame["score"].to_numpy(dtype=float), _EPS, 1 - _EPS)
     y = frame["label"].to_numpy(dtype=float)
@@ -169,8 +192,6 @@ def check_latency(stats: dict[str, ArmStats] | None, s: RolloutSettings) -> Chec
 
 
 def check_score_shift(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Check:
-    from scipy import stats as sps
-
     name, limit = "score_shift", s.max_score_ks
     st, ca = arms["stable"]["score"].to_numpy(float), arms["canary"]["score"].to_numpy(float)
     if min(len(st), len(ca)) < s.min_predictions:
@@ -182,8 +203,7 @@ def check_score_shift(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Chec
             limit,
             f"{len(st)} stable / {len(ca)} canary predictions < min_predictions {s.min_predictions}",
         )
-    res = sps.ks_2samp(st, ca)
-    ks, p = float(res.statistic), float(res.pvalue)
+    ks, p = ks_2samp(st, ca)
     detail = f"KS {ks:.3f}, mean score {st.mean():.4f} → {ca.mean():.4f}"
     status: Status = "fail" if ks > limit and p < s.alpha else "pass"
     # stable/canary hold the mean scores so a reader sees the direction; the threshold is on KS.
@@ -323,3 +343,60 @@ def analyze(
             if arm in stats:
                 counts[arm].update(requests=stats[arm].requests, errors=stats[arm].errors)
     return AnalysisResult(verdict, results, counts)
+
+
+# --- Prometheus (cluster mode) ---------------------------------------------------------------------
+
+_SELECTOR = 'namespace="{ns}",model_name="{model}",rollouts_pod_template_hash="{hash}"'
+PROMETHEUS_QUERIES = {
+    "requests": "sum(increase(:tensorflow:serving:request_count{{{sel}}}[{window}]))",
+    "errors": 'sum(increase(:tensorflow:serving:request_count{{{sel},status!="OK"}}[{window}]))',
+    # TF Serving records latency in microseconds.
+    "latency_p99_ms": (
+        "histogram_quantile(0.99, sum by (le) "
+        "(rate(:tensorflow:serving:request_latency_bucket{{{sel}}}[{window}]))) / 1000"
+    ),
+}
+
+
+def prometheus_arm_stats(
+    url: str,
+    *,
+    canary_hash: str,
+    stable_hash: str,
+    namespace: str,
+    model: str = "ctr",
+    window: str = "10m",
+    timeout_s: float = 10.0,
+) -> dict[str, ArmStats]:
+    """Per-arm request counters of the TF Serving pods, from Prometheus' instant-query API.
+
+    The arms are told apart by the pods' ``rollouts_pod_template_hash`` label (the ServiceMonitor copies
+    it), as in the ``ctr-serving-latency-errors`` AnalysisTemplate.
+
+    Raises:
+        RuntimeError: Prometheus answered with an error.
+    """
+    import requests
+
+    out = {}
+    for arm, pod_hash in (("stable", stable_hash), ("canary", canary_hash)):
+        sel = _SELECTOR.format(ns=namespace, model=model, hash=pod_hash)
+        values: dict[str, float | None] = {}
+        for key, template in PROMETHEUS_QUERIES.items():
+            query = template.format(sel=sel, window=window)
+            resp = requests.get(f"{url.rstrip('/')}/api/v1/query", params={"query": query}, timeout=timeout_s)
+            body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+            if resp.status_code >= 400 or body.get("status") != "success":
+                raise RuntimeError(
+                    f"Prometheus query failed ({resp.status_code}): {body.get('error', resp.text)}: {query}"
+                )
+            result = body["data"]["result"]
+            value = float(result[0]["value"][1]) if result else None
+            values[key] = None if value is None or math.isnan(value) else value
+        out[arm] = ArmStats(
+            requests=round(values["requests"] or 0),
+            errors=round(values["errors"] or 0),
+            latency_p99_ms=values["latency_p99_ms"],
+        )
+    return out

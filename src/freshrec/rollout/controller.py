@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -136,30 +136,38 @@ class PredictionLogSource:
         return load_joined(self.predictions_dir, self.eventlog_dir, self.window_s, self.since)
 
 
-def read_parquet_dir(path: Path) -> pd.DataFrame:
-    """All Parquet files under ``path`` (a file or a folder, searched recursively) as one frame."""
+def read_events(path: Path, start: datetime | None = None) -> pd.DataFrame:
+    """Events from an event-log folder (``freshrec.data.eventlog.EventLog``) or one Parquet file."""
     path = Path(path)
     if path.is_file():
-        return pd.read_parquet(path)
-    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
-    if not files:
-        return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+        events = pd.read_parquet(path)
+        if start is not None:
+            events = events[pd.to_datetime(events["event_timestamp"], utc=True) >= pd.Timestamp(start)]
+        return events
+    if not path.is_dir():
+        raise FileNotFoundError(f"events not found: {path} (an event-log folder or a Parquet file)")
+    from freshrec.data.eventlog import EventLog
+
+    return EventLog(path).read(start=start, columns=["user_id", "item_id", "event_timestamp", "label"])
 
 
 def load_joined(
     predictions: Path, events: Path, window_s: float, since: datetime | None = None
 ) -> pd.DataFrame:
-    """Read the prediction log and the events, and join them with ``predlog.join_clicks``."""
-    from freshrec.serving.predlog import join_clicks
+    """Predictions served since ``since`` joined with the clicks in the event log (``predlog.join_clicks``)."""
+    from freshrec.serving.predlog import join_clicks, read_predictions
 
-    preds = read_parquet_dir(predictions)
+    predictions = Path(predictions)
+    if predictions.is_file():
+        preds = pd.read_parquet(predictions)
+        if since is not None:
+            preds = preds[pd.to_datetime(preds["served_at"], utc=True) >= pd.Timestamp(since)]
+    else:
+        preds = read_predictions(predictions, start=since)
     if preds.empty:
-        return pd.DataFrame(columns=["arm", "model_version", "score", "label"])
-    if since is not None and "served_at" in preds.columns:
-        preds = preds[pd.to_datetime(preds["served_at"], utc=True) >= pd.Timestamp(since)]
-    evs = read_parquet_dir(events)
-    return join_clicks(preds, evs, window_s)
+        return preds.assign(label=pd.Series(dtype="Int8"))
+    first = pd.to_datetime(preds["served_at"], utc=True).min()
+    return join_clicks(preds, read_events(events, start=first), window_s)
 
 
 @dataclass
@@ -230,6 +238,7 @@ class LocalCanaryController:
         if stable == version:
             raise RolloutError(f"version {version} is already the stable version")
         self.promoter.start(version)
+        self._stats0 = self._stats_or_empty()
         self._record(None, "start", reasons=[f"canary v{version} against stable v{stable}"])
         try:
             outcome = self._walk(version)
@@ -316,11 +325,25 @@ class LocalCanaryController:
             self.sleep(min(self.settings.analysis_interval_s, self.settings.max_inconclusive_wait_s - waited))
 
     def _stats(self) -> dict[str, ArmStats] | None:
+        """Request counters since the rollout began (the router's counters minus those at the start)."""
         try:
-            return self.router.stats()
+            now = self.router.stats()
         except Exception as exc:  # stats are one input among several; analysis skips missing ones
             log.warning("traffic stats unavailable: %s", exc)
             return None
+        out = {}
+        for arm, st in now.items():
+            base = self._stats0.get(arm, ArmStats())
+            if st.requests < base.requests:  # counters were reset meanwhile: they start from 0
+                base = ArmStats()
+            out[arm] = replace(st, requests=st.requests - base.requests, errors=st.errors - base.errors)
+        return out
+
+    def _stats_or_empty(self) -> dict[str, ArmStats]:
+        try:
+            return self.router.stats()
+        except Exception:
+            return {}
 
     def _rollback(self, version: int, step: int | None, reasons: list[str]) -> None:
         # Traffic first, then the label: no request may reach a version that is being unloaded.
