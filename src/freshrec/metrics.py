@@ -1,0 +1,173 @@
+"""Prometheus metrics of the last drift check.
+
+The drift check is a short batch job (a CronJob or a pipeline step), so it does not serve ``/metrics``
+itself; it writes its figures where Prometheus can still read them after the job has exited:
+
+* a **textfile** in the node-exporter textfile-collector format (``write_textfile``, atomic rename;
+  default ``<state_dir>/metrics/freshrec_drift_<model>.prom``), or
+* a **Pushgateway** (``push``; grouping key job + model), the usual choice for Kubernetes CronJobs.
+
+``serve`` exposes a registry over HTTP for a long-running monitor process. ``freshrec_drift_last_success_
+timestamp_seconds`` is what ``manifests/base/monitoring/prometheusrule-drift.yaml`` watches to page when
+checks stop running; a failed check (:func:`record_failure`) keeps the previous success time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from freshrec.drift import DriftResult
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("ok", "drift", "quality_failure", "not_enough_data")
+QUALITY_CHECKS = ("row_count", "missing_column", "missing_share", "out_of_range", "unseen_categories", "skew")
+LAST_SUCCESS = "freshrec_drift_last_success_timestamp_seconds"
+
+
+def record_check(
+    result: DriftResult,
+    model: str,
+    registry: CollectorRegistry | None = None,
+    *,
+    now: float | None = None,
+) -> CollectorRegistry:
+    """Put the figures of one finished check into ``registry`` (a fresh one when ``None``)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = registry or CollectorRegistry()
+    now = time.time() if now is None else now
+    labels = {"model": model}
+
+    def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, ["model", *extra], registry=registry)
+
+    gauge("freshrec_drift_share", "Share of checked features whose drift score passed its threshold.").labels(
+        **labels
+    ).set(result.drift_share)
+    gauge("freshrec_drift_dataset_drift", "1 when the drift share reached the dataset threshold.").labels(
+        **labels
+    ).set(float(result.dataset_drift))
+    verdict = gauge(
+        "freshrec_drift_verdict", "1 for the verdict of the last check, 0 for the others.", ("verdict",)
+    )
+    for v in VERDICTS:
+        verdict.labels(model=model, verdict=v).set(float(result.verdict == v))
+    score = gauge(
+        "freshrec_drift_feature_score",
+        "Drift score of each feature (method-specific).",
+        ("feature", "method"),
+    )
+    drifted = gauge("freshrec_drift_feature_drifted", "1 when the feature drifted.", ("feature",))
+    threshold = gauge("freshrec_drift_feature_threshold", "Drift threshold of each feature.", ("feature",))
+    for name, feat in result.features.items():
+        score.labels(model=model, feature=name, method=feat.method).set(feat.score)
+        drifted.labels(model=model, feature=name).set(float(feat.drifted))
+        threshold.labels(model=model, feature=name).set(feat.threshold)
+    if result.prediction_drift is not None:
+        gauge("freshrec_drift_prediction_score", "Drift score of the model's predictions.").labels(
+            **labels
+        ).set(result.prediction_drift.score)
+    if result.target_drift is not None:
+        rate = gauge("freshrec_drift_target_rate", "Positive-label rate (CTR) per window.", ("window",))
+        rate.labels(model=model, window="reference").set(result.target_drift.reference_rate)
+        rate.labels(model=model, window="current").set(result.target_drift.current_rate)
+    failures = gauge(
+        "freshrec_drift_quality_failures", "Data-quality failures of the last check, by check.", ("check",)
+    )
+    for check in QUALITY_CHECKS:
+        failures.labels(model=model, check=check).set(
+            float(sum(f.check == check for f in result.quality_failures))
+        )
+    rows = gauge("freshrec_drift_rows", "Rows in each window of the last check.", ("window",))
+    rows.labels(model=model, window="reference").set(result.n_reference)
+    rows.labels(model=model, window="current").set(result.n_current)
+    gauge("freshrec_drift_check_duration_seconds", "Wall time of the last check.").labels(**labels).set(
+        result.timings_s.get("total", 0.0)
+    )
+    gauge("freshrec_drift_check_failed", "1 when the last check run failed with an error.").labels(
+        **labels
+    ).set(0.0)
+    gauge("freshrec_drift_last_run_timestamp_seconds", "When a check last ran (success or not).").labels(
+        **labels
+    ).set(now)
+    gauge(LAST_SUCCESS, "When a check last completed (any verdict).").labels(**labels).set(now)
+    return registry
+
+
+def record_failure(
+    model: str, previous_textfile: Path | None = None, *, now: float | None = None
+) -> CollectorRegistry:
+    """A registry for a check that failed: failed=1, last run now, last success kept from the textfile."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    now = time.time() if now is None else now
+    Gauge(
+        "freshrec_drift_check_failed",
+        "1 when the last check run failed with an error.",
+        ["model"],
+        registry=registry,
+    ).labels(model=model).set(1.0)
+    Gauge(
+        "freshrec_drift_last_run_timestamp_seconds",
+        "When a check last ran (success or not).",
+        ["model"],
+        registry=registry,
+    ).labels(model=model).set(now)
+    last = read_last_success(previous_textfile, model) if previous_textfile else None
+    if last is not None:
+        Gauge(
+            LAST_SUCCESS, "When a check last completed (any verdict).", ["model"], registry=registry
+        ).labels(model=model).set(last)
+    return registry
+
+
+def read_last_success(textfile: Path, model: str) -> float | None:
+    """The last-success time recorded in a textfile, or ``None``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    textfile = Path(textfile)
+    if not textfile.exists():
+        return None
+    for family in text_string_to_metric_families(textfile.read_text()):
+        for sample in family.samples:
+            if sample.name == LAST_SUCCESS and sample.labels.get("model") == model:
+                return float(sample.value)
+    return None
+
+
+def default_textfile(state_dir: Path, model: str) -> Path:
+    return Path(state_dir) / "metrics" / f"freshrec_drift_{model}.prom"
+
+
+def write_textfile(registry: CollectorRegistry, path: Path) -> Path:
+    """Write the node-exporter textfile atomically (the collector must never read half a file)."""
+    from prometheus_client import write_to_textfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)  # writes a temp file in the same dir, then renames
+    os.chmod(path, 0o644)
+    return path
+
+
+def push(registry: CollectorRegistry, gateway: str, model: str, job: str = "freshrec_drift") -> None:
+    """Push to a Prometheus Pushgateway, grouped by job and model (replaces that group's metrics)."""
+    from prometheus_client import push_to_gateway
+
+    push_to_gateway(gateway, job=job, registry=registry, grouping_key={"model": model}, timeout=10)
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> None:
+    """Expose ``registry`` on ``http://addr:port/metrics`` from a daemon thread (long-running monitors)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=addr, registry=registry)
