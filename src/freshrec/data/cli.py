@@ -40,7 +40,7 @@ def _summary(reports: list[IngestReport], title: str) -> Table:
         ("skipped", "right"),
         ("top reasons", "left"),
     ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in reports:
         reasons = ", ".join(f"{k} ({v})" for k, v in r.top_reasons(3))
         if r.already_ingested:
@@ -64,6 +64,20 @@ def _summary(reports: list[IngestReport], title: str) -> Table:
             style="bold",
         )
     return table
+
+
+def _short(source: str) -> str:
+    return source if source.startswith("dataset:") else Path(source).name
+
+
+def _notes(reports: list[IngestReport]) -> None:
+    """One line per source with a problem, in full (the table may be narrow)."""
+    for r in reports:
+        if r.already_ingested:
+            console.print(f"{r.source}: already ingested, {r.skipped:,} rows skipped")
+        elif r.quarantined:
+            reasons = ", ".join(f"{k} ({v})" for k, v in r.top_reasons(5))
+            console.print(f"{r.source}: {r.quarantined:,} rows quarantined: {reasons}")
 
 
 @app.command("ingest")
@@ -104,8 +118,8 @@ def ingest(
                 errors.append(str(item))
     if reports:
         console.print(_summary(reports, f"ingest → {settings.eventlog_dir}"))
-        quarantined = sum(r.quarantined for r in reports)
-        if quarantined:
+        _notes(reports)
+        if sum(r.quarantined for r in reports):
             console.print(f"quarantined rows: {settings.quarantine_dir}")
     for err in errors:
         console.print(f"[red]error:[/red] {err}")
@@ -147,6 +161,7 @@ def prepare(
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(code=1) from exc
     console.print(_summary([report.ingest], f"prepare {report.dataset} → {settings.eventlog_dir}"))
+    _notes([report.ingest])
     tables = Table(title="tables", show_header=False)
     tables.add_row("users", f"{report.users:,}", report.users_path)
     tables.add_row("items", f"{report.items:,}", report.items_path)

@@ -167,26 +167,31 @@ class EventLog:
         return result
 
     def _write_partitions(self, batch: pd.DataFrame, days: pd.Series) -> list[Path]:
+        """Write every partition's file under ``_tmp/`` first, then move them all into place.
+
+        A failure while converting or writing (bad context column, full disk) leaves no part file behind.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         tmp_dir = self.root / "_tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        files: list[Path] = []
         batch = batch.sort_values(["event_timestamp", "event_id"], kind="stable")
         days = days.loc[batch.index]
-        for day, part in batch.groupby(days.to_numpy(), sort=True):
-            name = f"part-{uuid.uuid4().hex}.parquet"
-            tmp = tmp_dir / name
-            try:
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for day, part in batch.groupby(days.to_numpy(), sort=True):
+                name = f"part-{uuid.uuid4().hex}.parquet"
+                tmp = tmp_dir / name
+                staged.append((tmp, self.root / f"{_PARTITION}{day}" / name))
                 pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), tmp)
-                target_dir = self.root / f"{_PARTITION}{day}"
-                target_dir.mkdir(exist_ok=True)
-                os.replace(tmp, target_dir / name)
-            finally:
+            for tmp, target in staged:
+                target.parent.mkdir(exist_ok=True)
+                os.replace(tmp, target)
+        finally:
+            for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
-            files.append(target_dir / name)
-        return files
+        return [target for _, target in staged]
 
     def _write_manifest(self, source_id: str, received: int, written: int, files: list[Path]) -> None:
         path = self._manifest_path(source_id)
