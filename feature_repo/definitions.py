@@ -1,0 +1,37 @@
+"""The freshrec Feast repo for the ``feast`` CLI.
+
+Every object comes from :func:`freshrec.features.definitions.make_definitions`, the same function the
+library applies in-process, so the CLI and ``freshrec features apply`` register identical objects.
+The tables path is relative to this folder (Feast resolves it against the repo path): the default
+workdir's ``.freshrec/tables``, written by ``freshrec data prepare`` and ``freshrec features apply``.
+
+    freshrec data prepare && freshrec features apply          # writes the tables (and applies)
+    feast -c feature_repo apply                                # local: SQLite online, file registry
+    feast -c feature_repo materialize-incremental $(date -u +%Y-%m-%dT%H:%M:%S)
+    feast -c feature_repo -f feature_repo/feature_store.redis.yaml apply   # Redis + PostgreSQL registry
+"""
+
+from freshrec.features.definitions import make_definitions
+
+_defs = make_definitions("../.freshrec/tables")
+
+# entities
+user = _defs.entities["user"]
+item = _defs.entities["item"]
+
+# sources (batch Parquet files and the push sources the online learner writes to)
+user_profile_source = _defs.sources["user_profile_source"]
+item_profile_source = _defs.sources["item_profile_source"]
+user_activity_source = _defs.sources["user_activity_source"]
+item_activity_source = _defs.sources["item_activity_source"]
+user_activity_push = _defs.sources["user_activity_push"]
+item_activity_push = _defs.sources["item_activity_push"]
+
+# feature views
+user_profile_fv = _defs.views["user_profile_fv"]
+item_profile_fv = _defs.views["item_profile_fv"]
+user_activity_fv = _defs.views["user_activity_fv"]
+item_activity_fv = _defs.views["item_activity_fv"]
+
+# feature services (versioned)
+ranking_v1 = _defs.services["ranking_v1"]

@@ -1,0 +1,149 @@
+"""``freshrec features``: apply the Feast repo, materialize to the online store, look features up.
+
+Only stdlib, typer, rich and freshrec.config at module level; Feast and pandas are imported inside the
+commands so that ``freshrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from freshrec.config import Settings
+
+app = typer.Typer(help="Feast features: apply the repo, materialize to the online store, online lookup.")
+console = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _run_steps(title: str, fn):  # type: ignore[no-untyped-def]
+    """Run ``fn(say)`` under a spinner whose text follows the steps ``fn`` reports."""
+    with _progress() as progress:
+        task = progress.add_task(title, total=None)
+
+        def say(message: str) -> None:
+            progress.update(task, description=f"{title}: {message}")
+
+        result = fn(say)
+        progress.update(task, description=f"{title}: done", completed=1, total=1)
+    return result
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1) from exc
+
+
+@app.command("apply")
+def apply_cmd(ctx: typer.Context) -> None:
+    """Register entities, sources, feature views and the ranking_v1 service (builds activity tables if missing)."""
+    from freshrec.features import store
+
+    settings: Settings = ctx.obj
+    started = time.perf_counter()
+    try:
+        report = _run_steps("apply", lambda say: store.apply(settings, progress=say))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title=f"Feast apply ({report.environment}, project {report.project})")
+    table.add_column("objects")
+    table.add_column("activity rows built", justify="right")
+    built = ", ".join(f"{k} {v:,}" for k, v in report.activity_rows.items()) or "— (tables existed)"
+    table.add_row(", ".join(report.objects), built)
+    console.print(table)
+    console.print(f"applied {len(report.objects)} objects in {time.perf_counter() - started:.1f} s")
+
+
+@app.command("materialize")
+def materialize_cmd(
+    ctx: typer.Context,
+    end: datetime | None = typer.Option(
+        None, help="Materialize rows stamped up to this UTC time (default now)."
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="Reload everything from 1970, not only rows after the last run."
+    ),
+    no_rebuild: bool = typer.Option(
+        False,
+        "--no-rebuild",
+        help="Use the activity tables as they are (do not recompute them from the event log).",
+    ),
+) -> None:
+    """Recompute activity tables from the event log and load the latest rows into the online store."""
+    from freshrec.features import store
+
+    settings: Settings = ctx.obj
+    if end is not None and end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    try:
+        report = _run_steps(
+            "materialize",
+            lambda say: store.materialize(
+                settings, end=end, incremental=not full, rebuild_activity=not no_rebuild, progress=say
+            ),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    table = Table(
+        title=f"Materialized to {settings.features.environment} online store, up to {report.end:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    table.add_column("feature view")
+    table.add_column("range")
+    for name, how in report.views.items():
+        table.add_row(name, how)
+    console.print(table)
+    if report.activity_rows:
+        rows = report.activity_rows
+        console.print(
+            f"activity tables: {rows['user_activity']:,} user rows, {rows['item_activity']:,} item rows "
+            f"from {rows['events']:,} events"
+        )
+    console.print(f"done in {report.seconds:.1f} s")
+
+
+@app.command("lookup")
+def lookup_cmd(
+    ctx: typer.Context,
+    user: str = typer.Argument(..., help="User id."),
+    items: list[str] = typer.Argument(..., help="Candidate item ids."),
+) -> None:
+    """Online features for one user and N candidate items (unknown ids get the documented defaults)."""
+    from freshrec.features import store
+
+    settings: Settings = ctx.obj
+    try:
+        online = store.OnlineFeatures(settings)
+    except Exception as exc:  # Feast raises its own types for a missing registry/view
+        _fail(
+            ValueError(
+                f"feature store not ready ({exc}); run `freshrec features apply` and `materialize` first"
+            )
+        )
+    started = time.perf_counter()
+    frame = online.lookup(user, items)
+    ms = (time.perf_counter() - started) * 1000
+    table = Table(title=f"user {user}: {len(items)} item(s)")
+    table.add_column("feature")
+    for item in items:
+        table.add_column(str(item), overflow="fold")
+    for col in frame.columns:
+        if col == "item_id":
+            continue
+        values = frame[col].tolist()
+        table.add_row(col, *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in values])
+    console.print(table)
+    console.print(f"lookup took {ms:.1f} ms")
