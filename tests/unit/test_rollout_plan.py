@@ -79,7 +79,7 @@ def test_invalid_plans_name_the_problem(tmp_path, steps, message):
 
 
 def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         load_plan(tmp_path / "nope.yaml")
     bad = tmp_path / "list.yaml"
     bad.write_text("- set_weight: 10\n")
