@@ -153,6 +153,13 @@ class DriftSettings(BaseModel):
     skew_atol: float = 1e-4
     skew_rtol: float = 1e-3
     max_skew_share: float = 0.01
+    # Never compared for drift when no columns are named (identifiers, times).
+    ignore_columns: list[str] = Field(
+        default_factory=lambda: ["event_id", "event_timestamp", "user_id", "item_id", "request_id", "served_at"]
+    )
+    # Metrics of the last check: node-exporter textfile (default <state_dir>/metrics/) and/or Pushgateway.
+    metrics_textfile: Path | None = None
+    pushgateway_url: str | None = None
 
 
 class AlertReceiver(BaseModel):
