@@ -1,0 +1,245 @@
+"""``freshrec drift``: check a current window against a reference window.
+
+Only stdlib, typer, rich and freshrec.config at module level; pandas/numpy/Evidently are imported inside
+the command so that ``freshrec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from freshrec.config import Settings
+
+if TYPE_CHECKING:
+    from freshrec.drift import DriftResult
+
+app = typer.Typer(
+    help="Drift and data-quality checks (Evidently report + JSON verdict), alerts, metrics, triggers."
+)
+console = Console()
+
+_STYLE = {"ok": "green", "drift": "yellow", "quality_failure": "red", "not_enough_data": "magenta"}
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    reference: Path = typer.Option(
+        ..., "--reference", "-r", help="Reference window: Parquet file/dir or CSV."
+    ),
+    current: Path = typer.Option(..., "--current", "-c", help="Current window: Parquet file/dir or CSV."),
+    columns: list[str] = typer.Option(
+        None,
+        "--columns",
+        help="Columns to check (repeat or comma-separate); default: all but ids/timestamps.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report folder (default <workdir>/reports/drift)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model name for alerts and metrics (default model.name)."
+    ),
+    last_hours: float | None = typer.Option(
+        None,
+        "--last-hours",
+        help="Keep only the current rows within this many hours of its newest event_timestamp.",
+    ),
+    cache_key: str | None = typer.Option(
+        None, "--cache-key", help="Cache the reference profile under this key (e.g. the model version)."
+    ),
+    html: bool = typer.Option(True, "--html/--no-html", help="Render the Evidently HTML report."),
+    alert: bool = typer.Option(
+        True, "--alert/--no-alert", help="Fire/resolve alerts at the configured receivers."
+    ),
+    metrics_textfile: Path | None = typer.Option(
+        None, "--metrics-textfile", help="node-exporter textfile (default <workdir>/state/metrics/...)."
+    ),
+    pushgateway: str | None = typer.Option(None, "--pushgateway", help="Push metrics to this Pushgateway."),
+    trigger: str = typer.Option(
+        "none", "--trigger", help="Evaluate the retraining trigger: none | local | kfp."
+    ),
+    pipeline_package: Path | None = typer.Option(
+        None, "--pipeline-package", help="Compiled pipeline for --trigger kfp."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 unless the verdict is ok (for CI gates)."),
+) -> None:
+    """Compare --current with --reference; print the verdict table and the report path."""
+    from freshrec import metrics as prom
+
+    settings: Settings = ctx.obj
+    model_name = model or settings.model.name
+    out_dir = out or settings.reports_dir / "drift"
+    textfile = (
+        metrics_textfile
+        or settings.drift.metrics_textfile
+        or prom.default_textfile(settings.state_dir, model_name)
+    )
+    gateway = pushgateway or settings.drift.pushgateway_url
+    cols = [c.strip() for item in (columns or []) for c in item.split(",") if c.strip()] or None
+    try:
+        with console.status("reading windows and checking drift…"):
+            result = _run_check(settings, reference, current, cols, out_dir, last_hours, cache_key, html)
+    except (FileNotFoundError, ValueError) as exc:
+        _record_failure(model_name, textfile, gateway)
+        console.print(f"[red]drift check failed:[/] {exc}")
+        raise typer.Exit(2) from None
+    except Exception:
+        _record_failure(model_name, textfile, gateway)
+        raise
+
+    console.print(_table(result))
+    style = _STYLE[result.verdict]
+    console.print(f"verdict: [bold {style}]{result.verdict}[/] — {result.reason}")
+    console.print(f"report: {result.html_path or '(no HTML)'}\nresult: {result.json_path}")
+
+    registry = prom.record_check(result, model_name)
+    prom.write_textfile(registry, textfile)
+    if gateway:
+        try:
+            prom.push(registry, gateway, model_name)
+        except OSError as exc:
+            console.print(f"[yellow]metrics push to the Pushgateway failed:[/] {exc}")
+    if alert:
+        from freshrec.alerts import AlertManager
+
+        for d in AlertManager(settings.alerts, settings.state_dir).sync_from_drift(result, model_name):
+            mark = "[green]delivered[/]" if d.ok else f"[red]not delivered[/] ({d.skipped or d.error})"
+            console.print(f"alert {d.action} {d.key} → {d.receiver}: {mark}")
+    if trigger != "none":
+        _trigger(settings, result, trigger, pipeline_package)
+    if strict and result.verdict != "ok":
+        raise typer.Exit(1)
+
+
+def _run_check(
+    settings: Settings,
+    reference: Path,
+    current: Path,
+    columns: list[str] | None,
+    out_dir: Path,
+    last_hours: float | None,
+    cache_key: str | None,
+    html: bool,
+) -> DriftResult:
+    import pandas as pd
+
+    from freshrec.drift import check_drift, read_frame
+
+    cur = read_frame(current)
+    if last_hours is not None:
+        if "event_timestamp" not in cur.columns:
+            raise ValueError(f"{current}: --last-hours needs an event_timestamp column")
+        ts = pd.to_datetime(cur["event_timestamp"], utc=True)
+        cur = cur[ts >= ts.max() - pd.Timedelta(hours=last_hours)]
+    ref = read_frame(reference)
+    if columns is None:
+        ignore = set(settings.drift.ignore_columns)
+        columns = [
+            c
+            for c in ref.columns
+            if c not in ignore and not pd.api.types.is_datetime64_any_dtype(ref[c]) and c in cur.columns
+        ]
+        columns = [c for c in columns if c not in (settings.drift.score_column, settings.drift.target_column)]
+    return check_drift(
+        ref,
+        cur,
+        columns,
+        settings.drift,
+        out_dir,
+        profile_cache_dir=settings.state_dir / "drift-profiles" if cache_key else None,
+        cache_key=cache_key,
+        html=html,
+    )
+
+
+def _table(result: DriftResult) -> Table:
+    table = Table(title=f"drift: {result.n_reference:,} reference rows vs {result.n_current:,} current rows")
+    for col, justify in [
+        ("feature", "left"),
+        ("kind", "left"),
+        ("method", "left"),
+        ("score", "right"),
+        ("threshold", "right"),
+        ("drifted", "center"),
+        ("missing", "right"),
+        ("quality", "left"),
+    ]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    failures: dict[str, list[str]] = {}
+    for f in result.quality_failures:
+        failures.setdefault(f.column or "", []).append(f.check)
+    rows = list(result.features.values())
+    if result.prediction_drift is not None:
+        rows.append(result.prediction_drift)
+    for feat in rows:
+        q = result.quality.get(feat.name)
+        table.add_row(
+            feat.name,
+            feat.kind,
+            feat.method,
+            f"{feat.score:.4g}",
+            f"{feat.threshold:.3g}",
+            "[red]yes[/]" if feat.drifted else "no",
+            f"{q.missing_share:.1%}" if q else "—",
+            ", ".join(failures.get(feat.name, [])) or "ok",
+        )
+    for name, why in result.skipped.items():
+        table.add_row(name, result.columns.get(name, "?"), "—", "—", "—", "skipped", "—", why)
+    for name in result.columns:
+        if name not in result.features and name not in result.skipped:
+            table.add_row(
+                name, result.columns[name], "—", "—", "—", "—", "—", ", ".join(failures.get(name, []))
+            )
+    if result.target_drift is not None:
+        t = result.target_drift
+        table.add_row(
+            t.column,
+            "target",
+            "rate change",
+            f"{t.abs_change:.4g}",
+            f"{t.threshold:.3g}",
+            "[red]yes[/]" if t.drifted else "no",
+            "—",
+            f"{t.reference_rate:.3f} → {t.current_rate:.3f}",
+        )
+    return table
+
+
+def _record_failure(model: str, textfile: Path, gateway: str | None) -> None:
+    from freshrec import metrics
+
+    registry = metrics.record_failure(model, textfile)
+    metrics.write_textfile(registry, textfile)
+    if gateway:
+        with contextlib.suppress(OSError):  # the check's own error is what the operator needs to see
+            metrics.push(registry, gateway, model)
+
+
+def _trigger(settings: Settings, result: DriftResult, kind: str, package: Path | None) -> None:
+    from freshrec.triggers import KfpLauncher, TriggerPolicy, local_pipeline_launcher
+
+    policy = TriggerPolicy(settings.triggers, settings.state_dir)
+    if kind == "local":
+        launcher = local_pipeline_launcher(settings)
+    elif kind == "kfp":
+        if package is None:
+            raise typer.BadParameter(
+                "--trigger kfp needs --pipeline-package", param_hint="--pipeline-package"
+            )
+        launcher = KfpLauncher.from_settings(settings.pipeline, package)
+    else:
+        raise typer.BadParameter(f"unknown trigger {kind!r} (none | local | kfp)", param_hint="--trigger")
+    decision = policy.evaluate(launcher, drift=result)
+    console.print(f"trigger: [bold]{decision.action}[/] — {decision.reason}")
+    if decision.action == "launch" and kind == "local" and decision.run_id:
+        with console.status(f"local pipeline run {decision.run_id} running…"):
+            launcher.wait(decision.run_id)  # the CLI process must outlive its run
+        if decision.run_id in launcher.errors:
+            console.print(f"[red]run {decision.run_id} failed:[/] {launcher.errors[decision.run_id]}")
+            raise typer.Exit(1)
