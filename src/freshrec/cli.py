@@ -63,7 +63,15 @@ def _root(
     ctx.obj = load_settings(config, **overrides)
 
 
+_registered = False
+
+
 def _register() -> None:
+    """Attach every area's commands (once; tests call it too)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for name, module in GROUPS.items():
         try:
             sub = importlib.import_module(module).app

@@ -1,0 +1,604 @@
+"""The whole loop, locally, on real data.
+
+Stages (each prints one line and is recorded in the run report):
+
+1. **prepare** — the dataset's earlier part (``bootstrap_fraction`` by time) is validated into the event
+   log (bad rows to quarantine), profiles are written as Feast sources;
+2. **features** — Feast apply + materialize (SQLite online store, file offline store);
+3. **bootstrap** — the ``continuous_training`` KFP pipeline through ``kfp.local`` trains, evaluates,
+   blesses and pushes the first model, labelled ``stable``;
+4. **serve** — the TF-Serving-compatible model server (REST + gRPC) and the ranking gateway start on
+   loopback;
+5. **replay** — the later part of the data is replayed in time order, window by window: each user's
+   impressions become ranking requests through the gateway (logged predictions), then the clicks land in
+   the event log; the online learner learns them (test-then-train) and exports guarded versions the server
+   picks up; the drift monitor compares the window with the production model's training data, alerts, and
+   its verdict (or an online-quality drop) may trigger the retraining pipeline, whose model then goes out by
+   canary on live traffic (analysis on predictions joined with clicks) and is promoted or rolled back;
+6. **report** — ``<workdir>/reports/<run>/index.html``.
+
+A run restarts cleanly: it takes a lock on the workdir, clears the loop's state (event log, models,
+features, predictions — never reports) unless ``keep_state``, and writes the run record atomically after
+every stage, so Ctrl-C leaves a readable, consistent report and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from freshrec.config import Settings
+from freshrec.report import RunRecord, StageRecord, render
+
+log = logging.getLogger(__name__)
+
+# Loop state under the workdir that a fresh run clears (reports/ is kept).
+STATE_DIRS = ("eventlog", "quarantine", "tables", "models", "predictions", "state", "feast", "kfp", "runs")
+
+
+@dataclass
+class RunOptions:
+    """What ``freshrec run`` can change; ``quick()`` gives the small run of the test suite."""
+
+    dataset: str | None = None
+    bootstrap_fraction: float = 0.8
+    max_bootstrap_events: int | None = None  # keep only the latest N events before the cut (None: all)
+    max_replay_events: int | None = None  # replay at most N events after the cut (None: all)
+    window_events: int = 2000  # events per replay window (drift check, metrics row)
+    speedup: float | None = None  # stream seconds per wall second; None: as fast as the machine goes
+    epochs: int | None = None  # training epochs for the pipelines (None: settings.training.epochs)
+    retrain: bool = True
+    keep_state: bool = False
+    canary_pause_s: float = 8.0  # wall seconds per canary pause in the local loop
+    canary_min_clicks: int = 60
+    max_retrains: int = 1
+    run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> RunOptions:
+        base = dict(
+            max_bootstrap_events=12_000,
+            max_replay_events=3_000,
+            window_events=1_000,
+            epochs=2,
+            canary_pause_s=4.0,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+class LoopError(RuntimeError):
+    """A stage failed; the message says which and why."""
+
+
+class Loop:
+    """Runs the stages and keeps the :class:`RunRecord` up to date."""
+
+    def __init__(self, settings: Settings, options: RunOptions, console: Console | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.console = console or Console()
+        self.report_dir = settings.reports_dir / options.run_id
+        self.record = RunRecord(
+            run_id=options.run_id,
+            dataset=options.dataset or settings.data.dataset,
+            options={
+                **{k: v for k, v in vars(options).items() if k != "run_id"},
+                "drift_share_threshold": settings.drift.drift_share_threshold,
+                "workdir": str(settings.workdir),
+            },
+        )
+        self._server: Any = None
+        self._gateway: Any = None
+        self._canary: _CanaryThread | None = None
+        self._retrains = 0
+
+    # ------------------------------------------------------------------------------------------ driver
+    def run(self) -> RunRecord:
+        """Run every stage; always leave a report. Ctrl-C stops cleanly (status ``interrupted``)."""
+        self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        with _workdir_lock(self.settings.workdir):
+            try:
+                if not self.options.keep_state:
+                    self._clear_state()
+                self._stage("prepare", self._prepare)
+                self._stage("features", self._features)
+                self._stage("bootstrap", self._bootstrap)
+                self._stage("serve", self._serve)
+                self._stage("replay", self._replay)
+                self.record.status = "ok"
+            except KeyboardInterrupt:
+                self.record.status = "interrupted"
+                self.console.print("[yellow]interrupted: stopping cleanly[/yellow]")
+            except LoopError as exc:
+                self.record.status = "failed"
+                self.console.print(f"[red]failed:[/red] {exc}")
+            finally:
+                self._shutdown()
+                self.record.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+                self._summarise()
+                index = render(self.record, self.report_dir)
+                self.record.links.append({"label": "this report", "href": str(index)})
+        return self.record
+
+    def _stage(self, name: str, fn: Any) -> Any:
+        self.console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        try:
+            detail = fn() or ""
+        except KeyboardInterrupt:
+            self.record.stages.append(StageRecord(name, "interrupted", time.perf_counter() - start))
+            raise
+        except LoopError:
+            self.record.stages.append(StageRecord(name, "failed", time.perf_counter() - start))
+            raise
+        except Exception as exc:
+            log.exception("stage %s failed", name)
+            self.record.stages.append(StageRecord(name, "failed", time.perf_counter() - start, repr(exc)))
+            raise LoopError(f"stage {name!r} failed: {exc}") from exc
+        seconds = time.perf_counter() - start
+        self.record.stages.append(StageRecord(name, "ok", round(seconds, 1), str(detail)))
+        self.console.print(f"[green]✓[/green] {name} ({seconds:.0f} s) {detail}")
+        self.record.save(self.report_dir / "run.json")
+        return detail
+
+    def _clear_state(self) -> None:
+        for name in STATE_DIRS:
+            shutil.rmtree(self.settings.workdir / name, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ stages
+    def _prepare(self) -> str:
+        from freshrec.data.datasets import Dataset, load_dataset, load_description
+        from freshrec.data.prepare import prepare_dataset
+
+        desc = load_description(self.options.dataset or self.settings.data.dataset)
+        data = load_dataset(desc, self.settings.data.datasets_dir)
+        events = data.events.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(
+            drop=True
+        )
+        cut = int(len(events) * self.options.bootstrap_fraction)
+        boot = events.iloc[:cut]
+        if self.options.max_bootstrap_events:
+            boot = boot.iloc[-self.options.max_bootstrap_events :]
+        replay = events.iloc[cut:]
+        if self.options.max_replay_events:
+            replay = replay.iloc[: self.options.max_replay_events]
+        self.users, self.items = data.users, data.items
+        self.bootstrap_events = boot.reset_index(drop=True)
+        self.replay_events = replay.reset_index(drop=True)
+        report = prepare_dataset(
+            Dataset(events=self.bootstrap_events, users=data.users, items=data.items, description=desc),
+            self.settings,
+        )
+        ing = report.ingest
+        return (
+            f"{desc.name}: {ing.received:,} events received, {ing.accepted:,} accepted, "
+            f"{ing.quarantined:,} quarantined; {len(self.replay_events):,} events held back for the replay "
+            f"({_span(self.replay_events)})"
+        )
+
+    def _features(self) -> str:
+        from freshrec.features import store
+
+        applied = store.apply(self.settings)
+        mat = store.materialize(self.settings)
+        return f"{applied} · {mat}"
+
+    def _bootstrap(self) -> str:
+        from freshrec.model.repository import ModelRepository
+        from freshrec.pipelines.local import run_local
+
+        run = run_local(self.settings, "continuous_training", **self._pipeline_params(rollout_mode="promote"))
+        self.record.links.append({"label": "KFP artifacts of the bootstrap run", "href": str(run.run_dir)})
+        version = run.pushed_version
+        repo = ModelRepository(self.settings.models_dir, self.settings.model.name)
+        if version is None or repo.stable() is None:
+            raise LoopError(
+                "the bootstrap pipeline did not push a model (blessing or data-quality gate failed); "
+                f"see {run.run_dir}"
+            )
+        self.repo = repo
+        meta = repo.metadata(version)
+        self._note_version(version, "pipeline (bootstrap)")
+        return f"version {version} stable (AUC {meta.get('metrics', {}).get('auc', float('nan')):.3f}) in {run.duration_s:.0f} s"
+
+    def _pipeline_params(self, **extra: Any) -> dict[str, Any]:
+        params: dict[str, Any] = dict(extra)
+        if self.options.epochs:
+            params["epochs"] = self.options.epochs
+        return params
+
+    def _serve(self) -> str:
+        from freshrec.serving.gateway import Gateway
+        from freshrec.serving.server import ModelServer
+
+        self._server = ModelServer(self.settings).start()
+        self._gateway = Gateway(self.settings).start()
+        self.gateway_url = self._gateway.url
+        return f"model server REST {self._server.rest_url}, gRPC {self._server.grpc_target}; gateway {self.gateway_url}"
+
+    def _replay(self) -> str:
+        import requests
+
+        from freshrec.alerts import AlertManager
+        from freshrec.data.ingest import ingest_frame
+        from freshrec.features.training_set import build_training_frame
+        from freshrec.model.export import load_keras_model
+        from freshrec.online.learner import predict
+
+        events = self.replay_events
+        n_windows = max(1, math.ceil(len(events) / self.options.window_events))
+        bounds = np.linspace(0, len(events), n_windows + 1).astype(int)
+        alerts = AlertManager(self.settings.alerts, self.settings.state_dir)
+        static = load_keras_model(self.repo.path(self.repo.stable()))
+        reference = build_training_frame(self.bootstrap_events, self.users, self.items)
+        self.learner, self.source = self._make_learner()
+        http = requests.Session()
+        stream_start = time.perf_counter()
+        history = self.bootstrap_events
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("[bold]replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("", total=len(events))
+            for w in range(n_windows):
+                window = events.iloc[bounds[w] : bounds[w + 1]].reset_index(drop=True)
+                if window.empty:
+                    continue
+                row: dict[str, Any] = {
+                    "window_end": window["event_timestamp"].max().isoformat(),
+                    "n": len(window),
+                }
+                self._pace(window, stream_start)
+                # 1. traffic: every user's impressions of this window become one ranking request
+                served = self._traffic(http, window)
+                # 2. clicks land in the event log (validated, idempotent)
+                ingest_frame(window, self.settings, source=f"replay:{self.options.run_id}:{w}")
+                # 3. features as of each event, from strictly earlier events (history + this window)
+                frame = build_training_frame(
+                    pd.concat([history, window], ignore_index=True), self.users, self.items
+                )
+                frame = frame.iloc[len(history) :].reset_index(drop=True)
+                history = pd.concat([history, window], ignore_index=True)
+                labels = frame["label"].to_numpy()
+                static_scores = predict(static, frame, static._freshrec_spec)
+                row.update(_metrics("static", labels, static_scores))
+                row.update(_metrics("served", *served_pairs(window, served)))
+                # 4. the online learner: test-then-train on the new events; guarded exports
+                online = self._learn()
+                row.update(online)
+                # 5. drift monitor → alerts → trigger
+                drift_row = self._drift(w, reference, frame.assign(score=static_scores), alerts)
+                self.record.drift.append(drift_row)
+                self.record.stream.append(row)
+                progress.update(
+                    task,
+                    advance=len(window),
+                    description=f"AUC static {row.get('static_auc', float('nan')):.3f} "
+                    f"online {row.get('online_auc', float('nan')):.3f} · drift {drift_row['drift_share']:.2f}",
+                )
+                self._maybe_retrain(drift_row, row)
+                self._poll_canary()
+                self.record.save(self.report_dir / "run.json")
+        self._finish_canary()
+        return f"{len(events):,} events in {n_windows} windows"
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def _pace(self, window: pd.DataFrame, stream_start: float) -> None:
+        if not self.options.speedup:
+            return
+        elapsed_stream = (
+            window["event_timestamp"].min() - self.replay_events["event_timestamp"].min()
+        ).total_seconds()
+        wait = elapsed_stream / self.options.speedup - (time.perf_counter() - stream_start)
+        if wait > 0:
+            time.sleep(wait)
+
+    def _traffic(self, http: Any, window: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int, str]]:
+        """One ranking request per user of the window; returns (user, item) → (score, version, arm)."""
+        served: dict[tuple[str, str], tuple[float, int, str]] = {}
+        latencies = self.record.latency_ms.setdefault("gateway rank (client)", [])
+        for user_id, group in window.groupby("user_id", sort=False):
+            items = list(dict.fromkeys(group["item_id"].astype(str)))
+            start = time.perf_counter()
+            resp = http.post(
+                f"{self.gateway_url}/v1/rank", json={"user_id": str(user_id), "item_ids": items}, timeout=10
+            )
+            latencies.append((time.perf_counter() - start) * 1000)
+            if resp.status_code != 200:
+                log.warning("rank for user %s answered %s: %s", user_id, resp.status_code, resp.text[:200])
+                continue
+            body = resp.json()
+            for item in body["items"]:
+                served[(str(user_id), str(item["item_id"]))] = (
+                    float(item["score"]),
+                    int(body["model_version"]),
+                    body["arm"],
+                )
+        return served
+
+    def _make_learner(self) -> tuple[Any, Any]:
+        from freshrec.online.factory import build_learner
+
+        return build_learner(self.settings, on_export=self._on_export)
+
+    def _learn(self) -> dict[str, Any]:
+        before = len(self.learner.metrics.records) if hasattr(self.learner.metrics, "records") else None
+        self.learner.run(self.source, until_idle=True, idle_timeout_s=0.2)
+        del before
+        return {
+            "online_auc": self.learner.metrics.window_auc(),
+            "online_logloss": self.learner.metrics.window_logloss(),
+        }
+
+    def _on_export(self, rec: Any) -> None:
+        self._note_version(rec.version, "online learner")
+        self.record.freshness_s.extend([])  # filled by the freshness tracker when the server answers
+
+    def _drift(self, w: int, reference: pd.DataFrame, current: pd.DataFrame, alerts: Any) -> dict[str, Any]:
+        from freshrec.drift import check_drift
+
+        out = self.report_dir / "drift"
+        result = check_drift(
+            reference,
+            current,
+            None,
+            self.settings.drift,
+            out,
+            profile_cache_dir=self.settings.state_dir / "drift-profiles",
+            cache_key=f"v{self.repo.stable()}",
+            stem=f"window-{w:03d}",
+            html=True,
+        )
+        deliveries = alerts.sync_from_drift(result, self.settings.model.name)
+        return {
+            "window_end": current["event_timestamp"].max().isoformat(),
+            "drift_share": float(result.drift_share),
+            "verdict": result.verdict,
+            "drifted": result.drifted_features,
+            "alerted": any(getattr(d, "action", "fire") == "fire" for d in deliveries)
+            or bool(alerts.open_alerts()),
+            "report": str(Path(result.html_path).relative_to(self.report_dir)) if result.html_path else "",
+        }
+
+    def _maybe_retrain(self, drift_row: dict[str, Any], row: dict[str, Any]) -> None:
+        if (
+            not self.options.retrain
+            or self._retrains >= self.options.max_retrains
+            or self._canary is not None
+        ):
+            return
+        if drift_row["verdict"] not in ("drift", "quality_failure"):
+            return
+        self._retrain(f"drift verdict {drift_row['verdict']} (share {drift_row['drift_share']:.2f})")
+
+    def _retrain(self, reason: str) -> None:
+        from freshrec.pipelines.local import run_local
+
+        self._retrains += 1
+        self.console.print(f"[bold yellow]retraining[/bold yellow]: {reason}")
+        start = time.perf_counter()
+        run = run_local(self.settings, "continuous_training", **self._pipeline_params(rollout_mode="none"))
+        version = run.pushed_version
+        entry = {
+            "time": _now(),
+            "reason": reason,
+            "seconds": round(time.perf_counter() - start, 1),
+            "version": version,
+        }
+        self.record.links.append(
+            {"label": f"KFP artifacts of retraining run {self._retrains}", "href": str(run.run_dir)}
+        )
+        if version is None:
+            entry.update(outcome="not pushed", detail="blessing or data-quality gate stopped the pipeline")
+            self.record.retrains.append(entry)
+            return
+        self._note_version(version, "pipeline (retrain)")
+        entry.update(outcome="canary started")
+        self.record.retrains.append(entry)
+        self._canary = _CanaryThread(self, version)
+        self._canary.start()
+
+    def _poll_canary(self) -> None:
+        if self._canary is None or self._canary.is_alive():
+            return
+        self._conclude_canary()
+
+    def _finish_canary(self) -> None:
+        if self._canary is None:
+            return
+        self._canary.join(timeout=120)
+        self._conclude_canary()
+
+    def _conclude_canary(self) -> None:
+        canary, self._canary = self._canary, None
+        if canary is None:
+            return
+        outcome = canary.outcome or "rolled_back (no verdict)"
+        self.record.retrains[-1]["outcome"] = outcome
+        self.console.print(f"[bold]canary v{canary.version}[/bold]: {outcome}")
+
+    def _note_version(self, version: int, source: str) -> None:
+        meta = self.repo.metadata(version) if hasattr(self, "repo") else {}
+        metrics = meta.get("metrics", {}) or {}
+        self.record.versions.append(
+            {
+                "version": version,
+                "source": source,
+                "label": "",
+                "auc": metrics.get("auc"),
+                "logloss": metrics.get("logloss"),
+                "created_at": meta.get("created_at"),
+            }
+        )
+
+    def _shutdown(self) -> None:
+        if self._canary is not None and self._canary.is_alive():
+            self._canary.abort()
+        for svc in (self._gateway, self._server):
+            if svc is not None:
+                try:
+                    svc.stop()
+                except Exception as exc:
+                    log.warning("stopping %s: %s", type(svc).__name__, exc)
+
+    def _summarise(self) -> None:
+        s = self.record.summary
+        s["status"] = self.record.status
+        if self.record.stream:
+            df = pd.DataFrame(self.record.stream)
+            for variant in ("static", "online", "served"):
+                col = f"{variant}_auc"
+                if col in df:
+                    s[f"mean window AUC, {variant}"] = round(float(df[col].mean()), 4)
+        s["windows with drift"] = sum(1 for d in self.record.drift if d["verdict"] == "drift")
+        s["retrainings"] = len(self.record.retrains)
+        s["model versions"] = len(self.record.versions)
+        self.record.summary = s
+
+
+class _CanaryThread(threading.Thread):
+    """Walks the canary plan in the background while the replay keeps sending traffic."""
+
+    def __init__(self, loop: Loop, version: int) -> None:
+        super().__init__(name=f"canary-v{version}", daemon=True)
+        self.loop = loop
+        self.version = version
+        self.outcome: str | None = None
+        self._abort = threading.Event()
+
+    def run(self) -> None:
+        from freshrec.rollout.controller import (
+            HttpTrafficRouter,
+            LocalCanaryController,
+            PredictionLogSource,
+            RepositoryPromoter,
+        )
+        from freshrec.rollout.plan import CanaryPlan
+
+        loop = self.loop
+        plan = CanaryPlan.model_validate(
+            {
+                "steps": [
+                    {"set_weight": 20},
+                    {"pause": {"duration_s": loop.options.canary_pause_s}},
+                    {"analysis": {}},
+                    {"set_weight": 50},
+                    {"pause": {"duration_s": loop.options.canary_pause_s}},
+                    {"analysis": {}},
+                    {"set_weight": 100},
+                ]
+            }
+        )
+        settings = loop.settings.rollout.model_copy(update={"min_clicks": loop.options.canary_min_clicks})
+
+        def on_step(entry: Any) -> None:
+            loop.record.canary.append(
+                {
+                    "time": entry.at,
+                    "rollout": f"v{self.version}",
+                    "step": entry.action,
+                    "weight": entry.weight,
+                    "verdict": entry.verdict,
+                    "reasons": "; ".join(entry.reasons),
+                }
+            )
+
+        def sleep(seconds: float) -> None:
+            if self._abort.wait(seconds):
+                raise KeyboardInterrupt("canary aborted")
+
+        controller = LocalCanaryController(
+            plan,
+            HttpTrafficRouter(loop.gateway_url),
+            RepositoryPromoter(loop.repo),
+            PredictionLogSource(
+                loop.settings.predictions_dir,
+                loop.settings.eventlog_dir,
+                window_s=86400 * 30,
+                since=datetime.now(UTC),
+            ),
+            settings,
+            report_dir=loop.report_dir / "canary",
+            sleep=sleep,
+            progress=on_step,
+        )
+        try:
+            report = controller.run(self.version)
+            self.outcome = report.outcome
+        except BaseException as exc:  # the controller already rolled back
+            self.outcome = f"rolled_back ({exc})"
+
+    def abort(self) -> None:
+        self._abort.set()
+        self.join(timeout=30)
+
+
+def served_pairs(
+    window: pd.DataFrame, served: dict[tuple[str, str], tuple[float, int, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    keys = list(zip(window["user_id"].astype(str), window["item_id"].astype(str), strict=True))
+    mask = np.array([k in served for k in keys])
+    scores = np.array([served[k][0] for k in keys if k in served], dtype=np.float64)
+    return window["label"].to_numpy()[mask], scores
+
+
+def _metrics(prefix: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    if len(labels) == 0 or len(set(labels.tolist())) < 2:
+        return {f"{prefix}_auc": float("nan"), f"{prefix}_logloss": float("nan")}
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    return {
+        f"{prefix}_auc": float(roc_auc_score(labels, p)),
+        f"{prefix}_logloss": float(log_loss(labels, p, labels=[0, 1])),
+    }
+
+
+def _span(events: pd.DataFrame) -> str:
+    if events.empty:
+        return "empty"
+    return f"{events['event_timestamp'].min():%Y-%m-%d} → {events['event_timestamp'].max():%Y-%m-%d}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def _workdir_lock(workdir: Path) -> Iterator[None]:
+    """One loop per workdir at a time: a second `freshrec run` fails fast instead of corrupting state."""
+    path = workdir / ".run.lock"
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LoopError(f"another freshrec run is using {workdir} (lock {path})") from exc
+        fh.write(f"{uuid.uuid4()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
