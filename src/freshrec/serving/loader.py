@@ -376,10 +376,12 @@ class ModelManager:
         # newest first; a version that fails to load is skipped, so the previous one stays. Also under a
         # `specific` policy: the repository writes one for TF Serving's sake (labelled versions), but
         # locally the newest version must be reachable by number (canary, online learner) too.
+        newest = 0
         for v in loadable:
             if try_load(v):
                 wanted.add(v)
-                if entry.policy != "all" and len(wanted - set(entry.policy_versions)) >= entry.num_latest:
+                newest += 1
+                if entry.policy != "all" and newest >= entry.num_latest:
                     break
         wanted |= {v for v in set(entry.labels.values()) if try_load(v)}
         labels = {}
