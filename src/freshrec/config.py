@@ -246,6 +246,12 @@ class PipelineSettings(BaseModel):
     gpu_limit: int = 1
     gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    # Cluster runs share state (event log, feature tables, model repository) through a PVC mounted at
+    # workdir_mount in every task; None for local runs.
+    pvc_name: str | None = None
+    workdir_mount: str = "/var/lib/freshrec"
+    # The rollout step's mode in local runs: auto | local | argo | promote | none.
+    rollout_mode: str = "auto"
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,38 @@
+"""Infra check: load the candidate SavedModel in a fresh process and predict on a sample, as serving will."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl.python_component import PythonComponent
+
+
+def infra_check(
+    model: Input[Model], sample: Input[Dataset], metrics: Output[Metrics], rows: int = 64
+) -> bool:
+    """Fail the pipeline unless the export loads and serves sane predictions.
+
+    Args:
+        model: the candidate SavedModel.
+        sample: a frame of serving-time rows (the evaluation frame); its first ``rows`` are sent.
+        metrics: load and predict timings.
+        rows: how many rows to predict.
+
+    Raises:
+        RuntimeError: the check failed (the message lists why); the pipeline stops before the push.
+    """
+    import pandas as pd
+
+    from freshrec.model.infra import infra_check as check
+
+    frame = pd.read_parquet(sample.path).head(rows)
+    result = check(model.path, frame)
+    metrics.log_metric("rows", result.rows)
+    metrics.log_metric("seconds", result.seconds)
+    metrics.log_metric("ok", int(result.ok))
+    if not result.ok:
+        raise RuntimeError(f"infra check failed for {model.path}: {result.message}")
+    return True
+
+
+def component(image: str) -> PythonComponent:
+    """The KFP component running :func:`infra_check` in ``image``."""
+    return dsl.component(infra_check, base_image=image, install_kfp_package=False)

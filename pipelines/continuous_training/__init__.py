@@ -1,0 +1,1 @@
+"""The continuous-training pipeline: ingest → features → train → evaluate/bless → gates → push → canary."""

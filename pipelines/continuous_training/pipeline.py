@@ -1,0 +1,122 @@
+"""The continuous-training pipeline as a pure factory.
+
+ingest → features (Feast apply + materialize) → training set (point-in-time, split by time) → train (warm
+start from production) → evaluate + bless against production, and data quality + drift of the newest window
+against the training window → push gate (blessed and data ok) → infra check → push → canary rollout.
+
+Caching. Steps whose output is a function of their inputs alone keep KFP caching on: training set, data
+quality, push gate, infra check. It is off for the steps that read or write state outside their inputs:
+ingest (reads the moving event log), features (writes the online store), train (warm-starts from whatever
+version is in production now), evaluate (compares with that production version), push (adds a version) and
+rollout (moves live traffic).
+"""
+
+from collections.abc import Callable
+
+from freshrec.components.data_quality import component as data_quality
+from freshrec.components.evaluate import component as evaluate
+from freshrec.components.features import component as features
+from freshrec.components.infra_check import component as infra_check
+from freshrec.components.ingest import component as ingest
+from freshrec.components.push import component as push
+from freshrec.components.push_gate import component as push_gate
+from freshrec.components.rollout import component as rollout
+from freshrec.components.train import component as train
+from freshrec.components.training_set import component as training_set
+from freshrec.pipelines.common import DEFAULT_WORKDIR, GpuConfig, VolumeConfig, mount_workdir, place_on_gpu
+
+NAME = "freshrec-continuous-training"
+
+
+def create_pipeline(
+    image: str,
+    gpu: GpuConfig | None = None,
+    volume: VolumeConfig | None = None,
+    name: str = NAME,
+) -> Callable:
+    """Build the pipeline.
+
+    Args:
+        image: the component image (``docker/Dockerfile``: freshrec installed).
+        gpu: GPU placement for the train step; None trains on CPU.
+        volume: a PVC mounted at the workdir in every task (cluster runs); None for local runs.
+        name: the pipeline name.
+
+    Returns:
+        The ``@dsl.pipeline`` function (compile it, run it with kfp.local, or submit it).
+    """
+    from kfp import dsl
+
+    comps = {
+        "ingest": ingest.component(image),
+        "features": features.component(image),
+        "training_set": training_set.component(image),
+        "train": train.component(image),
+        "evaluate": evaluate.component(image),
+        "data_quality": data_quality.component(image),
+        "push_gate": push_gate.component(image),
+        "infra_check": infra_check.component(image),
+        "push": push.component(image),
+        "rollout": rollout.component(image),
+    }
+    default_workdir = volume.mount_path if volume else DEFAULT_WORKDIR
+
+    @dsl.pipeline(
+        name=name, description="Ingest, train, evaluate and bless, gate, push and canary a CTR model."
+    )
+    def continuous_training(
+        workdir: str = default_workdir,
+        settings_json: str = "{}",
+        dataset: str = "",
+        source_path: str = "",
+        epochs: int = 0,
+        rollout_mode: str = "local",
+    ) -> None:
+        """Args: workdir (shared state), settings_json (settings overrides as JSON), dataset (a dataset to
+        prepare; empty: the configured one, on first run), source_path (an event file to ingest), epochs
+        (> 0 overrides training.epochs), rollout_mode (local | argo | none)."""
+        state = {"workdir": workdir, "settings_json": settings_json}
+        ingested = comps["ingest"](**state, dataset=dataset, source_path=source_path)
+        ingested.set_caching_options(False)
+        featured = comps["features"](**state, events=ingested.outputs["events"])
+        featured.set_caching_options(False)
+        splits = comps["training_set"](**state, events=ingested.outputs["events"]).after(featured)
+        trained = comps["train"](
+            **state,
+            train_set=splits.outputs["train_set"],
+            valid_set=splits.outputs["valid_set"],
+            epochs=epochs,
+        )
+        trained.set_caching_options(False)
+        place_on_gpu(trained, gpu)
+        evaluated = comps["evaluate"](
+            **state,
+            model=trained.outputs["model"],
+            train_set=splits.outputs["train_set"],
+            test_set=splits.outputs["test_set"],
+        )
+        evaluated.set_caching_options(False)
+        quality = comps["data_quality"](
+            **state, reference=splits.outputs["train_set"], current=splits.outputs["test_set"]
+        )
+        gate = comps["push_gate"](
+            blessed=evaluated.outputs["blessed"],
+            data_ok=quality.outputs["data_ok"],
+            verdict=quality.outputs["verdict"],
+        )
+        with dsl.If(gate.outputs["Output"] == True, name="blessed-and-data-ok"):  # noqa: E712 (a KFP condition)
+            checked = comps["infra_check"](model=trained.outputs["model"], sample=splits.outputs["test_set"])
+            pushed = comps["push"](
+                **state,
+                model=trained.outputs["model"],
+                blessing=evaluated.outputs["blessing"],
+                train_set=splits.outputs["train_set"],
+                infra_ok=checked.outputs["Output"],
+            )
+            pushed.set_caching_options(False)
+            rolled = comps["rollout"](**state, version=pushed.outputs["Output"], mode=rollout_mode)
+            rolled.set_caching_options(False)
+        for task in (ingested, featured, splits, trained, evaluated, quality, pushed, rolled):
+            mount_workdir(task, volume)
+
+    return continuous_training

@@ -1,0 +1,1 @@
+"""The drift-monitor pipeline: drift on the recent window → alert → trigger."""
