@@ -613,3 +613,112 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     return x
+
+
+def _read_table(path: Path, key: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"profile table {path} not found; run `freshrec data prepare` first")
+    df = pd.read_parquet(path)
+    if key not in df.columns:
+        raise ValueError(f"{path} lacks its key column {key!r}")
+    return df
+
+
+def build_learner(
+    settings: Any,
+    *,
+    push_features: bool | None = None,
+    on_export: Callable[[ExportRecord], Any] | None = None,
+    alert: bool = True,
+    history: pd.DataFrame | None = None,
+) -> OnlineLearner:
+    """An :class:`OnlineLearner` wired to the workdir: starts from the stable version (or resumes).
+
+    The model and the serving copy are rebuilt from the stable version's spec and Keras weights; profiles
+    come from ``<tables_dir>/{users,items}.parquet``; the activity state is warmed with ``history`` (default:
+    the whole event log) unless a checkpoint restores it. A checkpoint is resumed only while its serving
+    version is still the stable one or one the learner itself exported; if a batch-retrained model has
+    been promoted since, the learner starts over from it (keeping its seen-set, so nothing is re-counted).
+
+    Raises:
+        RuntimeError: the repository has no version to start from.
+    """
+    from freshrec.model.export import load_keras_model
+    from freshrec.model.repository import ModelRepository
+
+    repo = ModelRepository(settings.models_dir, settings.model.name)
+    version = repo.stable() or repo.latest()
+    if version is None:
+        raise RuntimeError(f"no model version under {repo.root} to learn from; train and publish one first")
+    model = load_keras_model(repo.path(version))
+    serving = load_keras_model(repo.path(version))
+    featurizer = Featurizer(
+        _read_table(settings.tables_dir / "users.parquet", "user_id"),
+        _read_table(settings.tables_dir / "items.parquet", "item_id"),
+    )
+    push = None
+    if push_features if push_features is not None else settings.online.push_features:
+        try:
+            from freshrec.features.store import OnlineFeatures
+
+            push = OnlineFeatures(settings).push
+        except Exception as exc:  # no registry yet (features not applied): learn without pushing
+            log.warning("feature store not available, fresh activity will not be pushed: %s", exc)
+    on_guard_failure = None
+    if alert:
+        from freshrec.alerts import AlertManager
+
+        manager = AlertManager(settings.alerts, settings.state_dir)
+
+        def on_guard_failure(result: GuardResult, rec: ExportRecord) -> None:
+            manager.fire(
+                settings.model.name,
+                "online_guard_failed",
+                f"online learner update rejected; version {rec.parent_version} stays",
+                description="; ".join(result.reasons),
+                details=result.to_dict(),
+            )
+
+    learner = OnlineLearner(
+        model,
+        serving,
+        featurizer,
+        settings.online,
+        state_dir=settings.state_dir / "online" / settings.model.name,
+        repository=repo,
+        parent_version=version,
+        quarantine_dir=settings.quarantine_dir,
+        push=push,
+        on_guard_failure=on_guard_failure,
+        on_export=on_export,
+        future_tolerance_s=settings.data.future_tolerance_s,
+    )
+    restored = learner.restore()
+    if restored and learner.serving_version != version:
+        known = learner.serving_version in repo.versions()
+        meta = repo.metadata(version)
+        if meta.get("source") == "online" and known:
+            # The stable version is one of ours (maybe older than the checkpoint's): keep learning from it.
+            serving_path = repo.path(learner.serving_version)
+            learner.serving_model.set_weights(load_keras_model(serving_path).get_weights())
+            learner._good_weights = learner.serving_model.get_weights()
+        else:
+            log.info(
+                "stable version %s replaced the learner's %s: restarting from it",
+                version,
+                learner.serving_version,
+            )
+            learner.model.set_weights(serving.get_weights())
+            _compile(learner.model, settings.online.learning_rate)
+            learner.serving_version = version
+    elif restored and learner.serving_version is not None:
+        learner.serving_model.set_weights(load_keras_model(repo.path(learner.serving_version)).get_weights())
+        learner._good_weights = learner.serving_model.get_weights()
+    if not restored:
+        if history is None:
+            from freshrec.data.eventlog import EventLog
+
+            history = EventLog(settings.eventlog_dir).read()
+        if history is not None and len(history):
+            featurizer.activity.update(history)
+    return learner

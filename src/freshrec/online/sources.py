@@ -81,10 +81,18 @@ class EventLogSource:
         root: the event log directory.
         state_path: where committed positions are kept (under ``settings.state_dir``).
         poll_interval_s: how often an idle ``poll`` looks for new files.
+        start_after: events at or before this time are skipped (the starting model was trained on them).
     """
 
-    def __init__(self, root: Path, state_path: Path, poll_interval_s: float = 0.2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        state_path: Path,
+        poll_interval_s: float = 0.2,
+        start_after: pd.Timestamp | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.start_after = pd.Timestamp(start_after) if start_after is not None else None
         self.state_path = Path(state_path)
         self.poll_interval_s = poll_interval_s
         self.committed: dict[str, int] = {}
@@ -120,6 +128,10 @@ class EventLogSource:
             df = self._sorted(df)
             self._known[rel] = len(df)
             start = self._cursor.get(rel, 0)
+            if self.start_after is not None:
+                # The file is in time order, so the skipped events are a prefix of it.
+                start = max(start, int((df["event_timestamp"] <= self.start_after).sum()))
+                self._cursor[rel] = start
             if start >= len(df):
                 continue
             df = df.iloc[start:].copy()
@@ -386,3 +398,22 @@ class SeenIds:
 
     def to_list(self) -> list[str]:
         return list(self._order)
+
+
+def build_source(
+    settings: Any, kind: str | None = None, start_after: pd.Timestamp | None = None
+) -> EventLogSource | RedisStreamSource:
+    """The configured source: ``eventlog`` (follows ``settings.eventlog_dir``) or ``redis``."""
+    cfg = settings.online
+    kind = kind or cfg.source
+    if kind == "eventlog":
+        return EventLogSource(
+            settings.eventlog_dir,
+            settings.state_dir / "online" / "eventlog_positions.json",
+            start_after=start_after,
+        )
+    if kind == "redis":
+        return RedisStreamSource.from_url(
+            cfg.redis_url, cfg.stream, cfg.group, cfg.consumer, cfg.claim_min_idle_ms
+        )
+    raise ValueError(f"unknown online source {kind!r} (expected 'eventlog' or 'redis')")
