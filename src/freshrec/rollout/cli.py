@@ -178,6 +178,11 @@ def run_cmd(
     plan_file: Path | None = typer.Option(
         None, help="Plan YAML (default rollout.plan_file, else the default plan)."
     ),
+    model_server_url: str | None = typer.Option(
+        None,
+        "--model-server",
+        help="Model server REST URL, to wait for the canary to load (default serving.host:rest_port).",
+    ),
 ) -> None:
     """Roll a model version out through the running gateway by the canary plan; promote or roll back.
 
@@ -198,6 +203,7 @@ def run_cmd(
     rs = settings.rollout
     plan = _plan(settings, plan_file)
     url = gateway or f"http://{settings.serving.host}:{settings.serving.gateway_port}"
+    model_server = model_server_url or f"http://{settings.serving.host}:{settings.serving.rest_port}"
 
     def show(entry) -> None:
         verdict = f" {entry.verdict}" if entry.verdict else ""
@@ -208,7 +214,7 @@ def run_cmd(
     controller = LocalCanaryController(
         plan,
         HttpTrafficRouter(url),
-        RepositoryPromoter(ModelRepository(settings.models_dir, settings.model.name)),
+        RepositoryPromoter(ModelRepository(settings.models_dir, settings.model.name), model_server),
         PredictionLogSource(
             settings.predictions_dir, settings.eventlog_dir, rs.click_window_s, since=datetime.now(UTC)
         ),

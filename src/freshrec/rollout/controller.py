@@ -98,10 +98,23 @@ def parse_arm_stats(body: dict[str, Any]) -> dict[str, ArmStats]:
 
 
 class RepositoryPromoter:
-    """Labels in the model repository (``freshrec.model.repository.ModelRepository``)."""
+    """Labels in the model repository (``freshrec.model.repository.ModelRepository``).
 
-    def __init__(self, repository: Any) -> None:
+    With ``model_server_url`` (the TF-Serving REST endpoint), :meth:`start` also waits until the server
+    reports the canary version AVAILABLE, so no traffic is routed to a version still loading.
+    """
+
+    def __init__(
+        self,
+        repository: Any,
+        model_server_url: str | None = None,
+        ready_timeout_s: float = 120.0,
+        poll_s: float = 0.2,
+    ) -> None:
         self.repository = repository
+        self.model_server_url = model_server_url.rstrip("/") if model_server_url else None
+        self.ready_timeout_s = ready_timeout_s
+        self.poll_s = poll_s
 
     def stable_version(self) -> int | None:
         return self.repository.stable()
@@ -112,6 +125,33 @@ class RepositoryPromoter:
                 f"model version {version} is not in the repository {self.repository.versions()}"
             )
         self.repository.set_label("canary", version)
+        if self.model_server_url:
+            try:
+                self.wait_available(version)
+            except RolloutError:
+                self.repository.remove_label("canary")
+                raise
+
+    def wait_available(self, version: int) -> None:
+        """Poll TF Serving's model status until ``version`` is AVAILABLE (real time, not the plan's clock)."""
+        import requests
+
+        url = f"{self.model_server_url}/v1/models/{self.repository.name}/versions/{int(version)}"
+        deadline = time.monotonic() + self.ready_timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                resp = requests.get(url, timeout=5)
+                states = [s.get("state") for s in resp.json().get("model_version_status", [])]
+                if resp.status_code == 200 and "AVAILABLE" in states:
+                    return
+                last = f"{resp.status_code} {states or resp.text[:200]}"
+            except (requests.RequestException, ValueError) as exc:
+                last = repr(exc)
+            time.sleep(self.poll_s)
+        raise RolloutError(
+            f"model server did not make v{version} available in {self.ready_timeout_s:g} s: {last}"
+        )
 
     def promote(self, version: int) -> None:
         self.repository.set_label("stable", version)
