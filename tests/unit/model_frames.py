@@ -34,7 +34,10 @@ def tiny_frame(
     rng = np.random.default_rng(seed)
     u = rng.integers(0, users, n)
     i = rng.integers(0, items, n)
-    logit = 1.5 * np.where((u % 2) == (i % 2), 1.0, -1.0) + 0.03 * (i - items / 2)
+    # Learnable from features alone (gender x genre, item popularity), so tiny models fit it in a few epochs.
+    likes = np.where((u % 3 == 0) == (i % 5 < 2), 1.0, -1.0)
+    popularity = (i % 10) / 9.0
+    logit = 2.0 * likes + 3.0 * (popularity - 0.5)
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
     ts = pd.Timestamp(start, tz="UTC") + pd.to_timedelta(np.sort(rng.integers(0, 30 * 86400, n)), unit="s")
     df = pd.DataFrame(
@@ -58,4 +61,5 @@ def tiny_frame(
         for s in ACTIVITY:
             base = rng.poisson(3, n).astype(np.float64) if "events" in s or "hours" in s else rng.random(n)
             df[f"{side}_{s}"] = base + (ids % 5)
+    df["item_ctr_total"] = popularity + rng.normal(0, 0.05, n)
     return df

@@ -203,7 +203,10 @@ def build_model(spec: FeatureSpec, settings: ModelSettings | None = None):
             num = numerics[0] if len(numerics) == 1 else keras.layers.Concatenate(name="numerics")(numerics)
             parts.append(keras.layers.Dense(1, use_bias=False, name="numeric_weights")(num))
         logit = parts[0] if len(parts) == 1 else keras.layers.Add(name="wide_sum")(parts)
-        out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(logit)
+        # A unit weight on the summed logit: the wide model starts as plain LR with predictions near 0.5.
+        out = keras.layers.Dense(
+            1, activation="sigmoid", kernel_initializer="ones", dtype="float32", name=OUTPUT_NAME
+        )(logit)
         return keras.Model(inputs=inputs, outputs=out, name="freshrec_lr")
     if settings.architecture != "dcn":
         raise ValueError(f"unknown architecture {settings.architecture!r} (expected 'dcn' or 'lr')")
@@ -226,5 +229,12 @@ def build_model(spec: FeatureSpec, settings: ModelSettings | None = None):
         if settings.dropout:
             deep = keras.layers.Dropout(settings.dropout, name=f"deep_dropout_{i}")(deep)
     both = keras.layers.Concatenate(name="cross_and_deep")([x, deep]) if settings.deep_units else x
-    out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(both)
+    # Small output weights: a fresh model predicts near 0.5 (loss ~ ln 2) instead of a random confident guess.
+    out = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        dtype="float32",
+        name=OUTPUT_NAME,
+    )(both)
     return keras.Model(inputs=inputs, outputs=out, name="freshrec_dcn_v2")

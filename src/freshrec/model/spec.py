@@ -208,6 +208,9 @@ def _feature_for(name: str, kind: str, frame: pd.DataFrame | None) -> Feature:
 
 def _description_features(description: Any) -> list[tuple[str, str]]:
     """(name, type) pairs from a dataset description, whatever shape its ``features`` field has."""
+    types = getattr(description, "feature_types", None)
+    if callable(types):  # freshrec.data.datasets.DatasetDescription
+        return [(str(k), str(getattr(v, "value", v))) for k, v in types().items()]
     feats = getattr(description, "features", None)
     if feats is None and isinstance(description, dict):
         feats = description.get("features")

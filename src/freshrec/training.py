@@ -1,0 +1,293 @@
+"""Batch training of the CTR model: tf.data input, early stopping, warm start, crash resume, GPUs.
+
+The training set (a frame from ``freshrec.features.training_set.build_training_frame`` or a Parquet file of
+it) is turned into column arrays once; a ``tf.data`` pipeline slices, shuffles and batches them, so no
+pandas work happens per epoch. Validation is the later, time-ordered slice the caller passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from freshrec.config import ModelSettings, TrainingSettings
+from freshrec.model.spec import FeatureSpec, frame_to_inputs, labels_of
+
+log = logging.getLogger(__name__)
+
+Frame = pd.DataFrame | str | Path
+# progress(epoch_done, epochs, logs) — e.g. a rich progress bar in the CLI
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """The trained model (best epoch's weights), its spec and what happened."""
+
+    model: Any
+    spec: FeatureSpec
+    history: dict[str, list[float]]
+    metrics: dict[str, float]
+    model_settings: ModelSettings
+    parent: str | None = None
+    warm_started: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def export(self, out_dir: Path | str) -> Path:
+        """Write the SavedModel (+ spec and Keras weights) with :func:`freshrec.model.export.export_model`."""
+        from freshrec.model.export import export_model
+
+        return export_model(self.model, out_dir, self.spec)
+
+
+def load_columns(source: Frame, spec: FeatureSpec) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Model inputs and labels from a frame or a Parquet file/folder (read column by column with pyarrow).
+
+    Raises:
+        ValueError: a column is missing or a label is not 0/1.
+        FileNotFoundError: the Parquet path does not exist.
+    """
+    if isinstance(source, pd.DataFrame):
+        return frame_to_inputs(source, spec), labels_of(source, spec)
+    import pyarrow.parquet as pq
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"training data not found: {path}")
+    wanted = [*spec.input_names, spec.label]
+    table = pq.read_table(path, columns=wanted)
+    # A thin frame of exactly the needed columns, converted column by column (no full copy of the file).
+    frame = pd.DataFrame({name: table.column(name).to_numpy(zero_copy_only=False) for name in wanted})
+    try:
+        return frame_to_inputs(frame, spec), labels_of(frame, spec)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def make_dataset(
+    inputs: dict[str, np.ndarray],
+    labels: np.ndarray,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 42,
+) -> Any:
+    """A ``tf.data.Dataset`` of (feature dict, label) batches built once from column arrays."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((inputs, labels))
+    if shuffle:
+        ds = ds.shuffle(min(len(labels), 200_000), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _strategy() -> Any:
+    """MirroredStrategy over the visible GPUs; the default (single-device) strategy on CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+    return tf.distribute.get_strategy()
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def _callbacks(
+    training: TrainingSettings,
+    checkpoint_dir: Path | None,
+    progress: ProgressFn | None,
+    monitor: str,
+) -> list[Any]:
+    import keras
+
+    mode = "max" if monitor.endswith("auc") else "min"
+    callbacks: list[Any] = [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=training.early_stopping_patience, restore_best_weights=True
+        )
+    ]
+    if checkpoint_dir is not None:
+        # Saves the model, optimizer and epoch counter each epoch; a rerun with the same folder resumes.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True))
+
+    class _Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            log.info(
+                "epoch %d/%d %s",
+                epoch + 1,
+                training.epochs,
+                " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())),
+            )
+            if progress is not None:
+                progress(epoch + 1, training.epochs, logs)
+
+    callbacks.append(_Progress())
+    return callbacks
+
+
+def train(
+    train_df: Frame,
+    valid_df: Frame,
+    spec: FeatureSpec,
+    model_settings: ModelSettings | None = None,
+    training_settings: TrainingSettings | None = None,
+    parent: Path | str | None = None,
+    checkpoint_dir: Path | str | None = None,
+    progress: ProgressFn | None = None,
+    callbacks: list[Any] | None = None,
+    verbose: int = 0,
+) -> TrainResult:
+    """Train a CTR model; return it with the best validation epoch's weights.
+
+    Args:
+        train_df: training-set rows (earlier in time), a frame or a Parquet path.
+        valid_df: validation rows (later in time than ``train_df``), same columns.
+        spec: the feature spec; adapted to ``train_df`` here when it has no stats yet. With a ``parent``
+            the parent's spec is used instead (its stats and tables belong to its weights).
+        model_settings: architecture and sizes.
+        training_settings: batch size, epochs, learning rate, patience, seed, mixed precision.
+        parent: a model export / repository version directory to warm-start from (needs its
+            ``model.weights.h5``); ids unseen by the parent hash into its fixed tables.
+        checkpoint_dir: where to keep a per-epoch backup; after a crash, the same call resumes there.
+        progress: called after each epoch with ``(epoch, epochs, logs)``.
+        callbacks: extra Keras callbacks.
+        verbose: Keras ``fit`` verbosity (0 silent; progress goes to ``logging`` and ``progress``).
+
+    Raises:
+        ValueError: bad columns/labels, empty frames, or a parent incompatible with ``model_settings``.
+    """
+    import keras
+
+    model_settings = model_settings or ModelSettings()
+    training = training_settings or TrainingSettings()
+    keras.utils.set_random_seed(training.seed)
+
+    parent_spec: FeatureSpec | None = None
+    if parent is not None:
+        from freshrec.model.export import load_spec
+
+        parent_spec = load_spec(parent)
+        missing = [n for n in parent_spec.input_names if n not in spec.input_names]
+        if missing:
+            log.warning("parent %s takes inputs %s that the new spec lacks", parent, missing)
+        spec = parent_spec
+    if not spec.adapted:
+        if not isinstance(train_df, pd.DataFrame):
+            train_df = pd.read_parquet(train_df, columns=[*spec.input_names, spec.label])
+        spec = spec.adapt(train_df)
+
+    x_train, y_train = load_columns(train_df, spec)
+    x_valid, y_valid = load_columns(valid_df, spec)
+    if len(y_train) == 0:
+        raise ValueError("training frame is empty")
+    if len(y_valid) == 0:
+        raise ValueError("validation frame is empty")
+
+    policy_before = keras.config.dtype_policy()
+    strategy = _strategy()
+    if training.mixed_precision:
+        # float16 on GPUs (with loss scaling, added by compile); bfloat16 is the CPU's fast half type.
+        import tensorflow as tf
+
+        keras.config.set_dtype_policy(
+            "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+        )
+    try:
+        with strategy.scope():
+            if parent is not None:
+                from freshrec.model.export import load_keras_model
+
+                model = load_keras_model(parent, model_settings)
+            else:
+                from freshrec.model.builder import build_model
+                from freshrec.model.export import attach
+
+                model = attach(build_model(spec, model_settings), spec, model_settings)
+            model.compile(
+                optimizer=keras.optimizers.Adam(training.learning_rate),
+                loss=keras.losses.BinaryCrossentropy(),
+                metrics=[keras.metrics.AUC(name="auc")],
+            )
+    finally:
+        keras.config.set_dtype_policy(policy_before)
+
+    batch = training.batch_size * max(1, strategy.num_replicas_in_sync)
+    train_ds = make_dataset(x_train, y_train, batch, shuffle=True, seed=training.seed)
+    valid_ds = make_dataset(x_valid, y_valid, max(batch, 4096), shuffle=False)
+
+    initial = model.evaluate(valid_ds, verbose=0, return_dict=True)
+    log.info(
+        "training %s on %d rows (valid %d), initial val loss %.4f%s",
+        model_settings.architecture,
+        len(y_train),
+        len(y_valid),
+        initial["loss"],
+        f", warm start from {parent}" if parent else "",
+    )
+    monitor = "val_auc" if 0 < y_valid.sum() < len(y_valid) else "val_loss"
+    start = time.perf_counter()
+    hist = model.fit(
+        train_ds,
+        validation_data=valid_ds,
+        epochs=training.epochs,
+        callbacks=[
+            *_callbacks(training, Path(checkpoint_dir) if checkpoint_dir else None, progress, monitor),
+            *(callbacks or []),
+        ],
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - start
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    epochs_run = len(history.get("loss", []))
+
+    p_valid = np.asarray(model.predict(valid_ds, verbose=0), dtype=np.float64).reshape(-1)
+    best_values = history.get(monitor, [])
+    metrics = {
+        "val_auc": _auc(y_valid, p_valid),
+        "val_logloss": _logloss(y_valid, p_valid),
+        # before any training step (and before a resumed backup is restored): a warm start shows here
+        "initial_val_loss": float(initial["loss"]),
+        "epochs_run": float(epochs_run),
+        "best_epoch": float(
+            (int(np.argmax(best_values)) if monitor == "val_auc" else int(np.argmin(best_values))) + 1
+            if best_values
+            else 0
+        ),
+        "train_rows": float(len(y_train)),
+        "valid_rows": float(len(y_valid)),
+        "train_seconds": seconds,
+        "examples_per_s": len(y_train) * epochs_run / seconds if seconds > 0 and epochs_run else math.nan,
+    }
+    log.info(
+        "trained: val_auc %.4f val_logloss %.4f (%d epochs)",
+        metrics["val_auc"],
+        metrics["val_logloss"],
+        epochs_run,
+    )
+    return TrainResult(
+        model=model,
+        spec=spec,
+        history=history,
+        metrics=metrics,
+        model_settings=model_settings,
+        parent=str(parent) if parent is not None else None,
+        warm_started=parent is not None,
+    )
