@@ -418,8 +418,11 @@ def build_profiles(raw: pd.DataFrame, spec: EntityTable, id_column: str) -> pd.D
     return out.reset_index(drop=True)
 
 
-def _template_columns(template: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+def _strip(values: pd.Series) -> pd.Series:
+    """Stripped strings via numpy's vectorised ``strings.strip`` (pandas' ``.str`` calls Python per row)."""
+    return pd.Series(
+        np.strings.strip(values.astype(str).to_numpy(dtype=str)).astype(object), index=values.index
+    )
 
 
 def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
@@ -431,7 +434,7 @@ def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
             raise ValueError(f"dataset {desc.name}: event column {col!r} not in {list(raw.columns)}")
     if spec.drop is not None:
         raw = raw.loc[~spec.drop.evaluate(raw)]
-    ts_col = raw[spec.timestamp.column].str.strip()
+    ts_col = _strip(raw[spec.timestamp.column])
     if spec.timestamp.format is not None:
         ts = pd.to_datetime(ts_col, format=spec.timestamp.format, utc=True, errors="coerce")
     else:
@@ -445,7 +448,7 @@ def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
                 raise ValueError(
                     f"event_id template {spec.event_id!r}: column {fname!r} not in {list(raw.columns)}"
                 )
-            parts.append(raw[fname].astype(str).str.strip())
+            parts.append(_strip(raw[fname]))
     event_id = parts[0]
     for p in parts[1:]:
         event_id = event_id + p
@@ -453,8 +456,8 @@ def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
         {
             "event_id": event_id.astype(object),
             "event_timestamp": ts.astype("datetime64[ns, UTC]"),
-            "user_id": (desc.users.id_prefix + raw[spec.user_key].str.strip()).astype(object),
-            "item_id": (desc.items.id_prefix + raw[spec.item_key].str.strip()).astype(object),
+            "user_id": (desc.users.id_prefix + _strip(raw[spec.user_key])).astype(object),
+            "item_id": (desc.items.id_prefix + _strip(raw[spec.item_key])).astype(object),
             "label": spec.label.evaluate(raw).astype("int8"),
         },
         index=raw.index,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from freshrec.data.eventlog import EventLog, day_strings
+from freshrec.data.eventlog import EventLog, content_hash, day_strings
 from freshrec.data.validation import (
     EVENT_COLUMNS,
     FileFormatError,
@@ -148,8 +148,8 @@ def ingest_frame(
     df: pd.DataFrame,
     settings: Settings,
     *,
-    source: str,
-    source_id: str,
+    source: str = "frame",
+    source_id: str | None = None,
     now: datetime | None = None,
 ) -> IngestReport:
     """Validate a frame of raw events, quarantine the bad rows and append the good ones to the event log.
@@ -159,10 +159,11 @@ def ingest_frame(
         settings: gives the event log, quarantine folder and future-timestamp tolerance.
         source: a human-readable origin (file path, dataset name), stored with quarantined rows.
         source_id: a stable identity of the content (e.g. ``"file:<sha256>"``); an identity seen before is
-            skipped, which makes re-ingest idempotent.
+            skipped, which makes re-ingest idempotent. Default: a hash of the rows.
         now: reference time for the future check (default: now).
     """
     started = time.perf_counter()
+    source_id = source_id or f"content:{content_hash(df)}"
     eventlog = EventLog(settings.eventlog_dir)
     received = len(df)
     if eventlog.has_source(source_id):

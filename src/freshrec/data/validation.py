@@ -79,8 +79,12 @@ def id_strings(values: pd.Series) -> pd.Series:
             return out.astype(object)
     if pd.api.types.is_integer_dtype(values):
         return values.astype(str).astype(object)
-    out = values.astype(object).where(values.notna(), "")
-    return out.map(lambda v: v.strip() if isinstance(v, str) else str(v)).astype(object)
+    filled = values.astype(object).where(values.notna(), "")
+    if pd.api.types.infer_dtype(filled, skipna=False) != "string":
+        filled = filled.map(str)  # mixed cells (numbers from JSON): their str form
+    # numpy's vectorised strip: far faster than a per-row Python call on large batches
+    stripped = np.strings.strip(filled.to_numpy(dtype=str))
+    return pd.Series(stripped.astype(object), index=values.index)
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -187,7 +191,8 @@ def validate_events(
     failed = ts.isna() & ~ts_missing
     beyond_np = np.zeros(received, dtype=bool)
     failed_pos = np.flatnonzero(failed.to_numpy(dtype=bool))
-    beyond_np[failed_pos] = [_beyond_ns_range(v) for v in df["event_timestamp"].to_numpy()[failed_pos]]
+    if len(failed_pos):
+        beyond_np[failed_pos] = [_beyond_ns_range(v) for v in df["event_timestamp"].iloc[failed_pos]]
     beyond = pd.Series(beyond_np, index=df.index)
     label, label_missing, label_bad = _labels(df["label"])
 
@@ -256,17 +261,18 @@ def _as_strings(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for c in df.columns:
         col = df[c]
-        out[str(c)] = col.astype(object).map(
-            lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT else str(v)
-        )
+        obj = col.astype(object)
+        out[str(c)] = obj.where(col.notna(), "").astype(str).astype(object)
     return out
 
 
 def count_reasons(reasons: pd.Series) -> dict[str, int]:
     """Count individual reason codes in a ``reasons`` column ("a;b" counts once for a and once for b)."""
     counter: Counter[str] = Counter()
-    for value in reasons:
-        counter.update(r for r in str(value).split(";") if r)
+    for value, n in reasons.astype(str).value_counts().items():
+        for r in str(value).split(";"):
+            if r:
+                counter[r] += int(n)
     return dict(counter.most_common())
 
 

@@ -1,0 +1,82 @@
+"""prepare / prepare_dataset on generated data; ingest_frame; concurrent appends."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+
+from freshrec.data.eventlog import EventLog
+from freshrec.data.ingest import ingest_frame
+from freshrec.data.prepare import prepare, prepare_dataset
+from freshrec.data.synthetic import generate
+from freshrec.data.validation import read_quarantine
+
+
+def test_prepare_dataset_writes_log_and_profile_tables(settings):
+    ds = generate(
+        n_events=3000, n_users=60, n_items=40, seed=11, drift_at=0.5, new_items=5, new_item_share=0.3
+    )
+    report = prepare_dataset(ds, settings)
+    ing = report.ingest
+    assert (ing.received, ing.accepted, ing.quarantined) == (3000, 3000, 0)
+    assert EventLog(settings.eventlog_dir).count() == 3000
+    users = pd.read_parquet(settings.tables_dir / "users.parquet")
+    items = pd.read_parquet(settings.tables_dir / "items.parquet")
+    assert (report.users, report.items) == (len(users), len(items)) == (60, 45)
+    start = ds.events["event_timestamp"].min()
+    assert (users["event_timestamp"] == start).all() and (items["event_timestamp"] == start).all()
+    # `created` is each item's first event; the new items appear only after the drift time
+    created = items.set_index("item_id")["created"]
+    first = ds.events.groupby("item_id")["event_timestamp"].min()
+    assert (created.loc[first.index] == first).all()
+    assert (created.loc[list(ds.truth["new_item_ids"])] >= ds.truth["drift_at"]).all()
+    assert list(users.columns) == ["user_id", *ds.description.user_features, "event_timestamp", "created"]
+
+    again = prepare_dataset(ds, settings)
+    assert again.ingest.already_ingested and again.ingest.skipped == 3000
+    assert EventLog(settings.eventlog_dir).count() == 3000
+
+
+def test_prepare_by_name_generates_synthetic(settings):
+    report = prepare(settings, "synthetic")
+    assert report.dataset == "synthetic" and report.ingest.accepted == 100_000
+    assert report.first_event < report.last_event
+
+
+def test_ingest_frame_quarantines_and_hashes_content_by_default(settings):
+    ev = generate(n_events=200, seed=2).events.astype({"label": "int64"})
+    ev.loc[5, "label"] = 3
+    ev.loc[6, "user_id"] = ""
+    first = ingest_frame(ev, settings, source="replay-1")
+    assert (first.accepted, first.quarantined, first.reasons) == (
+        198,
+        2,
+        {"label_not_binary": 1, "user_id_empty": 1},
+    )
+    assert first.source_id.startswith("content:")
+    assert ingest_frame(ev, settings, source="replay-1").already_ingested
+    q = read_quarantine(settings.quarantine_dir)
+    assert len(q) == 2 and set(q["source"]) == {"replay-1"}
+
+
+def test_concurrent_appends_do_not_duplicate(tmp_path):
+    ev = generate(n_events=4000, seed=8).events
+    log = EventLog(tmp_path / "log")
+    chunks = [ev.iloc[0:3000], ev.iloc[1000:4000], ev.iloc[500:2500]]
+    errors: list[BaseException] = []
+
+    def run(chunk: pd.DataFrame, i: int) -> None:
+        try:
+            log.append(chunk, source_id=f"writer-{i}")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c, i)) for i, c in enumerate(chunks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    back = log.read()
+    assert len(back) == 4000 and back["event_id"].is_unique
