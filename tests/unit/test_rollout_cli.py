@@ -188,3 +188,23 @@ def test_plan_command_prints_both_forms(settings):
     assert yaml.safe_load(result.stdout) == default_plan().to_argo_steps()
     result = invoke(settings, "plan")
     assert "set_weight: 10" in result.stdout and "setWeight: 10" in result.stdout
+
+
+def test_analyze_time_filter_and_waiting(settings, tmp_path):
+    """--since after every prediction leaves nothing to compare: inconclusive, after re-checking."""
+    preds, events = write_logs(tmp_path, 4000, "good")
+    result = invoke(
+        settings,
+        "analyze",
+        f"--predictions={preds}",
+        f"--events={events}",
+        "--since=2030-01-01T00:00:00",
+        "--max-wait-s=0.3",
+        "--interval-s=0.1",
+        "--json",
+    )
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["counts"]["canary"]["predictions"] == 0
+    assert result.stderr.count("inconclusive") >= 2  # analysed again while waiting
+    bad = invoke(settings, "analyze", f"--predictions={preds}", f"--events={events}", "--since=yesterday")
+    assert bad.exit_code == 2 and "ISO" in bad.output

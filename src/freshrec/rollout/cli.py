@@ -108,7 +108,12 @@ def analyze_cmd(
     stable_hash: str | None = typer.Option(
         None, help="With --prometheus: the stable pods' rollouts-pod-template-hash."
     ),
-    since: str | None = typer.Option(None, help="Only predictions served at or after this ISO time."),
+    since: str | None = typer.Option(
+        None, help="Only predictions served at or after this ISO time (UTC if naive)."
+    ),
+    last_minutes: float | None = typer.Option(
+        None, help="Only predictions served in the last N minutes (re-evaluated at each analysis)."
+    ),
     window_s: float | None = typer.Option(
         None, help="Click attribution window (default rollout.click_window_s)."
     ),
@@ -136,13 +141,17 @@ def analyze_cmd(
         raise typer.Exit(EXIT_CODES["inconclusive"])
     predictions = predictions or settings.predictions_dir
     events = events or settings.eventlog_dir
-    start = (
-        pd.Timestamp(since).tz_localize("UTC")
-        if since and pd.Timestamp(since).tzinfo is None
-        else (pd.Timestamp(since) if since else None)
-    )
+    try:
+        start = pd.Timestamp(since) if since else None
+    except ValueError as exc:
+        console.print(f"[red]--since {since!r} is not an ISO time: {exc}[/red]")
+        raise typer.Exit(EXIT_CODES["inconclusive"]) from exc
+    if start is not None and start.tzinfo is None:
+        start = start.tz_localize("UTC")
     deadline = time.monotonic() + max_wait_s
     while True:
+        if last_minutes is not None:
+            start = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=last_minutes)
         joined = load_joined(predictions, events, window_s or rs.click_window_s, start)
         stats = None
         if gateway:
