@@ -51,7 +51,7 @@ def _tail_state(events: pd.DataFrame, entity: str, ids: list[str]) -> pd.DataFra
 
 def _check_lookup_against_offline(online: store.OnlineFeatures, events: pd.DataFrame, items_table) -> None:
     user = events["user_id"].iloc[-1]
-    item_ids = list(events["item_id"].drop_duplicates().iloc[:20]) + ["no-such-item"]
+    item_ids = [*list(events["item_id"].drop_duplicates().iloc[:20]), "no-such-item"]
     got = online.lookup(user, item_ids)
     assert len(got) == len(item_ids) and got["item_id"].tolist() == item_ids
     assert got.columns.tolist()[:2] == ["user_id", "item_id"]

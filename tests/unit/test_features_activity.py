@@ -124,7 +124,7 @@ def test_input_order_is_kept():
 
 def test_feast_rows_give_strictly_earlier_state_under_asof_join():
     ev = random_events(300, 8, 12, seed=2)
-    users, items = compute_activity(ev)
+    users, _items = compute_activity(ev)
     assert not users.duplicated(["user_id", "event_timestamp"]).any()
     expected = activity_as_of_events(ev)
     # Feast's rule: latest row with row_ts <= event_ts, per entity

@@ -303,6 +303,9 @@ class OnlineFeatures:
             for view_name in (f"{entity}_profile_fv", f"{entity}_activity_fv"):
                 view = self.store.get_feature_view(view_name)
                 names = [feat.name for feat in view.features]
+                if view_name.endswith("_activity_fv"):  # the contract's order, whatever order Feast keeps
+                    order = USER_ACTIVITY if entity == "user" else ITEM_ACTIVITY
+                    names = [n for n in order if n in names] + [n for n in names if n not in order]
                 views.append((view, names))
                 defaults.update({feat.name: _feast_default(feat.dtype) for feat in view.features})
             defaults.update(activity_defaults(entity))
