@@ -136,7 +136,7 @@ class DriftSettings(BaseModel):
     # As Evidently's default preset: numeric columns with this few distinct values compare as categories.
     numeric_as_categorical_max_unique: int = 5
     # Rows of each window given to Evidently for the HTML report (verdicts use all rows).
-    max_sample_rows: int = 20_000
+    max_sample_rows: int = 10_000
     seed: int = 0
     min_rows: int = 100
     max_missing_share: float = 0.05
