@@ -1,0 +1,463 @@
+"""Replay real streams in time order: static bootstrap vs periodic full retraining vs the online learner.
+
+Protocol (per dataset):
+
+- events sorted by time; the first ``bootstrap_fraction`` (50%) train the bootstrap model (a DCN-V2 with
+  hashed ids, trained from scratch with early stopping on its last 10% by time); the rest is the stream;
+- every variant is scored *prequentially* on the stream, on the very same feature rows (profiles + activity
+  features as of each event, computed incrementally by the learner's featurizer from strictly earlier
+  events), so only the model parameters differ:
+
+  (a) ``static``: the bootstrap model, never updated;
+  (b) ``daily``: full retraining from scratch on all events before each retrain boundary. Retraining every
+      day is too expensive on 2 shared cores, so boundaries are every ``K`` days with ``K`` chosen to give at
+      most ``max_retrains`` retrains over the stream, each for ``retrain_epochs`` epochs (early stopping on
+      the last 10% by time); events before the first boundary use the bootstrap model (which *is* the full
+      retrain at the stream start). This is an upper bound on what a nightly job of the same budget gets;
+  (c) ``online``: :class:`freshrec.online.learner.OnlineLearner` (test-then-train on micro-batches of
+      ``settings.online.micro_batch``, Adam at ``settings.online.learning_rate``);
+
+- label delay cost: the online learner again with ``label_delay_s`` of one hour (an impression is learned
+  only once an hour of event time has passed);
+- freshness: events are XADDed to a real Redis stream at a steady rate while the learner consumes them and
+  exports a version every few seconds to a repository served by the real local ``ModelServer``; freshness
+  is the time from an event's XADD to the server reporting the version that learned it AVAILABLE.
+
+A plot of AUC per stream window (PNG) goes to ``.freshrec/benchmarks/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.results import Row
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = (REPO / ".." / "shared" / "datasets").resolve()
+OUT_DIR = REPO / ".freshrec" / "benchmarks"
+
+
+def _model_settings():
+    from freshrec.config import ModelSettings
+
+    return ModelSettings(
+        embedding_dim=16, id_hash_buckets=20_000, deep_units=[64, 32], cross_layers=2, dropout=0.1
+    )
+
+
+def _train(frame: pd.DataFrame, spec, epochs: int, seed: int = 42):
+    from freshrec.config import TrainingSettings
+    from freshrec.training import train
+
+    n = len(frame)
+    cut = int(n * 0.9)
+    ts = TrainingSettings(
+        epochs=epochs, batch_size=512, learning_rate=1e-3, early_stopping_patience=1, seed=seed
+    )
+    return train(frame.iloc[:cut], frame.iloc[cut:], spec, _model_settings(), ts).model
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from freshrec.online.prequential import auc
+
+    return auc(y, p)
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    from freshrec.online.prequential import logloss
+
+    return logloss(y, p)
+
+
+class _Recorder:
+    """Wraps the featurizer to keep every featurized stream row (the rows all variants are scored on)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.frames: list[pd.DataFrame] = []
+
+    @property
+    def activity(self):
+        return self.inner.activity
+
+    def __call__(self, events: pd.DataFrame) -> pd.DataFrame:
+        frame = self.inner(events)
+        self.frames.append(frame)
+        return frame
+
+
+def _run_online(model_path: Path, users, items, boot_events, stream, online_settings, record: bool):
+    from freshrec.features.activity import ActivityState
+    from freshrec.model.export import load_keras_model
+    from freshrec.online.learner import Featurizer, OnlineLearner
+    from freshrec.online.sources import Batch
+
+    activity = ActivityState()
+    activity.update(boot_events)
+    featurizer = Featurizer(users, items, activity)
+    feat = _Recorder(featurizer) if record else featurizer
+    learner = OnlineLearner(
+        load_keras_model(model_path),
+        load_keras_model(model_path),
+        feat,
+        online_settings,
+        keep_all_predictions=True,
+        validate=False,
+    )
+    step = online_settings.micro_batch
+    start = time.perf_counter()
+    for i in range(0, len(stream), step):
+        learner.step(Batch(stream.iloc[i : i + step], None, np.zeros(0)))
+    elapsed = time.perf_counter() - start
+    return learner, (feat.frames if record else None), elapsed
+
+
+def replay(
+    dataset: str,
+    bootstrap_fraction: float = 0.5,
+    max_stream: int | None = None,
+    max_retrains: int = 5,
+    bootstrap_epochs: int = 6,
+    retrain_epochs: int = 3,
+    label_delay_s: float | None = 3600.0,
+    window_events: int = 2000,
+    datasets_dir: Path = DATASETS,
+) -> dict[str, Any]:
+    """Replay one dataset; returns the figures, per-window AUCs and timings."""
+    from freshrec.config import OnlineSettings
+    from freshrec.data.datasets import load_dataset, time_split
+    from freshrec.features.training_set import build_training_frame
+    from freshrec.model.export import export_model
+    from freshrec.model.spec import FeatureSpec
+    from freshrec.online.learner import predict
+
+    t0 = time.perf_counter()
+    ds = load_dataset(dataset, datasets_dir)
+    boot, stream = time_split(ds.events, (bootstrap_fraction, 1 - bootstrap_fraction))
+    if max_stream is not None:
+        stream = stream.iloc[:max_stream].reset_index(drop=True)
+    everything = pd.concat([boot, stream], ignore_index=True)
+    full = build_training_frame(everything, ds.users, ds.items)
+    boot_frame = full.iloc[: len(boot)].reset_index(drop=True)
+    spec = FeatureSpec.for_description(
+        ds.description, id_hash_buckets=_model_settings().id_hash_buckets, frame=boot_frame
+    )
+    model = _train(boot_frame, spec, bootstrap_epochs)
+    tmp = Path(tempfile.mkdtemp(prefix="online-replay-"))
+    model_path = export_model(model, tmp / "bootstrap")
+    t_boot = time.perf_counter() - t0
+    seen_users = set(boot["user_id"])
+    new_user_share = float((~stream["user_id"].isin(seen_users)).mean())
+
+    online_settings = OnlineSettings()
+    learner, frames, online_s = _run_online(
+        model_path, ds.users, ds.items, boot, stream, online_settings, True
+    )
+    rows = pd.concat(frames, ignore_index=True)
+    y_on, p_on = learner.metrics.all_pairs()
+    y_st, p_st = learner.serving_metrics.all_pairs()
+    assert np.array_equal(y_on, y_st) and len(rows) == len(y_on)
+
+    # (b) periodic full retraining, scored on the same rows.
+    t1 = time.perf_counter()
+    ts = rows["event_timestamp"]
+    span_days = max((ts.max() - ts.min()).total_seconds() / 86400.0, 1e-9)
+    every_days = max(1, math.ceil(span_days / (max_retrains + 1)))
+    start_day = ts.min().floor("D")
+    boundaries = [start_day + pd.Timedelta(days=every_days * k) for k in range(1, max_retrains + 1)]
+    boundaries = [b for b in boundaries if b < ts.max()]
+    p_daily = predict(
+        model, rows, spec
+    )  # before the first boundary: the bootstrap (= retrain at stream start)
+    retrains = 0
+    for k, b in enumerate(boundaries):
+        history = full[full["event_timestamp"] < b]
+        retrained = _train(history.reset_index(drop=True), spec, retrain_epochs, seed=43 + k)
+        end = boundaries[k + 1] if k + 1 < len(boundaries) else ts.max() + pd.Timedelta(seconds=1)
+        mask = ((ts >= b) & (ts < end)).to_numpy()
+        p_daily[mask] = predict(retrained, rows[mask], spec)
+        retrains += 1
+    daily_s = time.perf_counter() - t1
+
+    delay = None
+    if label_delay_s:
+        delayed_settings = OnlineSettings(label_delay_s=label_delay_s)
+        delayed, _, _ = _run_online(model_path, ds.users, ds.items, boot, stream, delayed_settings, False)
+        y_d, p_d = delayed.metrics.all_pairs()
+        delay = {"label_delay_s": label_delay_s, "auc": _auc(y_d, p_d), "logloss": _logloss(y_d, p_d)}
+
+    windows = []
+    for i in range(0, len(y_on), window_events):
+        sl = slice(i, i + window_events)
+        windows.append(
+            {
+                "end": str(ts.iloc[min(i + window_events, len(ts)) - 1]),
+                "static": _auc(y_st[sl], p_st[sl]),
+                "daily": _auc(y_on[sl], p_daily[sl]),
+                "online": _auc(y_on[sl], p_on[sl]),
+            }
+        )
+    return {
+        "dataset": dataset,
+        "bootstrap_events": len(boot),
+        "stream_events": len(stream),
+        "new_user_share": new_user_share,
+        "auc": {"static": _auc(y_st, p_st), "daily": _auc(y_on, p_daily), "online": _auc(y_on, p_on)},
+        "logloss": {
+            "static": _logloss(y_st, p_st),
+            "daily": _logloss(y_on, p_daily),
+            "online": _logloss(y_on, p_on),
+        },
+        "delay": delay,
+        "retrains": retrains,
+        "retrain_every_days": every_days,
+        "retrain_epochs": retrain_epochs,
+        "online_events_per_s": len(stream) / online_s,
+        "seconds": {"bootstrap": t_boot, "online": online_s, "daily": daily_s},
+        "windows": windows,
+        "model_path": str(model_path),
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> Path:
+    """AUC per stream window for each variant, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        w = pd.DataFrame(res["windows"])
+        x = pd.to_datetime(w["end"])
+        for name in ("static", "daily", "online"):
+            ax.plot(x, w[name], marker=".", label=f"{name} ({res['auc'][name]:.4f})")
+        ax.set_title(f"{res['dataset']}: prequential AUC per window")
+        ax.set_ylabel("AUC")
+        ax.legend()
+        fig.autofmt_xdate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def freshness(
+    dataset: str = "movielens-100k",
+    model_path: Path | None = None,
+    seconds: float = 60.0,
+    rate: float = 300.0,
+    export_every_s: float = 5.0,
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    datasets_dir: Path = DATASETS,
+) -> dict[str, Any]:
+    """Event → served latency against the real local ModelServer, with events arriving on a Redis stream."""
+    import uuid
+
+    import redis
+
+    from freshrec.config import load_settings
+    from freshrec.data.datasets import load_dataset, time_split
+    from freshrec.features.activity import ActivityState
+    from freshrec.model.export import load_keras_model
+    from freshrec.model.repository import ModelRepository
+    from freshrec.online.freshness import FreshnessTracker
+    from freshrec.online.learner import Featurizer, OnlineLearner
+    from freshrec.online.sources import RedisStreamSource, publish_events
+    from freshrec.serving.server import ModelServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="online-fresh-"))
+    stream_key = f"freshrec:bench:{uuid.uuid4().hex[:8]}"
+    settings = load_settings(
+        workdir=workdir,
+        serving={"poll_interval_s": 0.5},
+        online={
+            "redis_url": redis_url,
+            "stream": stream_key,
+            "export_every_events": 10**9,
+            "export_every_s": export_every_s,
+            "guard_min_events": 100,
+            "micro_batch": 256,
+        },
+    )
+    ds = load_dataset(dataset, datasets_dir)
+    boot, stream = time_split(ds.events, (0.5, 0.5))
+    repo = ModelRepository(settings.models_dir, settings.model.name)
+    v = repo.publish(model_path, {"source": "batch"})
+    repo.set_label("stable", v)
+    client = redis.Redis.from_url(redis_url)
+    n = min(len(stream), int(seconds * rate))
+    stream = stream.iloc[:n].reset_index(drop=True)
+    activity = ActivityState()
+    activity.update(boot)
+    with ModelServer(settings, rest_port=0, grpc_port=0) as server:
+        tracker = FreshnessTracker(server.rest_url, settings.model.name, poll_s=0.05, timeout_s=60)
+        learner = OnlineLearner(
+            load_keras_model(model_path),
+            load_keras_model(model_path),
+            Featurizer(ds.users, ds.items, activity),
+            settings.online,
+            repository=repo,
+            parent_version=v,
+            on_export=tracker.on_export,
+        )
+        source = RedisStreamSource(client, stream_key, "bench", "learner")
+
+        def produce() -> None:
+            chunk = max(1, int(rate / 10))
+            for i in range(0, n, chunk):
+                publish_events(client, stream_key, stream.iloc[i : i + chunk])
+                time.sleep(chunk / rate)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        try:
+            learner.run(source, max_events=n, idle_timeout_s=1.0)
+            producer.join()
+            tracker.wait(60)
+        finally:
+            client.delete(stream_key)
+    out = tracker.summary()
+    out["events"] = n
+    out["rate"] = rate
+    out["exports"] = learner.totals.exports
+    out["guard_failures"] = learner.totals.guard_failures
+    return out
+
+
+def run(quick: bool) -> list[Row]:
+    """Rows for benchmarks/results.md (see the module docstring for the protocol)."""
+    import json
+
+    logging.getLogger("freshrec").setLevel(logging.WARNING)
+    if quick:
+        plans = [
+            (
+                "movielens-100k",
+                {
+                    "max_stream": 4000,
+                    "max_retrains": 1,
+                    "bootstrap_epochs": 2,
+                    "retrain_epochs": 1,
+                    "label_delay_s": None,
+                    "window_events": 1000,
+                },
+            )
+        ]
+    else:
+        plans = [
+            ("movielens-100k", {"max_retrains": 5, "bootstrap_epochs": 6, "retrain_epochs": 3}),
+            (
+                "movielens-1m-tail",
+                {
+                    "max_retrains": 3,
+                    "bootstrap_epochs": 4,
+                    "retrain_epochs": 2,
+                    "label_delay_s": None,
+                    "window_events": 5000,
+                },
+            ),
+        ]
+    results = []
+    rows: list[Row] = []
+    for name, kw in plans:
+        res = replay(name, **kw)
+        results.append(res)
+        auc = res["auc"]
+        cond = (
+            f"bootstrap first 50% by time ({res['bootstrap_events']} events), stream {res['stream_events']} "
+            f"({res['new_user_share']:.0%} from unseen users); prequential AUC over the whole stream"
+        )
+        rows += [
+            Row(
+                f"{name} replay AUC static", auc["static"], conditions=cond + "; bootstrap DCN never updated"
+            ),
+            Row(
+                f"{name} replay AUC daily",
+                auc["daily"],
+                auc["static"],
+                conditions=f"full retrain from scratch every {res['retrain_every_days']} days "
+                f"({res['retrains']} retrains, ≤{res.get('retrain_epochs', '')} epochs each); baseline static",
+            ),
+            Row(
+                f"{name} replay AUC online",
+                auc["online"],
+                auc["static"],
+                conditions=f"test-then-train, micro-batch 256, Adam lr 2e-4; baseline static; "
+                f"online - static = {100 * (auc['online'] - auc['static']):+.2f} pt, "
+                f"online - daily = {100 * (auc['online'] - auc['daily']):+.2f} pt",
+            ),
+            Row(
+                f"{name} replay logloss online",
+                res["logloss"]["online"],
+                res["logloss"]["static"],
+                conditions=f"baseline static; daily {res['logloss']['daily']:.4f}",
+            ),
+        ]
+        if res["delay"]:
+            rows.append(
+                Row(
+                    f"{name} replay AUC online label delay 1h",
+                    res["delay"]["auc"],
+                    auc["online"],
+                    conditions="impressions learned only once 1 h of event time has passed; baseline delay 0",
+                )
+            )
+    first = results[0]
+    rows.append(
+        Row(
+            "online learner throughput (events/s)",
+            first["online_events_per_s"],
+            conditions=f"{first['dataset']} replay, featurize + score (learner and serving copy) + train, "
+            "2 shared CPU cores, nice 10",
+        )
+    )
+    fresh = freshness(
+        model_path=Path(first["model_path"]),
+        seconds=20.0 if quick else 60.0,
+        rate=200.0 if quick else 300.0,
+    )
+    fcond = (
+        f"Redis stream at {fresh['rate']:.0f} events/s, export every 5 s, local ModelServer polling 0.5 s; "
+        f"{fresh['served']} versions served, {fresh['timed_out']} timed out"
+    )
+    rows += [
+        Row(
+            "freshness p50 (s)",
+            fresh["p50_s"] if fresh["p50_s"] is not None else "n/a",
+            10.0,
+            conditions=fcond + "; baseline: target 10 s",
+        ),
+        Row("freshness p95 (s)", fresh["p95_s"] if fresh["p95_s"] is not None else "n/a", conditions=fcond),
+    ]
+    png = plot(results, OUT_DIR / ("online_replay_quick.png" if quick else "online_replay.png"))
+    summary = {
+        "results": [
+            {k: v for k, v in r.items() if k != "windows"} | {"windows": r["windows"]} for r in results
+        ],
+        "freshness": fresh,
+        "plot": str(png),
+    }
+    (OUT_DIR / ("online_replay_quick.json" if quick else "online_replay.json")).write_text(
+        json.dumps(summary, indent=1, default=str)
+    )
+    print(f"plot: {png}")
+    return rows
+
+
+if __name__ == "__main__":
+    from benchmarks.results import main_for
+
+    main_for(run)

@@ -1,0 +1,132 @@
+"""The learner on synthetic streams with known truth: drift (online beats static), poisoning (guard holds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from freshrec.config import ModelSettings, TrainingSettings
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory):
+    """A small DCN trained on the pre-drift part of a synthetic stream with strong drift at its middle."""
+    from freshrec.data.synthetic import generate
+    from freshrec.features.training_set import build_training_frame
+    from freshrec.model.export import export_model
+    from freshrec.model.spec import FeatureSpec
+    from freshrec.training import train
+
+    ds = generate(
+        seed=11,
+        n_events=9000,
+        n_users=150,
+        n_items=100,
+        days=20.0,
+        drift_at=0.45,
+        new_items=60,
+        new_item_share=0.6,
+        ctr_shift=0.8,
+    )
+    drift = ds.truth["drift_at"]
+    events = ds.events
+    before = events[events["event_timestamp"] < drift].reset_index(drop=True)
+    after = events[events["event_timestamp"] >= drift].reset_index(drop=True)
+    frame = build_training_frame(before, ds.users, ds.items)
+    spec = FeatureSpec.for_description(ds.description, id_hash_buckets=1024, frame=frame)
+    ms = ModelSettings(embedding_dim=8, id_hash_buckets=1024, deep_units=[32], cross_layers=1, dropout=0.0)
+    n = len(frame)
+    result = train(
+        frame.iloc[: int(n * 0.9)],
+        frame.iloc[int(n * 0.9) :],
+        spec,
+        ms,
+        TrainingSettings(epochs=4, batch_size=256, learning_rate=3e-3),
+    )
+    out = export_model(result.model, tmp_path_factory.mktemp("boot") / "export")
+    return {"ds": ds, "before": before, "after": after, "export": out, "drift": drift}
+
+
+def _learner(bootstrap, settings, repository=None, parent=None, **online):
+    from freshrec.features.activity import ActivityState
+    from freshrec.model.export import load_keras_model
+    from freshrec.online.learner import Featurizer, OnlineLearner
+
+    cfg = settings.online.model_copy(update={"micro_batch": 200, "learning_rate": 2e-3, **online})
+    activity = ActivityState()
+    activity.update(bootstrap["before"])
+    ds = bootstrap["ds"]
+    return OnlineLearner(
+        load_keras_model(bootstrap["export"]),
+        load_keras_model(bootstrap["export"]),
+        Featurizer(ds.users, ds.items, activity),
+        cfg,
+        repository=repository,
+        parent_version=parent,
+        keep_all_predictions=True,
+    )
+
+
+def _stream(learner, events: pd.DataFrame, batch: int = 200) -> None:
+    from freshrec.online.sources import Batch
+
+    for start in range(0, len(events), batch):
+        learner.step(Batch(events.iloc[start : start + batch], None, np.zeros(0)))
+
+
+def test_online_beats_static_after_drift(bootstrap, settings):
+    learner = _learner(bootstrap, settings)  # no repository: the serving copy stays the static bootstrap
+    _stream(learner, bootstrap["after"])
+    online_auc, static_auc = learner.metrics.stream_auc(), learner.serving_metrics.stream_auc()
+    online_ll, static_ll = learner.metrics.mean_logloss(), learner.serving_metrics.mean_logloss()
+    assert learner.totals.learned == len(bootstrap["after"])
+    assert online_auc > static_auc + 0.01, (online_auc, static_auc)
+    assert online_ll < static_ll, (online_ll, static_ll)
+
+
+def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, settings):
+    from freshrec.alerts import AlertManager
+    from freshrec.model.repository import ModelRepository
+
+    repo = ModelRepository(settings.models_dir, settings.model.name)
+    v1 = repo.publish(bootstrap["export"], {"source": "batch"})
+    repo.set_label("stable", v1)
+    alerts = AlertManager(settings.alerts, settings.state_dir)
+
+    def alert(result, rec):
+        alerts.fire(
+            settings.model.name, "online_guard_failed", "rejected", description="; ".join(result.reasons)
+        )
+
+    learner = _learner(
+        bootstrap,
+        settings,
+        repository=repo,
+        parent=v1,
+        export_every_events=600,
+        guard_min_events=200,
+        reset_on_guard_failure=True,
+    )
+    learner.on_guard_failure = alert
+    after = bootstrap["after"]
+    clean, poisoned = after.iloc[:1800].copy(), after.iloc[1800:].copy()
+    _stream(learner, clean)
+    clean_versions = repo.versions()
+    assert len(clean_versions) > 1, [e.guard for e in learner.exports]  # clean updates do get exported
+    poisoned["label"] = (1 - poisoned["label"]).astype("int8")
+    flip_time = poisoned["event_timestamp"].min()
+    _stream(learner, poisoned)
+    assert learner.totals.guard_failures >= 2
+    assert repo.versions() == clean_versions  # nothing learned from flipped labels reached the repository
+    assert repo.stable() == clean_versions[-1]
+    for v in repo.versions()[1:]:
+        meta = repo.metadata(v)
+        assert meta["source"] == "online" and pd.Timestamp(meta["newest_event_time"]) < flip_time
+        assert meta["parent_version"] in repo.versions()
+    failed = [e for e in learner.exports if not e.passed]
+    assert any(not e.guard["checks"]["recent_auc"]["passed"] for e in failed)
+    assert f"{settings.model.name}/online_guard_failed" in alerts.open_alerts()
+    assert learner.totals.resets == learner.totals.guard_failures
