@@ -211,3 +211,41 @@ def test_split_events_follows_the_description():
     assert [p["event_id"].tolist() for p in split_events(ev, ml)] == [
         p["event_id"].tolist() for p in time_split(ev)
     ]
+
+
+def test_rows_that_cannot_be_events_are_rejected_with_reasons(tmp_path):
+    desc_path, datasets_dir = _user_dataset(tmp_path)
+    clicks = datasets_dir / "shop-data" / "clicks.csv"
+    clicks.write_text(
+        clicks.read_text()
+        + ",C,2024-01-04 08:00:00,buy\n"  # no customer
+        + "3,C,04/01/2024,view\n"  # timestamp not in the described format
+        + "3,,,view\n"
+    )
+    ds = load_dataset(load_description(desc_path), datasets_dir)
+    assert len(ds.events) == 3
+    assert ds.rejected["reasons"].tolist() == [
+        "user_id_empty",
+        "timestamp_unparseable",
+        "item_id_empty;timestamp_missing",
+    ]
+    assert ds.rejected["ts"].tolist() == ["2024-01-04 08:00:00", "04/01/2024", ""]  # raw values kept
+
+
+def test_label_rule_on_a_non_numeric_value_is_rejected(tmp_path):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "r.csv").write_text("u,i,t,rating\n1,a,100,5\n1,b,101,\n2,a,102,five\n")
+    (folder / "u.csv").write_text("u\n1\n2\n")
+    (folder / "i.csv").write_text("i\na\nb\n")
+    yaml_text = """
+name: r
+events: {file: r.csv, format: {header: true}, user_key: u, item_key: i, timestamp: {column: t}, label: rating >= 4,
+         event_id: "{u}-{i}-{t}"}
+users: {file: u.csv, format: {header: true}, key: u}
+items: {file: i.csv, format: {header: true}, key: i}
+"""
+    (tmp_path / "r.yaml").write_text(yaml_text)
+    ds = load_dataset(load_description(tmp_path / "r.yaml"), tmp_path)
+    assert ds.events["event_id"].tolist() == ["1-a-100"] and ds.events["label"].tolist() == [1]
+    assert ds.rejected["reasons"].tolist() == ["label_unparseable", "label_unparseable"]

@@ -80,3 +80,37 @@ def test_concurrent_appends_do_not_duplicate(tmp_path):
     assert not errors
     back = log.read()
     assert len(back) == 4000 and back["event_id"].is_unique
+
+
+def test_prepare_quarantines_rows_the_loader_rejects(settings, tmp_path):
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    (folder / "r.csv").write_text(
+        "u,i,t,rating\n1,a,1700000000,5\n1,b,1700000100,2\n,a,1700000200,4\n2,a,soon,4\n"
+    )
+    (folder / "u.csv").write_text("u,g\n1,F\n2,M\n")
+    (folder / "i.csv").write_text("i,tags\na,x|y\nb,\n")
+    (tmp_path / "mini.yaml").write_text(
+        """
+name: mini
+events: {file: r.csv, format: {header: true}, user_key: u, item_key: i, timestamp: {column: t}, label: rating >= 4,
+         event_id: "{u}-{i}-{t}"}
+users: {file: u.csv, format: {header: true}, key: u, features: {user_g: {type: categorical, from: g}}}
+items: {file: i.csv, format: {header: true}, key: i, features: {item_tags: {type: multi_categorical, from: tags, split: "|"}}}
+"""
+    )
+    settings = settings.model_copy(
+        update={"data": settings.data.model_copy(update={"datasets_dir": tmp_path})}
+    )
+    report = prepare(settings, tmp_path / "mini.yaml")
+    ing = report.ingest
+    assert (ing.received, ing.accepted, ing.quarantined) == (4, 2, 2)
+    assert ing.reasons == {"user_id_empty": 1, "timestamp_unparseable": 1}
+    q = read_quarantine(settings.quarantine_dir)
+    assert sorted(q["reasons"]) == ["timestamp_unparseable", "user_id_empty"] and set(q["source"]) == {
+        "dataset:mini"
+    }
+    items = pd.read_parquet(settings.tables_dir / "items.parquet")
+    assert items["item_tags"].tolist() == ["x|y", ""]
+    again = prepare(settings, tmp_path / "mini.yaml").ingest
+    assert again.already_ingested and (again.received, again.skipped) == (4, 4)

@@ -235,7 +235,8 @@ class DatasetDescription(_Strict):
 class Dataset:
     """Events, user profiles and item profiles of one dataset, in the freshrec schema.
 
-    ``truth`` holds what a generator knows and real data does not (synthetic preferences, drift time).
+    ``truth`` holds what a generator knows and real data does not (synthetic preferences, drift time);
+    ``rejected`` the source rows that could not be turned into events, with their reasons.
     """
 
     events: pd.DataFrame
@@ -243,6 +244,8 @@ class Dataset:
     items: pd.DataFrame
     description: DatasetDescription
     truth: dict[str, Any] = field(default_factory=dict)
+    # Source rows that could not become events (raw strings + ``reasons``); prepare quarantines them.
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["reasons"]))
 
     @property
     def name(self) -> str:
@@ -318,11 +321,18 @@ def read_table(folder: Path, spec: TableSpec) -> pd.DataFrame:
     """Read one described file with every value as a string (derivations type them later)."""
     path = _first_existing(folder, spec)
     fmt = spec.format
-    if fmt.type == "parquet":
-        df = pd.read_parquet(path).astype(str)
-        return df.rename(columns=dict(zip(df.columns, spec.columns, strict=False))) if spec.columns else df
-    if fmt.type == "jsonl":
-        df = pd.read_json(path, lines=True, dtype=False).astype(str)
+    if fmt.type in {"parquet", "jsonl"}:
+        try:
+            df = (
+                pd.read_parquet(path)
+                if fmt.type == "parquet"
+                else pd.read_json(path, lines=True, dtype=False)
+            )
+        except Exception as exc:  # pyarrow and the JSON reader raise many types for a corrupt file
+            raise FileFormatError(path, f"cannot read as {fmt.type}: {exc}") from exc
+        df = df.astype(object).where(df.notna(), "").astype(str)
+        if spec.columns:
+            df = df.rename(columns=dict(zip(df.columns, spec.columns, strict=False)))
         return df
     names = list(spec.columns or [])
     if spec.extra_columns is not None:
@@ -425,8 +435,26 @@ def _strip(values: pd.Series) -> pd.Series:
     )
 
 
-def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
-    """Events in the contract schema from the raw (string) rating rows."""
+def sort_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Events ordered by ``(event_timestamp, event_id)``, a fresh index; ties always break the same way.
+
+    numpy's lexsort on fixed-width strings: several times faster than pandas' multi-key sort on object ids.
+    """
+    if events.empty:
+        return events.reset_index(drop=True)
+    ts = events["event_timestamp"].astype("int64").to_numpy()
+    order = np.lexsort((events["event_id"].to_numpy(dtype=str), ts))
+    return events.iloc[order].reset_index(drop=True)
+
+
+def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Events in the contract schema from the raw (string) rows, and the rows that cannot be events.
+
+    Returns:
+        ``(events, rejected)``: events sorted by time; rejected raw rows (strings) with a ``reasons``
+        column (empty user/item key, unparseable timestamp, label column not a value the rule can compare),
+        so that ``prepare`` quarantines them instead of losing them.
+    """
     spec = desc.events
     assert spec is not None
     for col in [spec.user_key, spec.item_key, spec.timestamp.column, *spec.keep]:
@@ -452,12 +480,39 @@ def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
     event_id = parts[0]
     for p in parts[1:]:
         event_id = event_id + p
+    user_raw, item_raw = _strip(raw[spec.user_key]), _strip(raw[spec.item_key])
+    label_col = _strip(raw[spec.label.column]) if spec.label.column in raw.columns else None
+    if label_col is None:
+        raise ValueError(
+            f"dataset {desc.name}: label column {spec.label.column!r} not in {list(raw.columns)}"
+        )
+    label_bad = (label_col == "").to_numpy()
+    if isinstance(spec.label.value, float):
+        label_bad |= pd.to_numeric(label_col, errors="coerce").isna().to_numpy()
+    checks = {
+        "user_id_empty": (user_raw == "").to_numpy(),
+        "item_id_empty": (item_raw == "").to_numpy(),
+        "timestamp_missing": (ts_col == "").to_numpy(),
+        "timestamp_unparseable": (ts.isna() & (ts_col != "")).to_numpy(),
+        "label_unparseable": label_bad,
+    }
+    bad = np.logical_or.reduce(list(checks.values()))
+    rejected = raw.loc[bad].astype(str).copy()
+    if bad.any():
+        names = np.array(list(checks))
+        matrix = np.column_stack([m[bad] for m in checks.values()])
+        rejected["reasons"] = [";".join(names[row]) for row in matrix]
+        log.warning(
+            "dataset %s: %d rows cannot be events (%s)", desc.name, int(bad.sum()), names[matrix.any(0)]
+        )
+    else:
+        rejected["reasons"] = pd.Series(dtype=object)
     events = pd.DataFrame(
         {
             "event_id": event_id.astype(object),
             "event_timestamp": ts.astype("datetime64[ns, UTC]"),
-            "user_id": (desc.users.id_prefix + _strip(raw[spec.user_key])).astype(object),
-            "item_id": (desc.items.id_prefix + _strip(raw[spec.item_key])).astype(object),
+            "user_id": (desc.users.id_prefix + user_raw).astype(object),
+            "item_id": (desc.items.id_prefix + item_raw).astype(object),
             "label": spec.label.evaluate(raw).astype("int8"),
         },
         index=raw.index,
@@ -465,10 +520,10 @@ def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> pd.DataFrame:
     for col in spec.keep:
         num = pd.to_numeric(raw[col], errors="coerce")
         events[col] = num.astype("int64") if num.notna().all() and (num == num.round()).all() else raw[col]
-    events = events.sort_values(["event_timestamp", "event_id"], kind="stable")
+    events = sort_events(events.loc[~bad])
     if spec.tail is not None:
-        events = events.iloc[-spec.tail :]
-    return events.reset_index(drop=True)
+        events = events.iloc[-spec.tail :].reset_index(drop=True)
+    return events, rejected.reset_index(drop=True)
 
 
 def load_dataset(description: DatasetDescription | str | Path, datasets_dir: Path | str) -> Dataset:
@@ -476,7 +531,7 @@ def load_dataset(description: DatasetDescription | str | Path, datasets_dir: Pat
     desc = description if isinstance(description, DatasetDescription) else load_description(description)
     folder = dataset_dir(desc, datasets_dir)
     assert desc.events is not None
-    events = build_events(read_table(folder, desc.events), desc)
+    events, rejected = build_events(read_table(folder, desc.events), desc)
     users = build_profiles(read_table(folder, desc.users), desc.users, "user_id")
     items = build_profiles(read_table(folder, desc.items), desc.items, "item_id")
     log.info(
@@ -487,7 +542,7 @@ def load_dataset(description: DatasetDescription | str | Path, datasets_dir: Pat
         len(users),
         len(items),
     )
-    return Dataset(events=events, users=users, items=items, description=desc)
+    return Dataset(events=events, users=users, items=items, description=desc, rejected=rejected)
 
 
 # ---------------------------------------------------------------------------------------------- splits
@@ -517,7 +572,7 @@ def time_split(
     every time. Each part is returned in time order with a fresh index.
     """
     arr = _check_fractions(fractions)
-    ordered = events.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
+    ordered = sort_events(events)
     return tuple(ordered.iloc[a:b].reset_index(drop=True) for a, b in _cut(len(ordered), arr))
 
 
@@ -526,7 +581,7 @@ def random_split(
 ) -> tuple[pd.DataFrame, ...]:
     """Split events uniformly at random (seeded; the AutoInt protocol). Each part is in time order."""
     arr = _check_fractions(fractions)
-    ordered = events.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
+    ordered = sort_events(events)
     perm = np.random.default_rng(seed).permutation(len(ordered))
     parts = []
     for a, b in _cut(len(ordered), arr):

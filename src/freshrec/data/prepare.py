@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ import pandas as pd
 from freshrec.data.datasets import Dataset, load_dataset, load_description
 from freshrec.data.eventlog import content_hash
 from freshrec.data.ingest import IngestReport, ingest_frame
+from freshrec.data.validation import count_reasons, write_quarantine
 
 if TYPE_CHECKING:
     from freshrec.config import Settings
@@ -81,6 +82,32 @@ def profile_table(profiles: pd.DataFrame, events: pd.DataFrame, key: str) -> pd.
     return out
 
 
+def _with_rejected(report: IngestReport, dataset: Dataset, settings: Settings) -> IngestReport:
+    """Count (and quarantine) the source rows the loader could not turn into events."""
+    rejected = dataset.rejected
+    if rejected is None or rejected.empty:
+        return report
+    n = len(rejected)
+    if report.already_ingested:
+        return replace(report, received=report.received + n, skipped=report.skipped + n)
+    qfile = write_quarantine(
+        rejected,
+        settings.quarantine_dir,
+        source=report.source,
+        name=f"{report.source.replace(':', '-')}-rejected-{report.source_id.split(':')[-1][:16]}",
+    )
+    reasons = dict(report.reasons)
+    for reason, count in count_reasons(rejected["reasons"]).items():
+        reasons[reason] = reasons.get(reason, 0) + count
+    return replace(
+        report,
+        received=report.received + n,
+        quarantined=report.quarantined + n,
+        reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        quarantine_file=report.quarantine_file or (str(qfile) if qfile else None),
+    )
+
+
 def prepare_dataset(
     dataset: Dataset, settings: Settings, *, progress: Callable[[str], None] | None = None
 ) -> PrepareReport:
@@ -95,6 +122,7 @@ def prepare_dataset(
         source=f"dataset:{name}",
         source_id=f"dataset:{name}:{content_hash(dataset.events)}",
     )
+    report = _with_rejected(report, dataset, settings)
     step("writing profile tables")
     tables = settings.tables_dir
     users = profile_table(dataset.users, dataset.events, "user_id")
