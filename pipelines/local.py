@@ -74,6 +74,23 @@ def pipeline_arguments(settings: Settings, pipeline: str, **params: Any) -> dict
     return args
 
 
+def _shadowing_docker_folder() -> bool:
+    """Whether ``import docker`` would find a plain folder (this repo's ``docker/``) instead of the SDK.
+
+    kfp.local imports the optional ``docker`` SDK and falls back to the subprocess runner only on
+    ImportError. When the repository root is on ``sys.path`` (pytest's rootdir, ``python -m`` from the repo),
+    the ``docker/`` folder that holds the Dockerfile imports as an empty namespace package and kfp.local
+    fails with AttributeError instead.
+    """
+    import importlib.util
+    import sys
+
+    if "docker" in sys.modules:
+        return getattr(sys.modules["docker"], "__file__", None) is None and sys.modules["docker"] is not None
+    spec = importlib.util.find_spec("docker")
+    return spec is not None and spec.origin in (None, "namespace")
+
+
 def run_local(settings: Settings, pipeline: str = "continuous_training", **params: Any) -> LocalRun:
     """Run ``pipeline`` through kfp.local and collect its outputs.
 
@@ -88,6 +105,10 @@ def run_local(settings: Settings, pipeline: str = "continuous_training", **param
     Raises:
         RuntimeError: a task failed (kfp.local names it; its log was streamed to stdout).
     """
+    import sys
+
+    if _shadowing_docker_folder():
+        sys.modules["docker"] = None  # type: ignore[assignment]  # makes `import docker` an ImportError
     from kfp import local
 
     from freshrec.pipelines.build import check_name, create

@@ -12,8 +12,8 @@ def rollout(
 
     Modes: ``local`` walks the canary plan on the local gateway (``LocalCanaryController``); ``argo`` hands
     the version to the Argo Rollout in the cluster; ``promote`` labels it stable at once; ``none`` leaves
-    the labels alone; ``auto`` is ``local`` when the gateway answers, else ``none``. The first version of a
-    model (no stable one yet) is always labelled stable: there is nothing to compare a canary with.
+    the labels alone; ``auto`` is ``local`` when the gateway answers, else ``none``. In every mode but ``none``
+    the first version of a model (no stable one yet) is labelled stable: there is nothing to canary against.
 
     Args:
         workdir: freshrec state directory (the model repository and its labels).
@@ -39,7 +39,7 @@ def rollout(
     repo = ModelRepository(settings.models_dir, settings.model.name)
     stable = repo.stable()
     gateway = (settings.serving.host, settings.serving.gateway_port)
-    if mode == "auto":
+    if mode == "auto" and stable is not None:
         with socket.socket() as probe:
             probe.settimeout(1.0)
             mode = "local" if probe.connect_ex(gateway) == 0 else "none"
@@ -47,12 +47,10 @@ def rollout(
     if mode == "none":
         outcome = "pending"
         timeline.append(f"labels untouched: v{version} waits for a rollout (stable is v{stable})")
-    elif stable is None or mode == "promote":
+    elif stable is None or mode in ("promote", "auto"):
         repo.set_label("stable", version)
         outcome = "promoted"
-        timeline.append(
-            f"v{version} labelled stable ({'first version' if stable is None else 'promote mode'})"
-        )
+        timeline.append(f"v{version} labelled stable ({'first version' if stable is None else 'promote mode'})")
     elif mode == "argo":
         from freshrec.rollout.k8s import ArgoRolloutDriver, make_api_client
 
