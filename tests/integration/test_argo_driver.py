@@ -396,3 +396,44 @@ def test_driver_stays_within_the_deployer_role(api):
     used = {(verb, res) for verb, res, _ in api.requests}
     assert used - controller_writes <= {(v, r) for r, v in allowed}
     assert ("get", "analysisruns") in used and ("patch", "rollouts") in used
+
+
+@pytest.mark.parametrize(("final", "code"), [("Healthy", 0), ("Degraded", 1)])
+def test_deploy_command(api, settings, final, code):
+    """``freshrec rollout deploy`` end to end: the Argo controller (a thread here) reacts to the new
+    generation; the command exits 0 on promotion and 1 on abort."""
+    from typer.testing import CliRunner
+
+    from freshrec.rollout.cli import app
+
+    stop = threading.Event()
+
+    def argo():
+        controller = ArgoController(api, [])
+        while not stop.wait(0.05):
+            obj = api.objects[("rollouts", NS, NAME)]
+            if obj["spec"]["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "9":
+                status = {
+                    "phase": final,
+                    "currentPodHash": "ddd",
+                    "stableRS": "ddd" if final == "Healthy" else "aaa",
+                }
+                if final == "Degraded":
+                    status.update(abort=True, message="RolloutAborted: metric error-rate assessed Failed")
+                controller.script = [status]
+                controller.tick()
+                return
+
+    thread = threading.Thread(target=argo, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["deploy", "--version=9", f"--api-server={api.url}", "--poll-s=0.05", "--timeout-s=30"],
+            obj=settings,
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+    assert result.exit_code == code, result.output
+    assert ("promoted" if code == 0 else "aborted") in result.output

@@ -2,9 +2,8 @@
 
 Real parts: ``ModelServer`` (TF-Serving-compatible, gRPC + REST) loading SavedModels from a real
 ``ModelRepository``; the ranking ``Gateway`` over HTTP (admin API for weights and stats, sticky split,
-prediction log as Parquet); clicks appended to a real ``EventLog``; ``HttpTrafficRouter``,
-``RepositoryPromoter`` (waits for the canary to be AVAILABLE) and ``PredictionLogSource`` as used by
-``freshrec rollout run``. Only the plan's clock is injected: each ``sleep`` sends real rank requests
+prediction log as Parquet); clicks appended to a real ``EventLog``; ``local_controller`` as ``freshrec rollout run`` wires it (``HttpTrafficRouter``,
+``RepositoryPromoter`` waiting for the canary to be AVAILABLE, ``PredictionLogSource``). Only the plan's clock is injected: each ``sleep`` sends real rank requests
 instead of waiting. Clicks happen with probability 0.5 for every impression, so a canary that is the
 same model as stable passes and a canary with a +4 logit bias (scores near 1) fails on logloss.
 """
@@ -22,12 +21,7 @@ import requests
 from freshrec.config import load_settings
 from freshrec.data.eventlog import EventLog
 from freshrec.model.repository import ModelRepository
-from freshrec.rollout.controller import (
-    HttpTrafficRouter,
-    LocalCanaryController,
-    PredictionLogSource,
-    RepositoryPromoter,
-)
+from freshrec.rollout.controller import local_controller
 from freshrec.rollout.plan import CanaryPlan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -126,13 +120,11 @@ def stack(tmp_path, port_factory):
 
 def run(settings, repo, server, gateway, version: int):
     traffic = Traffic(gateway, EventLog(settings.eventlog_dir), seed=version)
-    controller = LocalCanaryController(
+    controller = local_controller(
+        settings,
         PLAN,
-        HttpTrafficRouter(gateway.url),
-        RepositoryPromoter(repo, server.rest_url),
-        PredictionLogSource(settings.predictions_dir, settings.eventlog_dir, 60, since=datetime.now(UTC)),
-        settings.rollout,
-        report_dir=settings.reports_dir / "rollout",
+        gateway_url=gateway.url,
+        model_server_url=server.rest_url,
         clock=traffic.clock,
         sleep=traffic.sleep,
     )

@@ -197,22 +197,10 @@ def run_cmd(
 
     Exit 0 when promoted, 1 when rolled back. The timeline is saved under <workdir>/reports/rollout/.
     """
-    from datetime import UTC, datetime
-
-    from freshrec.model.repository import ModelRepository
-    from freshrec.rollout.controller import (
-        HttpTrafficRouter,
-        LocalCanaryController,
-        PredictionLogSource,
-        RepositoryPromoter,
-        RolloutError,
-    )
+    from freshrec.rollout.controller import RolloutError, local_controller
 
     settings: Settings = ctx.obj
-    rs = settings.rollout
     plan = _plan(settings, plan_file)
-    url = gateway or f"http://{settings.serving.host}:{settings.serving.gateway_port}"
-    model_server = model_server_url or f"http://{settings.serving.host}:{settings.serving.rest_port}"
 
     def show(entry) -> None:
         verdict = f" {entry.verdict}" if entry.verdict else ""
@@ -220,16 +208,8 @@ def run_cmd(
             f"[{entry.elapsed_s:8.1f}s] step {entry.step} {entry.action} weight={entry.weight}{verdict} {'; '.join(entry.reasons)}"
         )
 
-    controller = LocalCanaryController(
-        plan,
-        HttpTrafficRouter(url),
-        RepositoryPromoter(ModelRepository(settings.models_dir, settings.model.name), model_server),
-        PredictionLogSource(
-            settings.predictions_dir, settings.eventlog_dir, rs.click_window_s, since=datetime.now(UTC)
-        ),
-        rs,
-        report_dir=settings.reports_dir / "rollout",
-        progress=show,
+    controller = local_controller(
+        settings, plan, gateway_url=gateway, model_server_url=model_server_url, progress=show
     )
     try:
         report = controller.run(version)
@@ -250,6 +230,9 @@ def deploy_cmd(
         None, help="kubeconfig file (default: in-cluster, else ~/.kube/config)."
     ),
     context: str | None = typer.Option(None, help="kubeconfig context."),
+    api_server: str | None = typer.Option(
+        None, help="Kubernetes API URL without credentials, e.g. `kubectl proxy`'s http://127.0.0.1:8001."
+    ),
     no_wait: bool = typer.Option(False, help="Only set the version; do not follow the rollout."),
 ) -> None:
     """Cluster mode: set the model version on the Argo Rollout and follow it to promotion or abort.
@@ -261,7 +244,7 @@ def deploy_cmd(
     settings: Settings = ctx.obj
     rs = settings.rollout
     driver = ArgoRolloutDriver(
-        make_api_client(kubeconfig=kubeconfig, context=context), rs.namespace, rs.rollout_name
+        make_api_client(api_server, kubeconfig=kubeconfig, context=context), rs.namespace, rs.rollout_name
     )
     if no_wait:
         driver.deploy(version)

@@ -439,3 +439,46 @@ def write_json_atomic(path: Path, data: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def local_controller(
+    settings: Any,
+    plan: CanaryPlan | None = None,
+    *,
+    gateway_url: str | None = None,
+    model_server_url: str | None = None,
+    since: datetime | None = None,
+    **kwargs: Any,
+) -> LocalCanaryController:
+    """The controller ``freshrec rollout run`` uses, wired from the settings.
+
+    The running gateway (``serving.gateway_port``) routes traffic, the model repository's labels are
+    moved once the model server (``serving.rest_port``) has loaded the canary, and predictions logged
+    from ``since`` (default: now) are joined with the event log's clicks. Extra keyword arguments go to
+    :class:`LocalCanaryController` (``clock``, ``sleep``, ``progress`` ...).
+
+    Args:
+        settings: the :class:`freshrec.config.Settings`.
+        plan: default: ``settings.rollout.plan_file`` or the default plan.
+    """
+    from freshrec.model.repository import ModelRepository
+    from freshrec.rollout.plan import load_plan
+
+    serving, rs = settings.serving, settings.rollout
+    kwargs.setdefault("report_dir", settings.reports_dir / "rollout")
+    return LocalCanaryController(
+        plan or load_plan(rs.plan_file),
+        HttpTrafficRouter(gateway_url or f"http://{serving.host}:{serving.gateway_port}"),
+        RepositoryPromoter(
+            ModelRepository(settings.models_dir, settings.model.name),
+            model_server_url or f"http://{serving.host}:{serving.rest_port}",
+        ),
+        PredictionLogSource(
+            settings.predictions_dir,
+            settings.eventlog_dir,
+            rs.click_window_s,
+            since=since or datetime.now(UTC),
+        ),
+        rs,
+        **kwargs,
+    )
