@@ -43,12 +43,12 @@ class SimulatedTraffic:
         self.preds: list[pd.DataFrame] = []
         self.events: list[pd.DataFrame] = []
         self.counts = {"stable": ArmStats(), "canary": ArmStats()}
-        self.fail_at_weight: int | None = None
+        self.fail_at_weights: set[int] = set()
         self.now = T0
 
     # TrafficRouter
     def set_canary(self, version: int | None, weight: int) -> None:
-        if weight == self.fail_at_weight:
+        if weight in self.fail_at_weights:
             raise ConnectionError("gateway unreachable")
         if weight > 0:
             # The gateway can only route to a version the model server loads (labelled in the repository).
@@ -214,7 +214,7 @@ def test_pause_until_clicks_ends_early(repo, tmp_path):
 
 def test_router_failure_rolls_back_and_reraises(repo, tmp_path):
     traffic = SimulatedTraffic(repo, {1: "good", 2: "good"})
-    traffic.fail_at_weight = 50
+    traffic.fail_at_weights = {50}
     ctl = controller(repo, traffic, tmp_path)
     with pytest.raises(ConnectionError):
         ctl.run(2)
@@ -231,3 +231,14 @@ def test_unknown_or_stable_version_is_refused(repo, tmp_path):
     with pytest.raises(RolloutError, match="already the stable"):
         controller(repo, traffic, tmp_path).run(1)
     assert traffic.history == [] and repo.labels() == {"stable": 1}
+
+
+def test_unreachable_router_during_rollback_still_leaves_a_report(repo, tmp_path):
+    traffic = SimulatedTraffic(repo, {1: "good", 2: "good"})
+    traffic.fail_at_weights = {50, 0}
+    with pytest.raises(ConnectionError):
+        controller(repo, traffic, tmp_path).run(2)
+    assert repo.labels() == {"stable": 1}  # the canary label is removed even so
+    (path,) = (tmp_path / "reports").glob("canary-v2-*.json")
+    actions = [e["action"] for e in json.loads(path.read_text())["timeline"]]
+    assert actions[-1] == "rollback_failed"

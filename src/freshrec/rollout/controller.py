@@ -283,8 +283,13 @@ class LocalCanaryController:
         try:
             outcome = self._walk(version)
         except BaseException as exc:
+            # Ctrl-C included: a half-done canary must not keep taking traffic.
             log.exception("canary of v%s failed; rolling back", version)
-            self._rollback(version, None, [f"error: {exc!r}"])
+            try:
+                self._rollback(version, None, [f"error: {exc!r}"])
+            except Exception as rollback_exc:
+                log.exception("rollback of v%s failed too", version)
+                self._record(None, "rollback_failed", verdict="fail", reasons=[repr(rollback_exc)])
             self._save(version, stable, "rolled_back")
             raise
         return self._save(version, stable, outcome)
