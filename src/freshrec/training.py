@@ -248,6 +248,7 @@ def train(
         train_ds,
         validation_data=valid_ds,
         epochs=training.epochs,
+        shuffle=False,  # the dataset shuffles itself (each epoch, seeded)
         callbacks=[
             *_callbacks(training, Path(checkpoint_dir) if checkpoint_dir else None, progress, monitor),
             *(callbacks or []),
@@ -291,3 +292,163 @@ def train(
         parent=str(parent) if parent is not None else None,
         warm_started=parent is not None,
     )
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`run_training` did: metrics of candidate and production, the verdict, the version."""
+
+    dataset: str
+    architecture: str
+    candidate: dict[str, float]
+    production: dict[str, float] | None
+    production_version: int | None
+    slices: dict[str, dict[str, float]]
+    blessing: dict[str, Any]
+    train_metrics: dict[str, float]
+    data_window: dict[str, str]
+    parent_version: int | None
+    infra: dict[str, Any] | None = None
+    version: int | None = None
+    labelled_stable: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def run_training(
+    settings: Any,
+    dataset: str | None = None,
+    architecture: str | None = None,
+    parent_version: int | None = None,
+    publish: bool = False,
+    progress: ProgressFn | None = None,
+) -> TrainingRun:
+    """The whole batch flow: load a described dataset, build its training set, split, train, evaluate on the
+    test window (candidate and the stable version), bless, and optionally infra-check and publish.
+
+    The first blessed version published into an empty repository also gets the ``stable`` label (there is
+    nothing to canary against); later versions are left for the canary rollout to promote.
+
+    Args:
+        settings: a :class:`freshrec.config.Settings`.
+        dataset: a dataset description name or YAML path (default ``settings.data.dataset``).
+        architecture: ``dcn`` or ``lr`` (default ``settings.model.architecture``).
+        parent_version: warm-start from this repository version (default: the stable one when
+            ``settings.training.warm_start``; ``0`` forces a cold start).
+        publish: export, infra-check and publish the candidate when it is blessed.
+        progress: per-epoch callback.
+    """
+    import tempfile
+
+    from freshrec.data.datasets import load_dataset, load_description, split_events
+    from freshrec.evaluation import bless, evaluate
+    from freshrec.features.training_set import build_training_frame
+    from freshrec.model import predict
+    from freshrec.model.export import predict_saved_model
+    from freshrec.model.repository import ModelRepository
+    from freshrec.model.spec import FeatureSpec
+
+    model_settings = settings.model
+    if architecture:
+        model_settings = model_settings.model_copy(update={"architecture": architecture})
+    description = load_description(dataset or settings.data.dataset)
+    data = load_dataset(description, settings.data.datasets_dir)
+    frame = build_training_frame(data.events, data.users, data.items)
+    fractions = (
+        settings.data.train_fraction,
+        settings.data.valid_fraction,
+        1.0 - settings.data.train_fraction - settings.data.valid_fraction,
+    )
+    train_df, valid_df, test_df = split_events(frame, description, fractions)
+    repo = ModelRepository(settings.models_dir, model_settings.name)
+    stable = repo.stable()
+    if parent_version is None and settings.training.warm_start:
+        parent_version = stable
+    parent_dir = repo.path(parent_version) if parent_version else None
+    spec = FeatureSpec.for_description(description, model_settings.id_hash_buckets, frame=train_df)
+    if parent_dir is not None:
+        from freshrec.model.export import load_spec
+
+        if load_spec(parent_dir).structure_hash() != spec.structure_hash():
+            log.warning(
+                "parent version %s has another feature layout; warm start keeps the parent's", parent_version
+            )
+    result = train(
+        train_df,
+        valid_df,
+        spec,
+        model_settings,
+        settings.training,
+        parent=parent_dir,
+        checkpoint_dir=settings.state_dir / "training-backup" / model_settings.name,
+        progress=progress,
+    )
+    known = {"known_users": set(train_df["user_id"]), "known_items": set(train_df["item_id"])}
+    scored = test_df.assign(score=predict(result.model, test_df, result.spec))
+    report = evaluate(scored, **known)
+    production = None
+    if stable is not None:
+        production = evaluate(
+            test_df.assign(score=predict_saved_model(repo.path(stable), test_df)), **known
+        ).metrics
+    verdict = bless(report.metrics, production, settings.blessing)
+    ts = frame["event_timestamp"]
+    run = TrainingRun(
+        dataset=description.name,
+        architecture=model_settings.architecture,
+        candidate=report.metrics,
+        production=production,
+        production_version=stable,
+        slices=report.slices,
+        blessing=verdict.to_dict(),
+        train_metrics=result.metrics,
+        data_window={
+            "train_start": str(train_df["event_timestamp"].min()),
+            "train_end": str(train_df["event_timestamp"].max()),
+            "test_start": str(test_df["event_timestamp"].min()),
+            "test_end": str(ts.max()),
+            "split": description.split,
+        },
+        parent_version=parent_version or None,
+    )
+    if not publish:
+        return run
+    if not verdict.blessed:
+        log.warning("candidate not blessed (%s); not published", "; ".join(verdict.reasons))
+        return run
+    from freshrec.model.infra import infra_check
+
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=settings.models_dir) as tmp:
+        export_dir = result.export(Path(tmp) / "export")
+        sample = test_df.head(64)
+        check = infra_check(export_dir, sample, predict(result.model, sample, result.spec))
+        run.infra = check.to_dict()
+        if not check.ok:
+            log.error("infra check failed: %s; not published", check.message)
+            return run
+        run.version = repo.publish(
+            export_dir,
+            {
+                "metrics": report.metrics,
+                "slices": report.slices,
+                "production_metrics": production,
+                "production_version": stable,
+                "train_metrics": result.metrics,
+                "data_window": run.data_window,
+                "dataset": description.name,
+                "parent_version": run.parent_version,
+                "feature_spec_hash": result.spec.hash(),
+                "architecture": model_settings.architecture,
+                "blessing": verdict.to_dict(),
+                "infra_check": check.to_dict(),
+            },
+            move=True,
+        )
+    if stable is None:
+        repo.set_label("stable", run.version)
+        run.labelled_stable = True
+    return run
