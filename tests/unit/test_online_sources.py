@@ -63,3 +63,17 @@ def test_seen_ids_bounded_fifo_and_in_batch_repeats():
     seen.add(["c", "d"])
     assert len(seen) == 3 and "a" not in seen and "d" in seen
     assert seen.to_list() == ["b", "c", "d"]
+
+
+def test_eventlog_source_follows_a_real_event_log_and_skips_the_trained_window(tmp_path):
+    from freshrec.data.eventlog import EventLog
+
+    log = EventLog(tmp_path / "log")
+    log.append(_events("a", "2024-01-01 23:00", 120), source_id="first")  # spans two date partitions
+    src = EventLogSource(
+        tmp_path / "log", tmp_path / "pos.json", start_after=pd.Timestamp("2024-01-01 23:29:59Z")
+    )
+    got = src.poll(1000, 0)
+    assert len(got) == 90 and got.events["event_timestamp"].min() >= pd.Timestamp("2024-01-01 23:30Z")
+    log.append(_events("b", "2024-01-03 00:00", 5), source_id="second")
+    assert sorted(src.poll(1000, 0).events["event_id"]) == [f"b{i}" for i in range(5)]
