@@ -180,3 +180,36 @@ def test_unknown_check_and_to_dict():
     assert {c["name"] for c in d["checks"]} == {"error_rate", "latency_p99", "score_shift", "logloss", "ctr"}
     assert all(c["passed"] is True for c in d["checks"])
     assert d["counts"]["canary"]["requests"] == 500
+
+
+def clustered_arm(name: str, clicking_requests: int, requests: int = 60, items: int = 20) -> pd.DataFrame:
+    """Every item of a request has the same outcome: the extreme of correlated impressions."""
+    label = np.repeat((np.arange(requests) < clicking_requests).astype("int8"), items)
+    return pd.DataFrame(
+        {
+            "arm": name,
+            "request_id": np.repeat([f"{name}-r{i}" for i in range(requests)], items),
+            "score": np.full(requests * items, 0.45),
+            "label": pd.array(label, dtype="Int8"),
+        }
+    )
+
+
+def test_ctr_test_accounts_for_requests():
+    """A 20 % CTR drop over 60 requests per arm is significant only if 1200 rows were independent."""
+    frame = joined(clustered_arm("stable", 30), clustered_arm("canary", 24))
+    clustered = analyze(frame, None, SETTINGS, ["ctr"]).check("ctr")
+    naive = analyze(frame.drop(columns="request_id"), None, SETTINGS, ["ctr"]).check("ctr")
+    assert clustered.canary == pytest.approx(0.4) and clustered.stable == pytest.approx(0.5)
+    assert naive.status == "fail" and naive.p_value < 0.01
+    assert clustered.status == "inconclusive" and clustered.p_value > SETTINGS.alpha
+
+
+def test_cluster_se_of_singletons_is_the_iid_se():
+    from freshrec.rollout.analysis import mean_and_se
+
+    v = np.random.default_rng(0).normal(size=500)
+    m1, se1 = mean_and_se(v)
+    m2, se2 = mean_and_se(v, np.arange(500))
+    assert m1 == pytest.approx(m2) and se1 == pytest.approx(se2)
+    assert se1 == pytest.approx(v.std(ddof=1) / np.sqrt(500))

@@ -12,8 +12,12 @@ Checks (each is pass, fail, inconclusive or skipped):
 - ``logloss``: online logloss per prediction (scores joined with clicks). Welch z-test on the difference
   of means, one-sided: fails when canary − stable exceeds ``max_logloss_increase`` and is significantly
   above 0; inconclusive when it exceeds the margin but is not significant (keep waiting).
-- ``ctr``: two-proportion z-test on the click rate of the arms' predictions; fails on a relative drop above
+- ``ctr``: z-test on the click rate of the arms' predictions; fails on a relative drop above
   ``max_ctr_drop`` that is significant; inconclusive when the drop is large but not significant.
+
+The items of one ranked request are not independent (same user, same moment). When the predictions carry
+``request_id`` (the gateway logs it), the logloss and CTR tests use cluster-robust standard errors over
+requests; without it they treat rows as independent (pooled two-proportion test for CTR).
 
 Label-based checks say "inconclusive" while either arm has fewer than ``min_clicks`` clicks, instead of
 guessing from noise. The verdict is ``fail`` if any check fails, else ``inconclusive`` if any check is
@@ -214,35 +218,72 @@ def _clicks(frame: pd.DataFrame) -> int:
     return int(frame["label"].sum()) if len(frame) else 0
 
 
+def mean_and_se(values: np.ndarray, clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean of ``values`` and its standard error; cluster-robust when ``clusters`` is given.
+
+    The items of one ranked request share a user and a moment, so their outcomes are correlated; treating
+    them as independent understates the error and calls noise significant. With request ids the error
+    is the ratio-estimator (cluster) standard error over requests.
+    """
+    n = len(values)
+    mean = float(values.mean())
+    if clusters is None:
+        return mean, float(math.sqrt(values.var(ddof=1) / n)) if n > 1 else math.inf
+    frame = pd.DataFrame({"v": values - mean, "c": clusters})
+    resid = frame.groupby("c", sort=False)["v"].sum().to_numpy()
+    k = len(resid)
+    if k < 2:
+        return mean, math.inf
+    return mean, float(math.sqrt(k / (k - 1) * np.sum(resid**2)) / n)
+
+
+def _clusters(frame: pd.DataFrame) -> np.ndarray | None:
+    return frame["request_id"].to_numpy() if "request_id" in frame.columns else None
+
+
+def _one_sided_worse(diff: float, se: float) -> float:
+    """p-value of H1 "canary worse by diff > 0" for a normal test statistic."""
+    if se == 0:
+        return 0.0 if diff > 0 else 1.0
+    return _norm_sf(diff / se)
+
+
 def check_logloss(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Check:
+    """Welch z-test of the canary's mean logloss minus stable's (cluster-robust per request)."""
     name, margin = "logloss", s.max_logloss_increase
     st, ca = arms["stable"], arms["canary"]
     few = _too_few_clicks(st, ca, s)
     if few:
         return Check(name, "inconclusive", None, None, margin, few)
-    ls, lc = _logloss_rows(st), _logloss_rows(ca)
-    diff = float(lc.mean() - ls.mean())
-    se = math.sqrt(ls.var(ddof=1) / len(ls) + lc.var(ddof=1) / len(lc))
-    p = _norm_sf(diff / se) if se > 0 else (0.0 if diff > 0 else 1.0)  # H1: canary worse
-    detail = f"logloss {ls.mean():.4f} → {lc.mean():.4f} (Δ {diff:+.4f}, one-sided p {p:.3g})"
+    ms, ses = mean_and_se(_logloss_rows(st), _clusters(st))
+    mc, sec = mean_and_se(_logloss_rows(ca), _clusters(ca))
+    diff = mc - ms
+    p = _one_sided_worse(diff, math.hypot(ses, sec))
+    detail = f"logloss {ms:.4f} → {mc:.4f} (Δ {diff:+.4f}, one-sided p {p:.3g})"
     if diff <= margin:
         status: Status = "pass"
     else:
         status = "fail" if p < s.alpha else "inconclusive"
-    return Check(name, status, float(ls.mean()), float(lc.mean()), margin, detail, p)
+    return Check(name, status, ms, mc, margin, detail, p)
 
 
 def check_ctr(arms: dict[str, pd.DataFrame], s: RolloutSettings) -> Check:
+    """Two-proportion z-test on click rates (pooled), or cluster-robust when request ids are logged."""
     name, max_drop = "ctr", s.max_ctr_drop
     st, ca = arms["stable"], arms["canary"]
     few = _too_few_clicks(st, ca, s)
     if few:
         return Check(name, "inconclusive", None, None, max_drop, few)
-    cs, cc, ns, nc = _clicks(st), _clicks(ca), len(st), len(ca)
-    ps, pc = cs / ns, cc / nc
-    pooled = (cs + cc) / (ns + nc)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / ns + 1 / nc))
-    p = _norm_sf((ps - pc) / se) if se > 0 else 1.0  # H1: canary CTR lower
+    ys, yc = st["label"].to_numpy(dtype=float), ca["label"].to_numpy(dtype=float)
+    if _clusters(st) is not None and _clusters(ca) is not None:
+        ps, ses = mean_and_se(ys, _clusters(st))
+        pc, sec = mean_and_se(yc, _clusters(ca))
+        se = math.hypot(ses, sec)
+    else:
+        ps, pc = float(ys.mean()), float(yc.mean())
+        pooled = (ys.sum() + yc.sum()) / (len(ys) + len(yc))
+        se = math.sqrt(pooled * (1 - pooled) * (1 / len(ys) + 1 / len(yc)))
+    p = _one_sided_worse(ps - pc, se)  # H1: canary CTR lower
     drop = (ps - pc) / ps if ps > 0 else 0.0
     detail = f"CTR {ps:.4f} → {pc:.4f} (relative drop {drop:+.1%}, one-sided p {p:.3g})"
     if drop <= max_drop:
