@@ -30,6 +30,7 @@ CRD_FILES = [
     "argo-rollouts_rollout-crd.yaml",
     "argo-rollouts_analysis-template-crd.yaml",
     "gateway.networking.k8s.io_httproutes.yaml",
+    "gateway.networking.k8s.io_grpcroutes.yaml",
     "monitoring.coreos.com_servicemonitors.yaml",
     "monitoring.coreos.com_prometheusrules.yaml",
 ]
@@ -242,11 +243,14 @@ def test_model_config_template_is_a_valid_model_server_config(built):
 def test_traffic_routing_is_wired(built):
     objs = built["base"]
     canary = one(objs, "Rollout")["spec"]["strategy"]["canary"]
-    route = one(objs, "HTTPRoute")
     plugin = canary["trafficRouting"]["plugins"]["argoproj-labs/gatewayAPI"]
-    assert plugin["httpRoute"] == route["metadata"]["name"]
-    backends = {b["name"]: b["weight"] for r in route["spec"]["rules"] for b in r["backendRefs"]}
-    assert backends == {canary["stableService"]: 100, canary["canaryService"]: 0}
+    for kind, key, port in (("HTTPRoute", "httpRoute", 8501), ("GRPCRoute", "grpcRoute", 8500)):
+        route = one(objs, kind)
+        assert plugin[key] == route["metadata"]["name"]
+        backends = {
+            (b["name"], b["port"]): b["weight"] for r in route["spec"]["rules"] for b in r["backendRefs"]
+        }
+        assert backends == {(canary["stableService"], port): 100, (canary["canaryService"], port): 0}
     services = {o["metadata"]["name"] for o in objs if o["kind"] == "Service"}
     assert {canary["stableService"], canary["canaryService"]} <= services
 
