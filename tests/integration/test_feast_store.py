@@ -84,6 +84,17 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared):
     online = store.OnlineFeatures(settings)
     _check_lookup_against_offline(online, events, items_table)
 
+    # at a later request time, hours_since_last is aged like the offline definition
+    user = events["user_id"].iloc[-1]
+    item = events["item_id"].iloc[-1]
+    as_of = events["event_timestamp"].max() + pd.Timedelta(hours=10)
+    aged = online.lookup(user, [item], as_of=as_of.to_pydatetime())
+    want = activity_as_of(events, "user", [user], as_of)["user_hours_since_last"].iloc[0]
+    assert aged["user_hours_since_last"].iloc[0] == pytest.approx(want, rel=1e-5)
+    assert want >= 10.0
+    want_item = activity_as_of(events, "item", [item], as_of)["item_hours_since_last"].iloc[0]
+    assert aged["item_hours_since_last"].iloc[0] == pytest.approx(want_item, rel=1e-5)
+
     # the training set through Feast's point-in-time join equals the pure pandas one
     sample = events.sample(400, random_state=0)
     via_feast = store.get_training_set(settings, sample)

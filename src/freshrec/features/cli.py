@@ -6,6 +6,7 @@ commands so that ``freshrec --help`` stays fast.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 
@@ -43,6 +44,12 @@ def _run_steps(title: str, fn):  # type: ignore[no-untyped-def]
     return result
 
 
+def _quiet_feast() -> None:
+    """Feast logs every registry cache refresh at INFO; keep the command's own output readable."""
+    verbose = logging.getLogger().level <= logging.DEBUG
+    logging.getLogger("feast").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(1) from exc
@@ -54,6 +61,7 @@ def apply_cmd(ctx: typer.Context) -> None:
     from freshrec.features import store
 
     settings: Settings = ctx.obj
+    _quiet_feast()
     started = time.perf_counter()
     try:
         report = _run_steps("apply", lambda say: store.apply(settings, progress=say))
@@ -87,6 +95,7 @@ def materialize_cmd(
     from freshrec.features import store
 
     settings: Settings = ctx.obj
+    _quiet_feast()
     if end is not None and end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
     try:
@@ -120,11 +129,17 @@ def lookup_cmd(
     ctx: typer.Context,
     user: str = typer.Argument(..., help="User id."),
     items: list[str] = typer.Argument(..., help="Candidate item ids."),
+    as_of: datetime | None = typer.Option(
+        None, "--as-of", help="Request time (UTC): ages hours_since_last to it. Default: stored values."
+    ),
 ) -> None:
     """Online features for one user and N candidate items (unknown ids get the documented defaults)."""
     from freshrec.features import store
 
     settings: Settings = ctx.obj
+    _quiet_feast()
+    if as_of is not None and as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=UTC)
     try:
         online = store.OnlineFeatures(settings)
     except Exception as exc:  # Feast raises its own types for a missing registry/view
@@ -134,7 +149,7 @@ def lookup_cmd(
             )
         )
     started = time.perf_counter()
-    frame = online.lookup(user, items)
+    frame = online.lookup(user, items, as_of=as_of)
     ms = (time.perf_counter() - started) * 1000
     table = Table(title=f"user {user}: {len(items)} item(s)")
     table.add_column("feature")

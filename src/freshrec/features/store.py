@@ -27,7 +27,13 @@ import numpy as np
 import pandas as pd
 
 from freshrec.config import Settings
-from freshrec.features.activity import ITEM_ACTIVITY, USER_ACTIVITY, activity_defaults, compute_activity
+from freshrec.features.activity import (
+    HOURS_SINCE_LAST_CAP,
+    ITEM_ACTIVITY,
+    USER_ACTIVITY,
+    activity_defaults,
+    compute_activity,
+)
 from freshrec.features.definitions import PUSH_SOURCES, TABLE_FILES, VIEW_NAMES, make_definitions
 from freshrec.features.training_set import PROFILE_DEFAULTS
 
@@ -279,6 +285,14 @@ def _value_to_python(value: Any, default: Any) -> Any:
     return getattr(value, kind)
 
 
+def _aged_hours(hours: float, row_ts: datetime | None, as_of: datetime) -> float:
+    """``hours_since_last`` of a row stamped ``row_ts``, moved forward to ``as_of`` (no history stays capped)."""
+    if row_ts is None or hours >= HOURS_SINCE_LAST_CAP:
+        return hours
+    elapsed = max((as_of - row_ts).total_seconds() / 3600.0, 0.0)
+    return min(hours + elapsed, HOURS_SINCE_LAST_CAP)
+
+
 class OnlineFeatures:
     """Online lookups for ranking (1 user x N candidate items) and pushes from the online learner.
 
@@ -344,7 +358,7 @@ class OnlineFeatures:
             out.append(key)
         return out
 
-    def _read(self, entity: str, ids: list[str]) -> dict[str, list[Any]]:
+    def _read(self, entity: str, ids: list[str], as_of: datetime | None = None) -> dict[str, list[Any]]:
         keys = self._entity_keys(entity, ids)
         defaults = self._defaults[entity]
         cols: dict[str, list[Any]] = {}
@@ -356,14 +370,29 @@ class OnlineFeatures:
                 cols[name] = [
                     default if vals is None else _value_to_python(vals[name], default) for _, vals in rows
                 ]
+            hours = f"{entity}_hours_since_last"
+            if as_of is not None and hours in names:
+                cols[hours] = [
+                    _aged_hours(h, ts, as_of) if vals is not None else h
+                    for h, (ts, vals) in zip(cols[hours], rows, strict=True)
+                ]
         return cols
 
-    def lookup(self, user_id: str, item_ids: list[str]) -> pd.DataFrame:
-        """One row per item (in order): ``user_id``, ``item_id``, user and item features; unknown ids get defaults."""
+    def lookup(self, user_id: str, item_ids: list[str], as_of: datetime | None = None) -> pd.DataFrame:
+        """One row per item (in order): ``user_id``, ``item_id``, user and item features; unknown ids get defaults.
+
+        Args:
+            as_of: the request time. When given, ``*_hours_since_last`` is aged from the stored row's
+                timestamp to it (stored hours + elapsed, capped), so serving matches training; the window
+                counts stay as of the stored row (fresh while the online learner pushes). When None, the
+                stored values are returned as they are.
+        """
         item_ids = [str(i) for i in item_ids]
-        user = self._read("user", [str(user_id)])
+        if as_of is not None and as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=UTC)
+        user = self._read("user", [str(user_id)], as_of)
         unique = list(dict.fromkeys(item_ids))
-        items = self._read("item", unique) if unique else {c: [] for c in self._columns["item"]}
+        items = self._read("item", unique, as_of) if unique else {c: [] for c in self._columns["item"]}
         if len(unique) != len(item_ids):
             pos = {i: k for k, i in enumerate(unique)}
             idx = [pos[i] for i in item_ids]
