@@ -23,6 +23,7 @@ from freshrec.data.eventlog import EventLog
 from freshrec.model.repository import ModelRepository
 from freshrec.rollout.controller import local_controller
 from freshrec.rollout.plan import CanaryPlan
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,6 +58,7 @@ class Traffic:
         self.gateway = gateway
         self.eventlog = eventlog
         self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.t = 0.0
         self.batches = 0
 
@@ -77,23 +79,23 @@ class Traffic:
         self.gateway.predlog.flush()
         self.batches += 1
         events = pd.DataFrame(rows, columns=["user_id", "item_id", "event_timestamp", "label"])
-        events["event_id"] = [f"b{self.batches}-{i}" for i in range(len(events))]
+        events["event_id"] = [f"s{self.seed}-b{self.batches}-{i}" for i in range(len(events))]
         events["event_timestamp"] = pd.to_datetime(events["event_timestamp"], utc=True) + pd.Timedelta(
             seconds=1
         )
         events["label"] = events["label"].astype("int8")
-        self.eventlog.append(events, source_id=f"batch-{self.batches}")
+        self.eventlog.append(events, source_id=f"seed-{self.seed}-batch-{self.batches}")
         self.t += seconds
 
 
-@pytest.fixture
-def stack(tmp_path, port_factory):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
     from freshrec.serving.demo import publish_demo_version
     from freshrec.serving.gateway import Gateway
     from freshrec.serving.server import ModelServer
 
     settings = load_settings(
-        workdir=tmp_path / "work",
+        workdir=tmp_path_factory.mktemp("rollout-e2e") / "work",
         serving={"poll_interval_s": 0.1},
         # Latency is not under test here (a loaded 2-core machine; first requests to a new version are cold).
         rollout={
@@ -109,7 +111,7 @@ def stack(tmp_path, port_factory):
     repo.set_label("stable", 1)
     assert repo.publish(repo.path(1), {"copy_of": 1}) == 2  # the same model again
     assert publish_demo_version(settings.models_dir, bias=4.0, seed=0) == 3  # scores near 1
-    server = ModelServer(settings, rest_port=port_factory(), grpc_port=port_factory()).start()
+    server = ModelServer(settings, rest_port=free_port(), grpc_port=free_port()).start()
     gateway = Gateway(settings, lookup=lookup, port=0, model_target=server.grpc_target).start()
     try:
         yield settings, repo, server, gateway
@@ -157,3 +159,65 @@ def test_same_model_is_promoted_then_bad_model_is_rolled_back(stack):
     preds = pd.concat(pd.read_parquet(p) for p in settings.predictions_dir.glob("predictions-*.parquet"))
     assert set(preds.loc[preds["arm"] == "canary", "model_version"]) == {2, 3}
     assert len(list((settings.reports_dir / "rollout").glob("canary-v*.json"))) == 2
+
+
+def test_rollout_run_command_against_live_traffic(stack, tmp_path):
+    """``freshrec rollout run`` in real time: traffic flows from a thread while the plan runs."""
+    import threading
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from freshrec.rollout.cli import app
+
+    settings, repo, server, gateway = stack
+    stable = repo.stable()
+    version = repo.publish(repo.path(stable), {"copy_of": stable})
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        yaml.safe_dump(
+            {
+                "steps": [
+                    {"set_weight": 50},
+                    {"pause": {"duration_s": 1, "until_clicks": 60}},
+                    {"analysis": {"checks": ["error_rate", "score_shift", "logloss", "ctr"]}},
+                    {"set_weight": 100},
+                ]
+            }
+        )
+    )
+    fast = settings.model_copy(
+        update={
+            "rollout": settings.rollout.model_copy(
+                update={"analysis_interval_s": 0.5, "max_inconclusive_wait_s": 120}
+            )
+        }
+    )
+    traffic = Traffic(gateway, EventLog(settings.eventlog_dir), seed=100 + version)
+    stop = threading.Event()
+
+    def flow():
+        while not stop.is_set():
+            traffic.sleep(0.2)
+
+    thread = threading.Thread(target=flow, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                f"--version={version}",
+                f"--gateway={gateway.url}",
+                f"--model-server={server.rest_url}",
+                f"--plan-file={plan_file}",
+            ],
+            obj=fast,
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    assert result.exit_code == 0, result.output
+    assert "promoted" in result.output
+    assert repo.labels() == {"stable": version}
+    assert gateway.canary() == {"version": None, "weight": 0}
