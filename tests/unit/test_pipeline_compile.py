@@ -172,3 +172,25 @@ def test_push_and_rollout_run_only_behind_the_gate(default_settings, tmp_path):
     assert "push-gate" in condition and "true" in condition.lower()
     inner = spec["components"][conditions[0]["componentRef"]["name"]]["dag"]["tasks"]
     assert {"infra-check", "push", "rollout"} <= set(inner)
+
+
+def test_cli_compile_writes_both_pipelines_and_run_needs_local(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from freshrec.cli import _register, app
+    from freshrec.pipelines.build import package_path
+
+    monkeypatch.delenv("FRESHREC_CONFIG", raising=False)
+    _register()
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["-w", str(tmp_path / "w"), "pipeline", "compile", "--out-dir", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("continuous_training", "drift_monitor"):
+        written = tmp_path / "out" / f"{name}.yaml"
+        assert normalise(load_docs(written)) == normalise(load_docs(package_path(name)))
+    result = runner.invoke(app, ["pipeline", "run"])
+    assert result.exit_code != 0 and "--local" in result.output
+    result = runner.invoke(app, ["pipeline", "run", "--local", "--pipeline", "nope"])
+    assert result.exit_code != 0 and "unknown pipeline" in result.output
