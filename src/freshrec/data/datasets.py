@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from freshrec.data.validation import FileFormatError
+from freshrec.data.validation import FileFormatError, strip_strings
 
 log = logging.getLogger(__name__)
 
@@ -429,10 +429,7 @@ def build_profiles(raw: pd.DataFrame, spec: EntityTable, id_column: str) -> pd.D
 
 
 def _strip(values: pd.Series) -> pd.Series:
-    """Stripped strings via numpy's vectorised ``strings.strip`` (pandas' ``.str`` calls Python per row)."""
-    return pd.Series(
-        np.strings.strip(values.astype(str).to_numpy(dtype=str)).astype(object), index=values.index
-    )
+    return strip_strings(values.astype(str))
 
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
@@ -478,8 +475,8 @@ def build_events(raw: pd.DataFrame, desc: DatasetDescription) -> tuple[pd.DataFr
                 )
             parts.append(_strip(raw[fname]))
     event_id = parts[0]
-    for p in parts[1:]:
-        event_id = event_id + p
+    for part in parts[1:]:
+        event_id = event_id + part
     user_raw, item_raw = _strip(raw[spec.user_key]), _strip(raw[spec.item_key])
     label_col = _strip(raw[spec.label.column]) if spec.label.column in raw.columns else None
     if label_col is None:

@@ -63,15 +63,23 @@ class AppendResult:
 
 
 def content_hash(df: pd.DataFrame) -> str:
-    """A stable hash of an event frame's rows (order-sensitive), used when no source id is given."""
-    cols = [c for c in df.columns]
-    h = hashlib.sha256(",".join(map(str, cols)).encode())
+    """A stable hash of an event frame's rows and columns (order-sensitive), used when no source id is given.
+
+    Hashes the Arrow IPC serialisation of the frame: fast, and equal frames give equal bytes.
+    """
+    import pyarrow as pa
+
+    h = hashlib.sha256(",".join(map(str, df.columns)).encode())
     if len(df):
         try:
-            hashed = pd.util.hash_pandas_object(df[cols], index=False)
-        except TypeError:  # unhashable cells (lists, dicts) in context columns
-            hashed = pd.util.hash_pandas_object(df[cols].astype(str), index=False)
-        h.update(hashed.to_numpy().tobytes())
+            table = pa.Table.from_pandas(df, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed-type context columns
+            table = pa.Table.from_pandas(df.astype(str), preserve_index=False)
+        table = table.replace_schema_metadata(None)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        h.update(sink.getvalue())
     return h.hexdigest()
 
 

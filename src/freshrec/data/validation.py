@@ -82,9 +82,13 @@ def id_strings(values: pd.Series) -> pd.Series:
     filled = values.astype(object).where(values.notna(), "")
     if pd.api.types.infer_dtype(filled, skipna=False) != "string":
         filled = filled.map(str)  # mixed cells (numbers from JSON): their str form
-    # numpy's vectorised strip: far faster than a per-row Python call on large batches
-    stripped = np.strings.strip(filled.to_numpy(dtype=str))
-    return pd.Series(stripped.astype(object), index=values.index)
+    return strip_strings(filled)
+
+
+def strip_strings(values: pd.Series) -> pd.Series:
+    """Strings with surrounding whitespace removed; missing values become ""."""
+    filled = values.astype(object).where(values.notna(), "")
+    return filled.astype(str).str.strip().astype(object)
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
