@@ -414,6 +414,8 @@ class OnlineFeatures:
         """Push fresh activity rows (``ActivityState.user_rows``/``item_rows`` frames) to the online store.
 
         Each frame needs ``<entity>_id``, ``event_timestamp`` and the activity features. Returns rows pushed.
+        Stamp rows with the time of the state they hold (``ActivityState`` uses ``as_of``): the Redis store
+        ignores a row older than the one it holds, SQLite overwrites regardless.
         """
         from feast.data_source import PushMode
 
