@@ -7,7 +7,7 @@ workdir's ``.freshrec/tables``, written by ``freshrec data prepare`` and ``fresh
 
     freshrec data prepare && freshrec features apply          # writes the tables (and applies)
     feast -c feature_repo apply                                # local: SQLite online, file registry
-    feast -c feature_repo materialize-incremental $(date -u +%Y-%m-%dT%H:%M:%S)
+    feast -c feature_repo materialize 1970-01-01T00:00:00 $(date -u +%Y-%m-%dT%H:%M:%S)  # first time
     feast -c feature_repo -f feature_repo/feature_store.redis.yaml apply   # Redis + PostgreSQL registry
 """
 
