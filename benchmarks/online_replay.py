@@ -177,9 +177,8 @@ def replay(
     start_day = ts.min().floor("D")
     boundaries = [start_day + pd.Timedelta(days=every_days * k) for k in range(1, max_retrains + 1)]
     boundaries = [b for b in boundaries if b < ts.max()]
-    p_daily = predict(
-        model, rows, spec
-    )  # before the first boundary: the bootstrap (= retrain at stream start)
+    # Before the first boundary: the bootstrap model (it is the full retrain at the stream start).
+    p_daily = np.array(predict(model, rows, spec))
     retrains = 0
     for k, b in enumerate(boundaries):
         history = full[full["event_timestamp"] < b]
@@ -337,127 +336,157 @@ def freshness(
     return out
 
 
-def run(quick: bool) -> list[Row]:
-    """Rows for benchmarks/results.md (see the module docstring for the protocol)."""
-    import json
+QUICK_PLANS = {
+    "movielens-100k": {
+        "max_stream": 1500,
+        "max_retrains": 1,
+        "bootstrap_epochs": 1,
+        "retrain_epochs": 1,
+        "label_delay_s": None,
+        "window_events": 500,
+    }
+}
+FULL_PLANS = {
+    "movielens-100k": {"max_retrains": 3, "bootstrap_epochs": 4, "retrain_epochs": 2},
+    "movielens-1m-tail": {
+        "max_retrains": 2,
+        "bootstrap_epochs": 3,
+        "retrain_epochs": 2,
+        "label_delay_s": None,
+        "window_events": 5000,
+    },
+}
 
-    logging.getLogger("freshrec").setLevel(logging.WARNING)
-    if quick:
-        plans = [
-            (
-                "movielens-100k",
-                {
-                    "max_stream": 4000,
-                    "max_retrains": 1,
-                    "bootstrap_epochs": 2,
-                    "retrain_epochs": 1,
-                    "label_delay_s": None,
-                    "window_events": 1000,
-                },
-            )
-        ]
-    else:
-        plans = [
-            ("movielens-100k", {"max_retrains": 5, "bootstrap_epochs": 6, "retrain_epochs": 3}),
-            (
-                "movielens-1m-tail",
-                {
-                    "max_retrains": 3,
-                    "bootstrap_epochs": 4,
-                    "retrain_epochs": 2,
-                    "label_delay_s": None,
-                    "window_events": 5000,
-                },
-            ),
-        ]
-    results = []
-    rows: list[Row] = []
-    for name, kw in plans:
-        res = replay(name, **kw)
-        results.append(res)
-        auc = res["auc"]
-        cond = (
-            f"bootstrap first 50% by time ({res['bootstrap_events']} events), stream {res['stream_events']} "
-            f"({res['new_user_share']:.0%} from unseen users); prequential AUC over the whole stream"
-        )
-        rows += [
-            Row(
-                f"{name} replay AUC static", auc["static"], conditions=cond + "; bootstrap DCN never updated"
-            ),
-            Row(
-                f"{name} replay AUC daily",
-                auc["daily"],
-                auc["static"],
-                conditions=f"full retrain from scratch every {res['retrain_every_days']} days "
-                f"({res['retrains']} retrains, ≤{res.get('retrain_epochs', '')} epochs each); baseline static",
-            ),
-            Row(
-                f"{name} replay AUC online",
-                auc["online"],
-                auc["static"],
-                conditions=f"test-then-train, micro-batch 256, Adam lr 2e-4; baseline static; "
-                f"online - static = {100 * (auc['online'] - auc['static']):+.2f} pt, "
-                f"online - daily = {100 * (auc['online'] - auc['daily']):+.2f} pt",
-            ),
-            Row(
-                f"{name} replay logloss online",
-                res["logloss"]["online"],
-                res["logloss"]["static"],
-                conditions=f"baseline static; daily {res['logloss']['daily']:.4f}",
-            ),
-        ]
-        if res["delay"]:
-            rows.append(
-                Row(
-                    f"{name} replay AUC online label delay 1h",
-                    res["delay"]["auc"],
-                    auc["online"],
-                    conditions="impressions learned only once 1 h of event time has passed; baseline delay 0",
-                )
-            )
-    first = results[0]
-    rows.append(
+
+def _cache(name: str, quick: bool) -> Path:
+    return OUT_DIR / f"replay-{name}{'-quick' if quick else ''}.json"
+
+
+def replay_rows(res: dict[str, Any]) -> list[Row]:
+    """Rows of one dataset's replay."""
+    name, auc = res["dataset"], res["auc"]
+    cond = (
+        f"bootstrap first 50% by time ({res['bootstrap_events']} events), stream {res['stream_events']} "
+        f"({res['new_user_share']:.0%} from unseen users); prequential AUC over the whole stream"
+    )
+    rows = [
+        Row(f"{name} replay AUC static", auc["static"], conditions=cond + "; bootstrap DCN never updated"),
         Row(
-            "online learner throughput (events/s)",
-            first["online_events_per_s"],
-            conditions=f"{first['dataset']} replay, featurize + score (learner and serving copy) + train, "
-            "2 shared CPU cores, nice 10",
+            f"{name} replay AUC daily",
+            auc["daily"],
+            auc["static"],
+            conditions=f"full retrain from scratch every {res['retrain_every_days']} days "
+            f"({res['retrains']} retrains, <= {res['retrain_epochs']} epochs each); baseline static",
+        ),
+        Row(
+            f"{name} replay AUC online",
+            auc["online"],
+            auc["static"],
+            conditions="test-then-train, micro-batch 256, Adam lr 2e-4; baseline static; "
+            f"online - static = {100 * (auc['online'] - auc['static']):+.2f} pt, "
+            f"online - daily = {100 * (auc['online'] - auc['daily']):+.2f} pt",
+        ),
+        Row(
+            f"{name} replay logloss online",
+            res["logloss"]["online"],
+            res["logloss"]["static"],
+            conditions=f"baseline static; daily {res['logloss']['daily']:.4f}",
+        ),
+    ]
+    if res.get("delay"):
+        rows.append(
+            Row(
+                f"{name} replay AUC online label delay 1h",
+                res["delay"]["auc"],
+                auc["online"],
+                conditions="an impression is learned only once 1 h of event time has passed; baseline delay 0",
+            )
         )
-    )
-    fresh = freshness(
-        model_path=Path(first["model_path"]),
-        seconds=20.0 if quick else 60.0,
-        rate=200.0 if quick else 300.0,
-    )
+    if name == "movielens-100k":
+        rows.append(
+            Row(
+                "online learner throughput (events/s)",
+                res["online_events_per_s"],
+                conditions=f"{name} replay: featurize + score (learner and serving copy) + train, micro-batch "
+                "256, 2 CPU cores shared with other jobs, nice 10",
+            )
+        )
+    return rows
+
+
+def freshness_rows(fresh: dict[str, Any]) -> list[Row]:
     fcond = (
         f"Redis stream at {fresh['rate']:.0f} events/s, export every 5 s, local ModelServer polling 0.5 s; "
         f"{fresh['served']} versions served, {fresh['timed_out']} timed out"
     )
-    rows += [
+    return [
         Row(
             "freshness p50 (s)",
             fresh["p50_s"] if fresh["p50_s"] is not None else "n/a",
             10.0,
-            conditions=fcond + "; baseline: target 10 s",
+            conditions=fcond + "; baseline: the 10 s target",
         ),
         Row("freshness p95 (s)", fresh["p95_s"] if fresh["p95_s"] is not None else "n/a", conditions=fcond),
     ]
-    png = plot(results, OUT_DIR / ("online_replay_quick.png" if quick else "online_replay.png"))
-    summary = {
-        "results": [
-            {k: v for k, v in r.items() if k != "windows"} | {"windows": r["windows"]} for r in results
-        ],
-        "freshness": fresh,
-        "plot": str(png),
-    }
-    (OUT_DIR / ("online_replay_quick.json" if quick else "online_replay.json")).write_text(
-        json.dumps(summary, indent=1, default=str)
-    )
-    print(f"plot: {png}")
+
+
+def run(
+    quick: bool, datasets: list[str] | None = None, with_freshness: bool = True, cached: bool = False
+) -> list[Row]:
+    """Rows for benchmarks/results.md (see the module docstring for the protocol).
+
+    Args:
+        quick: tiny sizes (a smoke run).
+        datasets: subset of the plan's datasets.
+        with_freshness: also measure freshness against the local server.
+        cached: use replay results saved by an earlier run instead of replaying again.
+    """
+    import json
+
+    logging.getLogger("freshrec").setLevel(logging.WARNING)
+    plans = QUICK_PLANS if quick else FULL_PLANS
+    results = []
+    rows: list[Row] = []
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, kw in plans.items():
+        if datasets and name not in datasets:
+            continue
+        path = _cache(name, quick)
+        if cached and path.is_file():
+            res = json.loads(path.read_text())
+        else:
+            res = replay(name, **kw)
+            path.write_text(json.dumps(res, indent=1, default=str))
+        results.append(res)
+        rows += replay_rows(res)
+    if with_freshness:
+        model_path = next((Path(r["model_path"]) for r in results if Path(r["model_path"]).is_dir()), None)
+        if model_path is None:
+            model_path = Path(json.loads(_cache("movielens-100k", quick).read_text())["model_path"])
+        fresh = freshness(
+            model_path=model_path, seconds=20.0 if quick else 60.0, rate=200.0 if quick else 300.0
+        )
+        (OUT_DIR / f"freshness{'-quick' if quick else ''}.json").write_text(json.dumps(fresh, indent=1))
+        rows += freshness_rows(fresh)
+    if results:
+        png = plot(results, OUT_DIR / ("online_replay_quick.png" if quick else "online_replay.png"))
+        print(f"plot: {png}")
     return rows
 
 
 if __name__ == "__main__":
-    from benchmarks.results import main_for
+    import argparse
 
-    main_for(run)
+    from benchmarks.results import print_rows, write_rows
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dataset", action="append", help="only these datasets (repeatable)")
+    parser.add_argument("--no-freshness", action="store_true")
+    parser.add_argument("--cached", action="store_true", help="reuse saved replay results")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    got = run(args.quick, args.dataset, not args.no_freshness, args.cached)
+    print_rows(got)
+    if not args.no_write:
+        write_rows(got)

@@ -542,10 +542,11 @@ class OnlineLearner:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         # Only now are these events safe: tell the source it may forget them.
+        # Without a source (a checkpoint at export time) the positions wait for the next checkpoint's commit.
         if source is not None:
             for positions in self._positions:
                 source.commit(positions)
-        self._positions = []
+            self._positions = []
         return final
 
     def restore(self) -> bool:
