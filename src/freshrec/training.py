@@ -325,6 +325,7 @@ def run_training(
     parent_version: int | None = None,
     publish: bool = False,
     progress: ProgressFn | None = None,
+    data: Any | None = None,
 ) -> TrainingRun:
     """The whole batch flow: load a described dataset, build its training set, split, train, evaluate on the
     test window (candidate and the stable version), bless, and optionally infra-check and publish.
@@ -340,6 +341,8 @@ def run_training(
             ``settings.training.warm_start``; ``0`` forces a cold start).
         publish: export, infra-check and publish the candidate when it is blessed.
         progress: per-epoch callback.
+        data: an already loaded ``freshrec.data.datasets.Dataset`` (e.g. from the synthetic generator);
+            ``dataset`` is then ignored.
     """
     import tempfile
 
@@ -354,8 +357,10 @@ def run_training(
     model_settings = settings.model
     if architecture:
         model_settings = model_settings.model_copy(update={"architecture": architecture})
-    description = load_description(dataset or settings.data.dataset)
-    data = load_dataset(description, settings.data.datasets_dir)
+    if data is None:
+        description = load_description(dataset or settings.data.dataset)
+        data = load_dataset(description, settings.data.datasets_dir)
+    description = data.description
     frame = build_training_frame(data.events, data.users, data.items)
     fractions = (
         settings.data.train_fraction,
