@@ -156,3 +156,14 @@ def test_cli_data_ingest_reports_rows_and_bad_files(tmp_path, monkeypatch):
     assert "label_not_binary (3)" in result.output
     assert EventLog(tmp_path / "w" / "eventlog").count() == 6
     assert CliRunner().invoke(_cli(), ["data", "ingest", "--help"]).exit_code == 0
+
+
+def test_cli_data_describe_lists_and_shows_descriptions():
+    runner = CliRunner()
+    listing = runner.invoke(_cli(), ["data", "describe"])
+    assert listing.exit_code == 0 and "movielens-1m-tail" in listing.output
+    shown = runner.invoke(_cli(), ["data", "describe", "movielens-100k-autoint"])
+    assert shown.exit_code == 0 and "rating > 3" in shown.output and "rating == 3" in shown.output
+    assert "item_genres" in shown.output
+    missing = runner.invoke(_cli(), ["data", "describe", "nope"])
+    assert missing.exit_code == 1 and "unknown dataset 'nope'" in missing.output

@@ -249,3 +249,15 @@ items: {file: i.csv, format: {header: true}, key: i}
     ds = load_dataset(load_description(tmp_path / "r.yaml"), tmp_path)
     assert ds.events["event_id"].tolist() == ["1-a-100"] and ds.events["label"].tolist() == [1]
     assert ds.rejected["reasons"].tolist() == ["label_unparseable", "label_unparseable"]
+
+
+def test_the_documented_example_description_validates():
+    import yaml
+
+    from freshrec.data import datasets
+
+    block = datasets.__doc__.split("A minimal description::\n\n")[1].split("\n\nDerivations")[0]
+    text = "\n".join(line[4:] for line in block.splitlines())
+    desc = DatasetDescription.model_validate(yaml.safe_load(text))
+    assert desc.feature_types()["item_tags"] == "multi_categorical"
+    assert str(desc.events.label) == "action == 'buy'"

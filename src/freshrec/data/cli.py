@@ -168,3 +168,48 @@ def prepare(
     tables.add_row("events", f"{report.first_event} … {report.last_event}", report.eventlog_dir)
     console.print(tables)
     console.print(f"done in {report.duration_s:.1f} s")
+
+
+@app.command("describe")
+def describe(
+    dataset: str | None = typer.Argument(
+        None, help="A shipped dataset name or a YAML path; none: list the shipped ones."
+    ),
+) -> None:
+    """Show a dataset description (files, label rule, profile features), or list the shipped ones."""
+    from freshrec.data.datasets import available_descriptions, load_description
+
+    if dataset is None:
+        table = Table(title="shipped dataset descriptions")
+        for col in ("name", "title", "split", "event files"):
+            table.add_column(col, overflow="fold")
+        for name in available_descriptions():
+            desc = load_description(name)
+            files = ", ".join(desc.events.file) if desc.events else "generated"
+            table.add_row(name, desc.title, desc.split, files)
+        console.print(table)
+        return
+    try:
+        desc = load_description(dataset)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
+    console.print(f"[bold]{desc.name}[/bold] — {desc.title or desc.description}")
+    if desc.events is not None:
+        ev = desc.events
+        console.print(
+            f"events: {', '.join(ev.file)}; label: {ev.label}" + (f"; dropped: {ev.drop}" if ev.drop else "")
+        )
+        console.print(f"keys: user_id <- {ev.user_key}, item_id <- {ev.item_key}; event_id: {ev.event_id}")
+    console.print(f"split: {desc.split}; folders tried: {', '.join(desc.dir_names or [desc.name])}")
+    table = Table(title="profile features")
+    for col in ("feature", "type", "dtype", "derived from"):
+        table.add_column(col, overflow="fold")
+    for entity in (desc.users, desc.items):
+        for name, f in entity.features.items():
+            how = f"flags {f.flags_prefix}*" if f.flags_prefix else str(f.source)
+            for key in ("slice", "map", "regex", "date_format", "split"):
+                if getattr(f, key) is not None:
+                    how += f", {key}" if key == "map" else f", {key} {getattr(f, key)!r}"
+            table.add_row(name, f.type, str(f.dtype), how)
+    console.print(table)

@@ -1,9 +1,42 @@
-"""Declarative dataset descriptions and their loader.
+r"""Declarative dataset descriptions and their loader.
 
 A dataset is described in YAML (shipped ones live in ``freshrec/datasets/<name>.yaml``): which files hold
 the events, users and items, how they are formatted, the label rule, the entity keys and each profile
 feature with its type and how it is derived from the raw columns. Bringing a new dataset means writing
-such a file and passing its path to :func:`load_description`; no code.
+such a file and passing its path to :func:`load_description` (or ``freshrec data prepare --dataset
+my.yaml``); no code. A minimal description::
+
+    name: shop
+    dir_names: [shop]                      # folders tried under datasets_dir (then datasets_dir, the YAML's folder)
+    events:
+      file: clicks.csv
+      format: {delimiter: ",", header: true}
+      user_key: customer                   # raw column -> user_id
+      item_key: sku                        # raw column -> item_id
+      timestamp: {column: ts, unit: s}     # epoch seconds; or {column: ts, unit: null, format: "%Y-%m-%d %H:%M:%S"}
+      label: action == 'buy'               # "<column> <op> <number|'text'>", op in == != >= <= > <
+      drop: null                           # rows that are not events at all, e.g. "rating == 3"
+      event_id: "{customer}-{sku}-{ts}"    # deterministic, so re-ingesting is idempotent
+    users:
+      file: customers.csv
+      format: {header: true}
+      key: customer
+      features:
+        user_region: {type: categorical, from: region, map: {N: north}}
+        user_zip_prefix: {type: categorical, from: zip, slice: 3}
+    items:
+      file: products.csv
+      format: {delimiter: "|", header: false, encoding: latin-1}
+      columns: [sku, title, tags]
+      key: sku
+      features:
+        item_tags: {type: multi_categorical, from: tags, split: ","}
+        item_year: {type: numeric, dtype: int64, from: title, regex: '\((\d{4})\)', default: 0}
+
+Derivations: ``slice``, ``map``, ``regex`` (first group), ``date_format`` (keep the year), ``split``
+(multi-valued field) or ``flags_prefix`` (one 0/1 column per value, e.g. MovieLens' genre flags whose
+names come from ``extra_columns.names_file``). Rows that cannot become events (empty keys, unparseable
+timestamp or label column) are returned in ``Dataset.rejected`` with their reasons.
 
 The loader returns a :class:`Dataset` in the event contract (see ``freshrec.data``).
 """
