@@ -143,8 +143,11 @@ class DriftSettings(BaseModel):
     max_unseen_category_share: float = 0.5
     out_of_range_margin: float = 0.1
     max_out_of_range_share: float = 0.01
-    # Counters that grow with time leave the reference range by design.
-    out_of_range_exempt: list[str] = Field(default_factory=lambda: ["*_events_total"])
+    # Activity counters grow with time and come in bursts: they leave the reference range by design.
+    out_of_range_exempt: list[str] = Field(default_factory=lambda: ["*_events_*", "*_hours_since_last"])
+    # Hashed high-cardinality categories (new users bring new zip codes): unseen values are expected, the
+    # model hashes them into their own buckets; their drift is still measured.
+    unseen_category_exempt: list[str] = Field(default_factory=lambda: ["*_zip_prefix"])
     score_column: str | None = "score"
     target_column: str | None = "label"
     prediction_method: str = "wasserstein"
@@ -155,7 +158,15 @@ class DriftSettings(BaseModel):
     max_skew_share: float = 0.01
     # Never compared for drift when no columns are named (identifiers, times).
     ignore_columns: list[str] = Field(
-        default_factory=lambda: ["event_id", "event_timestamp", "user_id", "item_id", "request_id", "served_at"]
+        default_factory=lambda: [
+            "event_id",
+            "event_timestamp",
+            "user_id",
+            "item_id",
+            "request_id",
+            "served_at",
+            "rating",
+        ]
     )
     # Metrics of the last check: node-exporter textfile (default <state_dir>/metrics/) and/or Pushgateway.
     metrics_textfile: Path | None = None
