@@ -319,7 +319,10 @@ class Gateway:
         return self._lookup
 
     def validate(self, body: Any) -> tuple[str, list[str], str]:
-        """(user_id, item_ids, request_id) of a rank request, or GatewayError(400)."""
+        """(user_id, item_ids, request_id) of a rank request, or GatewayError(400).
+
+        An optional ``as_of`` (ISO-8601 time) is checked by :func:`parse_as_of`.
+        """
         if not isinstance(body, dict):
             raise GatewayError(400, "the request body must be a JSON object with user_id and item_ids")
         user_id = body.get("user_id")
@@ -340,8 +343,17 @@ class Gateway:
             raise GatewayError(400, "request_id must be a string")
         return user_id, item_ids, request_id
 
-    def rank(self, user_id: str, item_ids: Sequence[str], request_id: str | None = None) -> dict[str, Any]:
+    def rank(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        request_id: str | None = None,
+        as_of: Any = None,
+    ) -> dict[str, Any]:
         """Rank items for a user; logs the predictions and counts the arm's stats.
+
+        ``as_of`` (optional, ISO-8601): the impression's time in event time, logged as ``served_at``
+        instead of the wall clock, so that a replay of historical traffic joins with its historical clicks.
 
         Raises:
             GatewayError: 400 for bad input, 502 when the feature store or the model server fails.
@@ -351,6 +363,7 @@ class Gateway:
         user_id, item_ids, request_id = self.validate(
             {"user_id": user_id, "item_ids": list(item_ids), "request_id": request_id}
         )
+        served_at_ns = parse_as_of(as_of)
         start = time.perf_counter()
         version, weight = self._canary_version, self._canary_weight
         arm = arm_for(user_id, weight) if version is not None else "stable"
@@ -379,7 +392,7 @@ class Gateway:
             stats.record(time.perf_counter() - start, None, None)
             raise
         order = np.argsort(-scores, kind="stable")
-        self.predlog.add(request_id, user_id, item_ids, served, arm, scores)
+        self.predlog.add(request_id, user_id, item_ids, served, arm, scores, served_at_ns)
         stats.record(time.perf_counter() - start, scores, served)
         return {
             "request_id": request_id,
@@ -395,7 +408,7 @@ class Gateway:
             if path == "/v1/rank" and method == "POST":
                 req = _json(body)
                 user_id, item_ids, request_id = self.validate(req)
-                return json_body(200, self.rank(user_id, item_ids, request_id))
+                return json_body(200, self.rank(user_id, item_ids, request_id, req.get("as_of")))
             if path == "/v1/admin/canary" and method == "PUT":
                 req = _json(body)
                 if not isinstance(req, dict) or "weight" not in req:
@@ -442,6 +455,21 @@ class Gateway:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+def parse_as_of(value: Any) -> int | None:
+    """Nanoseconds since the epoch of an ``as_of`` field (None when absent), or GatewayError(400)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GatewayError(400, "as_of must be an ISO-8601 time string, e.g. 1998-03-01T12:00:00Z")
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as exc:
+        raise GatewayError(400, f"as_of is not an ISO-8601 time: {value!r}") from exc
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value)
 
 
 def _json(body: bytes) -> Any:

@@ -63,9 +63,13 @@ class PredictionLog:
         model_version: int,
         arm: str,
         scores: np.ndarray,
+        served_at_ns: int | None = None,
     ) -> None:
-        """Record one ranked request (cheap: the columns are built at flush time)."""
-        served_ns = time.time_ns()
+        """Record one ranked request (cheap: the columns are built at flush time).
+
+        ``served_at_ns`` overrides the wall clock: a replay or backtest sends its impressions' event time.
+        """
+        served_ns = time.time_ns() if served_at_ns is None else int(served_at_ns)
         with self._lock:
             self._buffer.append((request_id, user_id, item_ids, int(model_version), arm, scores, served_ns))
             self._rows += len(item_ids)
