@@ -201,10 +201,8 @@ class Loop:
 
     def _bootstrap(self) -> str:
         from freshrec.model.repository import ModelRepository
-        from freshrec.pipelines.local import run_local
 
-        run = run_local(self.settings, "continuous_training", **self._pipeline_params(rollout_mode="promote"))
-        self.record.links.append({"label": "KFP artifacts of the bootstrap run", "href": str(run.run_dir)})
+        run = self._run_pipeline("bootstrap", rollout_mode="promote")
         version = run.pushed_version
         repo = ModelRepository(self.settings.models_dir, self.settings.model.name)
         if version is None or repo.stable() is None:
@@ -217,11 +215,26 @@ class Loop:
         self._note_version(version, "pipeline (bootstrap)")
         return f"version {version} stable (AUC {meta.get('metrics', {}).get('auc', float('nan')):.3f}) in {run.duration_s:.0f} s"
 
-    def _pipeline_params(self, **extra: Any) -> dict[str, Any]:
-        params: dict[str, Any] = dict(extra)
+    def _run_pipeline(self, label: str, **params: Any) -> Any:
+        """Run ``continuous_training`` through kfp.local; its (long) task logs go to a file in the report."""
+        from freshrec.pipelines.local import run_local
+
         if self.options.epochs:
             params["epochs"] = self.options.epochs
-        return params
+        log_path = self.report_dir / f"pipeline-{label}.log"
+        self.console.print(f"  kfp.local: continuous_training ({label}); task logs → {log_path}")
+        with (
+            self.console.status(f"continuous_training pipeline ({label}) running"),
+            _captured_output(log_path),
+        ):
+            run = run_local(self.settings, "continuous_training", **params)
+        self.record.links.append({"label": f"pipeline log ({label})", "href": log_path.name})
+        self.record.links.append(
+            {"label": f"KFP artifacts ({label})", "href": run.run_dir.resolve().as_uri()}
+        )
+        for task, output, path in run.artifact_paths():
+            log.debug("%s.%s → %s", task, output, path)
+        return run
 
     def _serve(self) -> str:
         from freshrec.serving.gateway import Gateway
@@ -238,7 +251,7 @@ class Loop:
         from freshrec.alerts import AlertManager
         from freshrec.data.ingest import ingest_frame
         from freshrec.features.training_set import build_training_frame
-        from freshrec.model.export import load_keras_model
+        from freshrec.model.export import load_keras_model, spec_of
         from freshrec.online.learner import predict
 
         events = self.replay_events
@@ -247,10 +260,13 @@ class Loop:
         alerts = AlertManager(self.settings.alerts, self.settings.state_dir)
         static = load_keras_model(self.repo.path(self.repo.stable()))
         reference = build_training_frame(self.bootstrap_events, self.users, self.items)
+        # Prediction drift compares the production model's scores on its training window with what was served.
+        reference["score"] = predict(static, reference, spec_of(static))
+        self.drift_columns = _drift_columns(spec_of(static))
+        self.history = self.bootstrap_events
         self.learner, self.source = self._make_learner()
         http = requests.Session()
         stream_start = time.perf_counter()
-        history = self.bootstrap_events
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(
@@ -277,20 +293,25 @@ class Loop:
                 # 2. clicks land in the event log (validated, idempotent)
                 ingest_frame(window, self.settings, source=f"replay:{self.options.run_id}:{w}")
                 # 3. features as of each event, from strictly earlier events (history + this window)
-                frame = build_training_frame(
-                    pd.concat([history, window], ignore_index=True), self.users, self.items
-                )
-                frame = frame.iloc[len(history) :].reset_index(drop=True)
-                history = pd.concat([history, window], ignore_index=True)
+                both = pd.concat([self.history, window], ignore_index=True)
+                frame = build_training_frame(both, self.users, self.items).iloc[len(self.history) :]
+                frame = frame.reset_index(drop=True)
+                self.history = both
                 labels = frame["label"].to_numpy()
-                static_scores = predict(static, frame, static._freshrec_spec)
+                static_scores = predict(static, frame, spec_of(static))
                 row.update(_metrics("static", labels, static_scores))
                 row.update(_metrics("served", *served_pairs(window, served)))
+                self._stream_now = window["event_timestamp"].max()
                 # 4. the online learner: test-then-train on the new events; guarded exports
                 online = self._learn()
                 row.update(online)
                 # 5. drift monitor → alerts → trigger
-                drift_row = self._drift(w, reference, frame.assign(score=static_scores), alerts)
+                served_scores = [
+                    served.get(k, (np.nan,))[0]
+                    for k in zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
+                ]
+                current = frame.assign(score=np.where(np.isnan(served_scores), static_scores, served_scores))
+                drift_row = self._drift(w, reference, current, alerts)
                 self.record.drift.append(drift_row)
                 self.record.stream.append(row)
                 progress.update(
@@ -322,9 +343,13 @@ class Loop:
         latencies = self.record.latency_ms.setdefault("gateway rank (client)", [])
         for user_id, group in window.groupby("user_id", sort=False):
             items = list(dict.fromkeys(group["item_id"].astype(str)))
+            # The impression happens just before the user's first event of the window, in event time.
+            as_of = (group["event_timestamp"].min() - pd.Timedelta(seconds=1)).isoformat()
             start = time.perf_counter()
             resp = http.post(
-                f"{self.gateway_url}/v1/rank", json={"user_id": str(user_id), "item_ids": items}, timeout=10
+                f"{self.gateway_url}/v1/rank",
+                json={"user_id": str(user_id), "item_ids": items, "as_of": as_of},
+                timeout=10,
             )
             latencies.append((time.perf_counter() - start) * 1000)
             if resp.status_code != 200:
@@ -340,22 +365,33 @@ class Loop:
         return served
 
     def _make_learner(self) -> tuple[Any, Any]:
-        from freshrec.online.factory import build_learner
+        """The online learner from the stable version, following the event log after the bootstrap part."""
+        from freshrec.online.freshness import FreshnessTracker
+        from freshrec.online.learner import build_learner
+        from freshrec.online.sources import build_source
 
-        return build_learner(self.settings, on_export=self._on_export)
+        self.freshness = FreshnessTracker(self._server.rest_url, self.settings.model.name)
+        learner = build_learner(self.settings, on_export=self._on_export, history=self.history)
+        learner.metrics.keep_all = True  # every (label, score) pair, for exact per-window AUC in the report
+        source = build_source(
+            self.settings, "eventlog", start_after=self.bootstrap_events["event_timestamp"].max()
+        )
+        return learner, source
 
     def _learn(self) -> dict[str, Any]:
-        before = len(self.learner.metrics.records) if hasattr(self.learner.metrics, "records") else None
+        """Let the learner catch up with the event log; its prequential metrics on this window's events."""
+        metrics = self.learner.metrics
+        start = len(metrics.all_pairs()[0])
+        # One change to production at a time: while a canary runs, the learner keeps learning but does
+        # not export (an export would move the stable label under the canary's comparison).
+        self.learner.repository = None if self._canary is not None else self.repo
         self.learner.run(self.source, until_idle=True, idle_timeout_s=0.2)
-        del before
-        return {
-            "online_auc": self.learner.metrics.window_auc(),
-            "online_logloss": self.learner.metrics.window_logloss(),
-        }
+        labels, scores = metrics.all_pairs()
+        return _metrics("online", labels[start:], scores[start:])
 
     def _on_export(self, rec: Any) -> None:
+        self.freshness.on_export(rec)
         self._note_version(rec.version, "online learner")
-        self.record.freshness_s.extend([])  # filled by the freshness tracker when the server answers
 
     def _drift(self, w: int, reference: pd.DataFrame, current: pd.DataFrame, alerts: Any) -> dict[str, Any]:
         from freshrec.drift import check_drift
@@ -364,11 +400,11 @@ class Loop:
         result = check_drift(
             reference,
             current,
-            None,
+            self.drift_columns,
             self.settings.drift,
             out,
             profile_cache_dir=self.settings.state_dir / "drift-profiles",
-            cache_key=f"v{self.repo.stable()}",
+            cache_key=f"{self.options.run_id}-bootstrap",  # the reference window never changes in a run
             stem=f"window-{w:03d}",
             html=True,
         )
@@ -378,8 +414,7 @@ class Loop:
             "drift_share": float(result.drift_share),
             "verdict": result.verdict,
             "drifted": result.drifted_features,
-            "alerted": any(getattr(d, "action", "fire") == "fire" for d in deliveries)
-            or bool(alerts.open_alerts()),
+            "alerted": any(d.action == "fire" for d in deliveries),
             "report": str(Path(result.html_path).relative_to(self.report_dir)) if result.html_path else "",
         }
 
@@ -395,12 +430,10 @@ class Loop:
         self._retrain(f"drift verdict {drift_row['verdict']} (share {drift_row['drift_share']:.2f})")
 
     def _retrain(self, reason: str) -> None:
-        from freshrec.pipelines.local import run_local
-
         self._retrains += 1
         self.console.print(f"[bold yellow]retraining[/bold yellow]: {reason}")
         start = time.perf_counter()
-        run = run_local(self.settings, "continuous_training", **self._pipeline_params(rollout_mode="none"))
+        run = self._run_pipeline(f"retrain-{self._retrains}", rollout_mode="none")
         version = run.pushed_version
         entry = {
             "time": _now(),
@@ -408,9 +441,6 @@ class Loop:
             "seconds": round(time.perf_counter() - start, 1),
             "version": version,
         }
-        self.record.links.append(
-            {"label": f"KFP artifacts of retraining run {self._retrains}", "href": str(run.run_dir)}
-        )
         if version is None:
             entry.update(outcome="not pushed", detail="blessing or data-quality gate stopped the pipeline")
             self.record.retrains.append(entry)
@@ -418,7 +448,7 @@ class Loop:
         self._note_version(version, "pipeline (retrain)")
         entry.update(outcome="canary started")
         self.record.retrains.append(entry)
-        self._canary = _CanaryThread(self, version)
+        self._canary = _CanaryThread(self, version, since=self._stream_now)
         self._canary.start()
 
     def _poll_canary(self) -> None:
@@ -439,6 +469,9 @@ class Loop:
         outcome = canary.outcome or "rolled_back (no verdict)"
         self.record.retrains[-1]["outcome"] = outcome
         self.console.print(f"[bold]canary v{canary.version}[/bold]: {outcome}")
+        if outcome == "promoted":
+            # The learner starts over from the promoted model (its seen-set keeps counts exact).
+            self.learner = self._make_learner()[0]
 
     def _note_version(self, version: int, source: str) -> None:
         meta = self.repo.metadata(version) if hasattr(self, "repo") else {}
@@ -480,39 +513,53 @@ class Loop:
 
 
 class _CanaryThread(threading.Thread):
-    """Walks the canary plan in the background while the replay keeps sending traffic."""
+    """Walks the canary plan in the background while the replay keeps sending traffic.
 
-    def __init__(self, loop: Loop, version: int) -> None:
+    The plan is the default one's shape with pauses shortened to ``canary_pause_s`` wall seconds (the
+    replay compresses days into seconds); predictions are joined with clicks in event time, from
+    ``since`` (the stream time at which the canary started).
+    """
+
+    def __init__(self, loop: Loop, version: int, since: pd.Timestamp) -> None:
         super().__init__(name=f"canary-v{version}", daemon=True)
         self.loop = loop
         self.version = version
+        self.since = since
         self.outcome: str | None = None
         self._abort = threading.Event()
 
     def run(self) -> None:
-        from freshrec.rollout.controller import (
-            HttpTrafficRouter,
-            LocalCanaryController,
-            PredictionLogSource,
-            RepositoryPromoter,
-        )
+        from freshrec.rollout.controller import local_controller
         from freshrec.rollout.plan import CanaryPlan
 
         loop = self.loop
+        pause = {"duration_s": loop.options.canary_pause_s}
         plan = CanaryPlan.model_validate(
             {
                 "steps": [
                     {"set_weight": 20},
-                    {"pause": {"duration_s": loop.options.canary_pause_s}},
+                    {"pause": pause},
                     {"analysis": {}},
                     {"set_weight": 50},
-                    {"pause": {"duration_s": loop.options.canary_pause_s}},
+                    {"pause": pause},
                     {"analysis": {}},
                     {"set_weight": 100},
                 ]
             }
         )
-        settings = loop.settings.rollout.model_copy(update={"min_clicks": loop.options.canary_min_clicks})
+        settings = loop.settings.model_copy(
+            update={
+                "rollout": loop.settings.rollout.model_copy(
+                    update={
+                        "min_clicks": loop.options.canary_min_clicks,
+                        # a replay window spans days of event time: clicks follow impressions by up to that
+                        "click_window_s": 30 * 86400.0,
+                        "max_inconclusive_wait_s": 6 * loop.options.canary_pause_s,
+                        "analysis_interval_s": loop.options.canary_pause_s,
+                    }
+                )
+            }
+        )
 
         def on_step(entry: Any) -> None:
             loop.record.canary.append(
@@ -528,32 +575,33 @@ class _CanaryThread(threading.Thread):
 
         def sleep(seconds: float) -> None:
             if self._abort.wait(seconds):
-                raise KeyboardInterrupt("canary aborted")
+                raise KeyboardInterrupt("canary aborted: the loop is stopping")
 
-        controller = LocalCanaryController(
-            plan,
-            HttpTrafficRouter(loop.gateway_url),
-            RepositoryPromoter(loop.repo),
-            PredictionLogSource(
-                loop.settings.predictions_dir,
-                loop.settings.eventlog_dir,
-                window_s=86400 * 30,
-                since=datetime.now(UTC),
-            ),
+        controller = local_controller(
             settings,
+            plan,
+            gateway_url=loop.gateway_url,
+            model_server_url=loop._server.rest_url,
+            since=self.since.to_pydatetime(),
             report_dir=loop.report_dir / "canary",
             sleep=sleep,
             progress=on_step,
         )
         try:
-            report = controller.run(self.version)
-            self.outcome = report.outcome
-        except BaseException as exc:  # the controller already rolled back
+            self.outcome = controller.run(self.version).outcome
+        except BaseException as exc:  # the controller has rolled back already
             self.outcome = f"rolled_back ({exc})"
 
     def abort(self) -> None:
         self._abort.set()
         self.join(timeout=30)
+
+
+def _drift_columns(spec: Any) -> dict[str, str]:
+    """The model's input features as drift columns (ids left out: their drift means nothing)."""
+    from freshrec.drift import resolve_columns
+
+    return resolve_columns(spec, pd.DataFrame())
 
 
 def served_pairs(
@@ -585,6 +633,30 @@ def _span(events: pd.DataFrame) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def _captured_output(path: Path) -> Iterator[None]:
+    """Send this process's and its children's stdout/stderr to ``path`` (file-descriptor level)."""
+    import os
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 @contextmanager
