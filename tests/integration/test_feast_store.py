@@ -71,8 +71,9 @@ def _check_lookup_against_offline(online: store.OnlineFeatures, events: pd.DataF
     assert got[USER_ACTIVITY + ITEM_ACTIVITY].dtypes.eq(np.float32).all()
 
 
-def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared):
+def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, monkeypatch):
     settings, events = prepared
+    monkeypatch.setattr(store, "JOIN_ROWS_PER_QUERY", 2_000)  # 2-3 entity chunks per query
     report = store.apply(settings)
     assert {"user", "item", "ranking_v1", "user_activity_fv", "item_profile_fv"} <= set(report.objects)
     assert report.activity_rows["events"] == len(events)  # activity tables built from the event log
