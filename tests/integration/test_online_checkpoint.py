@@ -78,3 +78,25 @@ def test_crash_after_checkpoint_before_ack_replays_are_dropped(settings, redis_u
         assert taker.pending_count() == 0
     finally:
         client.delete(stream)
+
+
+def test_label_delay_buffers_until_the_click_window_closes_and_survives_restart(settings):
+    import numpy as np
+    import pandas as pd
+
+    from freshrec.data.synthetic import generate
+    from freshrec.online.sources import Batch
+
+    ds = generate(seed=6, n_events=400, n_users=30, n_items=20, days=2.0)
+    learner = _tiny_learner(settings, ds, label_delay_s=6 * 3600.0)
+    events = ds.events
+    for start in range(0, 300, 100):
+        learner.step(Batch(events.iloc[start : start + 100], None, np.zeros(0)))
+    watermark = events["event_timestamp"].iloc[299]
+    waiting = int((events["event_timestamp"].iloc[:300] + pd.Timedelta(hours=6) > watermark).sum())
+    assert learner.totals.scored == 300 and learner.totals.learned == 300 - waiting > 0
+    assert len(learner.buffer) == waiting
+    again = _tiny_learner(settings, ds, label_delay_s=6 * 3600.0)
+    assert again.restore() and len(again.buffer) == waiting
+    again.step(Batch(events.iloc[300:], None, np.zeros(0)))
+    assert again.totals.scored == 400 and again.totals.learned + len(again.buffer) == 400
