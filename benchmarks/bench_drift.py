@@ -184,6 +184,13 @@ def _compare(name: str, ref: pd.DataFrame, cur: pd.DataFrame, truth: set[str] | 
             conditions=cond + "; reference profile cached per model version",
         ),
         Row(
+            f"drift check {name} freshrec verdicts only",
+            ours["timings"]["total"] - ours["timings"].get("evidently_report", 0.0),
+            theirs["seconds"],
+            unit="s",
+            conditions=cond + "; cold, without the Evidently HTML report on the sample (--no-html)",
+        ),
+        Row(
             f"drift check {name} peak RSS",
             ours_mb,
             theirs_mb,

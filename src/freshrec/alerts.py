@@ -134,7 +134,7 @@ class AlertManager:
 
     def open_alerts(self) -> dict[str, Alert]:
         with self._locked_state() as state:
-            return {k: v.alert for k, v in state.open.items()}
+            return {k: v.alert for k, v in state.open.items() if v.alert.status == "firing"}
 
     def sync_from_drift(self, result: DriftResult, model: str) -> list[Delivery]:
         """Fire what the drift result shows, resolve what it no longer shows, for ``model``."""
@@ -220,6 +220,8 @@ class AlertManager:
             self._console(alert, "fire")
         else:
             entry.alert.summary, entry.alert.details, entry.alert.severity = summary, details, severity
+            # A resolve that some receivers never got leaves them firing: back to firing, nothing to resend.
+            entry.alert.status = "firing"
         deliveries = []
         for receiver in self._receivers():
             name = _name(receiver)

@@ -161,12 +161,16 @@ def resolve_columns(
 ) -> dict[str, ColumnKind]:
     """Turn the caller's column choice into ``{name: kind}``.
 
-    Accepts ``None`` (every column of ``frame``), a list of names (kinds from the dtypes), a mapping
+    Accepts ``None`` (every column of ``frame`` except ``exclude`` and timestamps), a list of names (kinds from the dtypes), a mapping
     ``name -> "numeric"|"categorical"``, or a model feature spec (an object with ``.features`` whose items
     have ``.name`` and ``.dtype``; string features are categorical).
     """
     if columns_or_spec is None:
-        names = [c for c in frame.columns if c not in exclude]
+        names = [
+            c
+            for c in frame.columns
+            if c not in exclude and not pd.api.types.is_datetime64_any_dtype(frame[c])
+        ]
         return {n: _kind_of(frame[n]) for n in names}
     if isinstance(columns_or_spec, Mapping):
         out: dict[str, ColumnKind] = {}
@@ -302,6 +306,7 @@ def cached_profile(
     columns_or_spec: Any,
     cache_dir: Path,
     key: str,
+    exclude: Sequence[str] = (),
     **build_kwargs: Any,
 ) -> ReferenceProfile:
     """The reference profile for ``key`` (e.g. ``"ctr-v7"``), built and cached on first use.
@@ -309,7 +314,9 @@ def cached_profile(
     The cache is also keyed by the column set, so a changed model spec never reuses a stale profile.
     """
     frame = reference if isinstance(reference, pd.DataFrame) else read_frame(reference)
-    columns = resolve_columns(columns_or_spec, frame, exclude=build_kwargs.get("extra_columns", ()))
+    columns = resolve_columns(
+        columns_or_spec, frame, exclude=[*exclude, *build_kwargs.get("extra_columns", ())]
+    )
     digest = hashlib.sha256(json.dumps(sorted(columns.items())).encode()).hexdigest()[:12]
     directory = Path(cache_dir) / f"{_safe(key)}-{digest}"
     if (directory / "profile.json").exists():
@@ -566,6 +573,8 @@ def check_drift(
     target_column = target_column if target_column is not None else settings.target_column
     cur = current if isinstance(current, pd.DataFrame) else read_frame(current)
     extras = [c for c in (score_column, target_column) if c]
+    # With no columns named, identifiers and the score/label columns are not features.
+    exclude = [*extras, *settings.ignore_columns]
 
     if isinstance(reference, ReferenceProfile):
         prof = reference
@@ -578,6 +587,7 @@ def check_drift(
                 profile_cache_dir,
                 cache_key,
                 extra_columns=extras,
+                exclude=exclude,
                 sample_rows=settings.max_sample_rows,
                 stratify=target_column,
                 seed=settings.seed,
@@ -585,7 +595,7 @@ def check_drift(
         else:
             prof = ReferenceProfile.build(
                 ref_frame,
-                resolve_columns(columns_or_spec, ref_frame, exclude=extras),
+                resolve_columns(columns_or_spec, ref_frame, exclude=exclude),
                 extra_columns=extras,
                 sample_rows=settings.max_sample_rows,
                 stratify=target_column,
@@ -781,7 +791,8 @@ def _quality(
         if total:
             unseen = sum(v for k, v in cur_c.items() if k not in ref_c)
             q.unseen_category_share = unseen / total
-            if q.unseen_category_share > settings.max_unseen_category_share:
+            exempt = any(fnmatch.fnmatch(name, pat) for pat in settings.unseen_category_exempt)
+            if not exempt and q.unseen_category_share > settings.max_unseen_category_share:
                 result.quality_failures.append(
                     QualityFailure(
                         check="unseen_categories",

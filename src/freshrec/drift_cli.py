@@ -27,6 +27,11 @@ console = Console()
 _STYLE = {"ok": "green", "drift": "yellow", "quality_failure": "red", "not_enough_data": "magenta"}
 
 
+@app.callback()
+def _group() -> None:
+    """Drift and data-quality checks (Evidently report + JSON verdict), alerts, metrics, triggers."""
+
+
 @app.command("check")
 def check(
     ctx: typer.Context,
@@ -137,17 +142,8 @@ def _run_check(
             raise ValueError(f"{current}: --last-hours needs an event_timestamp column")
         ts = pd.to_datetime(cur["event_timestamp"], utc=True)
         cur = cur[ts >= ts.max() - pd.Timedelta(hours=last_hours)]
-    ref = read_frame(reference)
-    if columns is None:
-        ignore = set(settings.drift.ignore_columns)
-        columns = [
-            c
-            for c in ref.columns
-            if c not in ignore and not pd.api.types.is_datetime64_any_dtype(ref[c]) and c in cur.columns
-        ]
-        columns = [c for c in columns if c not in (settings.drift.score_column, settings.drift.target_column)]
     return check_drift(
-        ref,
+        read_frame(reference),
         cur,
         columns,
         settings.drift,
@@ -160,9 +156,8 @@ def _run_check(
 
 def _table(result: DriftResult) -> Table:
     table = Table(title=f"drift: {result.n_reference:,} reference rows vs {result.n_current:,} current rows")
+    table.add_column("feature", no_wrap=True)
     for col, justify in [
-        ("feature", "left"),
-        ("kind", "left"),
         ("method", "left"),
         ("score", "right"),
         ("threshold", "right"),
@@ -181,7 +176,6 @@ def _table(result: DriftResult) -> Table:
         q = result.quality.get(feat.name)
         table.add_row(
             feat.name,
-            feat.kind,
             feat.method,
             f"{feat.score:.4g}",
             f"{feat.threshold:.3g}",
@@ -190,18 +184,15 @@ def _table(result: DriftResult) -> Table:
             ", ".join(failures.get(feat.name, [])) or "ok",
         )
     for name, why in result.skipped.items():
-        table.add_row(name, result.columns.get(name, "?"), "—", "—", "—", "skipped", "—", why)
+        table.add_row(name, "—", "—", "—", "skipped", "—", why)
     for name in result.columns:
         if name not in result.features and name not in result.skipped:
-            table.add_row(
-                name, result.columns[name], "—", "—", "—", "—", "—", ", ".join(failures.get(name, []))
-            )
+            table.add_row(name, "—", "—", "—", "—", "—", ", ".join(failures.get(name, [])))
     if result.target_drift is not None:
         t = result.target_drift
         table.add_row(
             t.column,
-            "target",
-            "rate change",
+            "target rate",
             f"{t.abs_change:.4g}",
             f"{t.threshold:.3g}",
             "[red]yes[/]" if t.drifted else "no",

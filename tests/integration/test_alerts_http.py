@@ -253,7 +253,9 @@ def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog):
 
 
 def test_unreachable_slack_error_is_redacted(tmp_path, monkeypatch, port_factory):
-    monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", f"http://127.0.0.1:{port_factory()}/services/T9/B9/SECRETXYZ")
+    monkeypatch.setenv(
+        "FRESHREC_TEST_SLACK_URL", f"http://127.0.0.1:{port_factory()}/services/T9/B9/SECRETXYZ"
+    )
     manager = AlertManager(
         _settings(AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"), max_retries=0), tmp_path
     )
@@ -274,3 +276,22 @@ def test_alerts_test_selects_receivers(tmp_path):
         with pytest.raises(ValueError, match="unknown receivers"):
             manager.test(["nope"])
         assert manager.open_alerts() == {}
+
+
+def test_failed_resolve_is_retried_at_the_next_check(tmp_path):
+    with Receiver() as hook:
+        manager = AlertManager(
+            _settings(AlertReceiver(kind="webhook", url=hook.url), max_retries=0),
+            tmp_path,
+            sleep=lambda s: None,
+        )
+        assert manager.sync_from_drift(_drift_result(True), "ctr")[0].ok
+        hook.fail_first = 100  # the receiver goes down before the drift clears
+        (failed,) = manager.sync_from_drift(_drift_result(False), "ctr")
+        assert failed.action == "resolve" and not failed.ok
+        assert manager.open_alerts() == {}  # not firing any more, but the resolve is still owed
+        hook.fail_first = 0
+        (retried,) = manager.sync_from_drift(_drift_result(False), "ctr")
+        assert retried.action == "resolve" and retried.ok
+        assert manager.sync_from_drift(_drift_result(False), "ctr") == []
+        assert [r["json"]["status"] for r in hook.requests] == ["firing", "resolved", "resolved"]

@@ -228,3 +228,25 @@ def test_unknown_column_is_a_clear_error():
     frame = pd.DataFrame({"a": range(200)})
     with pytest.raises(ValueError, match="'nope' is not in the reference"):
         check_drift(frame, frame, ["nope"], DriftSettings(), None, html=False)
+
+
+def test_no_columns_named_skips_ids_timestamps_score_and_label():
+    rng = np.random.default_rng(13)
+    n = 500
+
+    def frame() -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "event_id": [f"e{i}" for i in rng.permutation(10 * n)[:n]],
+                "event_timestamp": pd.date_range("2024-01-01", periods=n, freq="min", tz="UTC"),
+                "user_id": [f"u{i}" for i in rng.integers(0, 10 * n, n)],
+                "x": rng.normal(size=n),
+                "score": rng.random(n),
+                "label": rng.integers(0, 2, n),
+            }
+        )
+
+    result = check_drift(frame(), frame(), None, DriftSettings(), None, html=False)
+    assert list(result.columns) == ["x"]
+    assert result.quality_failures == [] and result.verdict == "ok"
+    assert result.prediction_drift is not None and result.target_drift is not None

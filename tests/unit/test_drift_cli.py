@@ -1,0 +1,113 @@
+"""`freshrec drift check` and `freshrec alerts test|list` through the real typer apps."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from freshrec.alerts_cli import app as alerts_app
+from freshrec.config import AlertReceiver
+from freshrec.drift import DriftResult
+from freshrec.drift_cli import app as drift_app
+
+
+def _windows(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2000
+
+    def frame(shift: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "event_id": [f"e{i}" for i in range(n)],
+                "event_timestamp": pd.date_range("2024-01-01", periods=n, freq="min", tz="UTC"),
+                "user_age": rng.normal(30 + 3 * shift, 5, n),
+                "user_gender": rng.choice(["F", "M"], n, p=[0.5 - 0.3 * shift, 0.5 + 0.3 * shift]),
+                "item_year": rng.normal(1990, 10, n),
+                "label": rng.integers(0, 2, n).astype("int8"),
+            }
+        )
+
+    ref, cur = tmp_path / "ref.parquet", tmp_path / "cur.csv"
+    frame(0.0).to_parquet(ref)
+    frame(1.0).to_csv(cur, index=False)
+    return ref, cur
+
+
+def test_drift_check_prints_verdict_and_writes_result_metrics_alert(settings, tmp_path):
+    ref, cur = _windows(tmp_path)
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(
+        drift_app,
+        ["check", "--reference", str(ref), "--current", str(cur), "--out", str(out), "--no-html", "--strict"],
+        obj=settings,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1  # --strict: drift is not ok
+    assert "verdict: drift" in result.output and "result: " in result.output
+    (json_path,) = out.glob("*.json")
+    saved = DriftResult.load(json_path)
+    # ids and timestamps are not compared; label is the target, not a feature
+    assert set(saved.features) == {"user_age", "user_gender", "item_year"}
+    assert saved.drifted_features == ["user_age", "user_gender"]
+    prom = (settings.state_dir / "metrics" / "freshrec_drift_ctr.prom").read_text()
+    assert 'freshrec_drift_share{model="ctr"} 0.666' in prom
+    state = json.loads((settings.state_dir / "alerts" / "state.json").read_text())
+    assert list(state["open"]) == ["ctr/drift"]
+
+
+def test_drift_check_columns_and_missing_file(settings, tmp_path):
+    ref, cur = _windows(tmp_path)
+    runner = CliRunner()
+    ok = runner.invoke(
+        drift_app,
+        ["check", "-r", str(ref), "-c", str(ref), "--columns", "item_year", "--no-html", "--no-alert"],
+        obj=settings,
+        catch_exceptions=False,
+    )
+    assert ok.exit_code == 0 and "verdict: ok" in ok.output and "item_year" in ok.output
+    missing = runner.invoke(
+        drift_app, ["check", "-r", str(tmp_path / "nope.parquet"), "-c", str(cur)], obj=settings
+    )
+    assert missing.exit_code == 2 and "nope.parquet" in missing.output
+    prom = (settings.state_dir / "metrics" / "freshrec_drift_ctr.prom").read_text()
+    assert 'freshrec_drift_check_failed{model="ctr"} 1.0' in prom
+    assert "freshrec_drift_last_success_timestamp_seconds" in prom  # kept from the earlier success
+
+
+def test_alerts_test_reports_each_delivery(settings):
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings.alerts.receivers = [
+            AlertReceiver(kind="webhook", name="hook", url=f"http://127.0.0.1:{server.server_address[1]}"),
+            AlertReceiver(kind="slack", name="slack", secret_env="FRESHREC_TEST_UNSET_SLACK"),
+        ]
+        settings.alerts.max_retries = 0
+        runner = CliRunner()
+        result = runner.invoke(alerts_app, ["test"], obj=settings, catch_exceptions=False)
+        assert result.exit_code == 1  # slack has no secret
+        assert "hook" in result.output and "is not set" in result.output  # the table may wrap the name
+        assert got and got[0]["reason"] == "test"
+        only = runner.invoke(alerts_app, ["test", "--receiver", "hook"], obj=settings, catch_exceptions=False)
+        assert only.exit_code == 0 and len(got) == 2
+        listed = runner.invoke(alerts_app, ["list"], obj=settings, catch_exceptions=False)
+        assert "no open alerts" in listed.output
+    finally:
+        server.shutdown()
+        server.server_close()
