@@ -102,3 +102,13 @@ def test_append_rejects_unvalidated_frames(tmp_path):
         EventLog(tmp_path).append(ev.assign(event_timestamp=ev["event_timestamp"].astype(str)))
     with pytest.raises(ValueError, match="missing column"):
         EventLog(tmp_path).append(ev.drop(columns=["label"]))
+
+
+def test_context_columns_may_differ_between_appends(tmp_path):
+    ev = _events(400)
+    log = EventLog(tmp_path / "log")
+    log.append(ev.iloc[:200].assign(page="home"), source_id="a")
+    log.append(ev.iloc[200:], source_id="b")
+    back = log.read()
+    assert len(back) == 400
+    assert back["page"].notna().sum() == 200 and set(back["page"].dropna()) == {"home"}

@@ -173,3 +173,12 @@ def test_read_event_file_keeps_raw_strings(tmp_path):
     assert df["label"].tolist() == ["0", "1", "0"]
     with pytest.raises(FileNotFoundError):
         read_event_file(tmp_path / "nope.csv")
+
+
+def test_csv_with_byte_order_mark_and_tsv(settings, tmp_path):
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes("\ufeff".encode() + pd.DataFrame(_rows(4)).to_csv(index=False).encode())
+    assert ingest_file(csv, settings, now=NOW).accepted == 4
+    tsv = tmp_path / "x.tsv"
+    pd.DataFrame(_rows(3, prefix="t")).to_csv(tsv, sep="\t", index=False)
+    assert ingest_file(tsv, settings, now=NOW).accepted == 3

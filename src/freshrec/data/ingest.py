@@ -105,7 +105,13 @@ def read_event_file(path: Path | str) -> pd.DataFrame:
         raise FileFormatError(path, "empty file")
     if kind in {"csv", "tsv"}:
         try:
-            df = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False)
+            df = pd.read_csv(
+                path,
+                sep="\t" if kind == "tsv" else ",",
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+            )
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise FileFormatError(path, f"not a valid {kind.upper()} file: {exc}") from exc
     elif kind == "parquet":
