@@ -250,3 +250,32 @@ def test_no_columns_named_skips_ids_timestamps_score_and_label():
     assert list(result.columns) == ["x"]
     assert result.quality_failures == [] and result.verdict == "ok"
     assert result.prediction_drift is not None and result.target_drift is not None
+
+
+def test_model_feature_spec_selects_only_the_models_columns():
+    from freshrec.data.datasets import load_description
+    from freshrec.model.spec import FeatureSpec
+
+    ds = generate(
+        seed=7,
+        n_events=20_000,
+        n_users=800,
+        n_items=400,
+        drift_at=0.5,
+        segment_weights_after=[0.7, 0.1, 0.1, 0.1],
+    )
+    frame = ds.events.merge(ds.users, on="user_id").merge(ds.items, on="item_id")
+    frame["unused_by_the_model"] = np.arange(len(frame), dtype=float)  # drifts, but the model ignores it
+    ref = frame[frame.event_timestamp < ds.truth["drift_at"]]
+    cur = frame[frame.event_timestamp >= ds.truth["drift_at"]]
+    spec = FeatureSpec.for_description(load_description("synthetic"), frame=ref)
+    result = check_drift(ref, cur, spec, DriftSettings(), None, html=False)
+    assert result.columns == {
+        "user_gender": "categorical",
+        "user_age": "numeric",
+        "user_occupation": "categorical",
+        "user_zip_prefix": "categorical",
+        "item_genres": "categorical",
+        "item_year": "numeric",
+    }
+    assert result.drifted_features == sorted(USER)
