@@ -14,6 +14,7 @@ Run: ``nice -n 10 .venv/bin/python -m benchmarks.bench_features [--quick]``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,11 @@ def _lookup_rows(settings, label: str, n: int, events) -> list[Row]:
     assert len(frame) == 100
     p50, p99 = _percentiles(ours)
     b50, b99 = _percentiles(plain)
-    cond = f"MovieLens-100k, {n} requests, random user + 100 distinct items; baseline get_online_features(ranking_v1)"
+    load = os.getloadavg()[0]
+    cond = (
+        f"MovieLens-100k, {n} requests, random user + 100 distinct items; baseline get_online_features(ranking_v1); "
+        f"load avg {load:.1f} on {os.cpu_count()} cores"
+    )
     return [
         Row(f"features lookup p50 1x100 {label} (ms)", p50, b50, conditions=cond),
         Row(f"features lookup p99 1x100 {label} (ms)", p99, b99, conditions=cond + "; target p99 <= 15 ms"),
