@@ -131,3 +131,16 @@ def test_infra_check_serves_in_a_fresh_process(parent, frames):
     bad = check_predictions(expected * 0.99, expected, 1e-4)
     assert not bad.ok and "differ from training" in bad.message
     assert "holds no saved_model.pb" in infra_check(export_dir / "nope", sample, expected).message
+
+
+def test_mixed_precision_trains_in_half_and_outputs_float32(frames):
+    import keras
+
+    train_df, valid_df = frames
+    spec = FeatureSpec.for_description(DESCRIPTION, 512)
+    result = train(train_df, valid_df, spec, MODEL, _fit(1).model_copy(update={"mixed_precision": True}))
+    # bfloat16 on CPU (float16 with loss scaling on GPUs); the probability stays float32.
+    assert result.model.get_layer("deep_0").compute_dtype == "bfloat16"
+    assert predict(result.model, valid_df.head(5)).dtype == np.float32
+    assert np.isfinite(result.metrics["val_logloss"])
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
