@@ -108,7 +108,7 @@ def test_hand_checked_values_and_same_timestamp_blindness():
 
 
 def test_vectorised_equals_per_row_definition_on_random_events():
-    ev = random_events(400, n_users=15, n_items=25, seed=3)
+    ev = random_events(250, n_users=10, n_items=15, seed=3)
     fast = activity_as_of_events(ev)
     slow = naive_loop(ev)
     pd.testing.assert_frame_equal(fast.reset_index(drop=True), slow, check_exact=False, rtol=1e-6)

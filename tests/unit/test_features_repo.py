@@ -41,6 +41,7 @@ def test_feast_parses_the_checked_in_repo(monkeypatch):
     assert {"user_activity_source", "item_activity_source"} <= sources
 
 
+@pytest.mark.slow  # the first Feast import alone takes seconds
 @pytest.mark.parametrize("yaml_name", ["feature_store.yaml", "feature_store.redis.yaml"])
 def test_yaml_variants_load(yaml_name, monkeypatch):
     from feast.repo_config import load_repo_config
