@@ -55,6 +55,7 @@ def test_autoint_protocol(datasets_dir):
     assert test["event_timestamp"].min() < train["event_timestamp"].max()  # random, not by time
 
 
+@pytest.mark.slow
 def test_official_grouplens_folder_name_is_accepted(tmp_path, datasets_dir):
     official = tmp_path / "ml-100k"
     official.mkdir()
