@@ -77,7 +77,9 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, m
     report = store.apply(settings)
     assert {"user", "item", "ranking_v1", "user_activity_fv", "item_profile_fv"} <= set(report.objects)
     assert report.activity_rows["events"] == len(events)  # activity tables built from the event log
-    first_end = (events["event_timestamp"].max() + pd.Timedelta(days=1)).to_pydatetime()
+    # up to the last event exactly: the state right after it (the last user's and item's tail rows) must
+    # still be loaded, which _check_lookup_against_offline checks
+    first_end = events["event_timestamp"].max().to_pydatetime()
     mat = store.materialize(settings, end=first_end)
     assert set(mat.views.values()) == {"full from 1970"}
     users_table, items_table = _tables(settings)

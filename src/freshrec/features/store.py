@@ -30,6 +30,7 @@ from freshrec.config import Settings
 from freshrec.features.activity import (
     HOURS_SINCE_LAST_CAP,
     ITEM_ACTIVITY,
+    TAIL_OFFSET,
     USER_ACTIVITY,
     activity_defaults,
     compute_activity,
@@ -175,7 +176,8 @@ def materialize(
     rebuild_activity: bool = True,
     progress: Progress | None = None,
 ) -> MaterializeReport:
-    """Load the latest feature rows up to ``end`` (default now) into the online store.
+    """Load the latest feature rows up to ``end`` (default now; the state just after the events at ``end``
+    included) into the online store.
 
     The activity tables are recomputed from the event log first (``rebuild_activity``). A view that was
     never materialized is loaded in full (from 1970: MovieLens is older than any TTL-based start Feast
@@ -188,6 +190,8 @@ def materialize(
     end = end or datetime.now(UTC)
     if end.tzinfo is None:
         end = end.replace(tzinfo=UTC)
+    # the state *after* the events at `end` is stamped end + TAIL_OFFSET: include it
+    end = end + TAIL_OFFSET.to_pytimedelta()
     rows: dict[str, int] = {}
     if rebuild_activity:
         say("computing activity tables from the event log")
