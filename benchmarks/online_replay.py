@@ -132,6 +132,7 @@ def replay(
     retrain_epochs: int = 3,
     label_delay_s: float | None = 3600.0,
     window_events: int = 2000,
+    delay_events: int | None = None,
     datasets_dir: Path = DATASETS,
 ) -> dict[str, Any]:
     """Replay one dataset; returns the figures, per-window AUCs and timings."""
@@ -192,9 +193,19 @@ def replay(
     delay = None
     if label_delay_s:
         delayed_settings = OnlineSettings(label_delay_s=label_delay_s)
-        delayed, _, _ = _run_online(model_path, ds.users, ds.items, boot, stream, delayed_settings, False)
+        k = min(len(stream), delay_events or len(stream))
+        delayed, _, _ = _run_online(
+            model_path, ds.users, ds.items, boot, stream.iloc[:k], delayed_settings, False
+        )
         y_d, p_d = delayed.metrics.all_pairs()
-        delay = {"label_delay_s": label_delay_s, "auc": _auc(y_d, p_d), "logloss": _logloss(y_d, p_d)}
+        delay = {
+            "label_delay_s": label_delay_s,
+            "events": k,
+            "auc": _auc(y_d, p_d),
+            "logloss": _logloss(y_d, p_d),
+            "auc_no_delay": _auc(y_on[:k], p_on[:k]),
+            "auc_static": _auc(y_st[:k], p_st[:k]),
+        }
 
     windows = []
     for i in range(0, len(y_on), window_events):
@@ -347,7 +358,15 @@ QUICK_PLANS = {
     }
 }
 FULL_PLANS = {
-    "movielens-100k": {"max_retrains": 3, "bootstrap_epochs": 4, "retrain_epochs": 2},
+    # Sized for 2 CPU cores shared with seven other jobs: the stream is the 15,000 events after the bootstrap.
+    "movielens-100k": {
+        "max_stream": 15_000,
+        "max_retrains": 2,
+        "bootstrap_epochs": 3,
+        "retrain_epochs": 2,
+        "delay_events": 5000,
+        "window_events": 1000,
+    },
     "movielens-1m-tail": {
         "max_retrains": 2,
         "bootstrap_epochs": 3,
@@ -398,8 +417,10 @@ def replay_rows(res: dict[str, Any]) -> list[Row]:
             Row(
                 f"{name} replay AUC online label delay 1h",
                 res["delay"]["auc"],
-                auc["online"],
-                conditions="an impression is learned only once 1 h of event time has passed; baseline delay 0",
+                res["delay"]["auc_no_delay"],
+                conditions="an impression is learned only once 1 h of event time has passed; on the first "
+                f"{res['delay']['events']} stream events; baseline: delay 0 on the same events "
+                f"(static there: {res['delay']['auc_static']:.4f})",
             )
         )
     if name == "movielens-100k":
@@ -463,8 +484,10 @@ def run(
         model_path = next((Path(r["model_path"]) for r in results if Path(r["model_path"]).is_dir()), None)
         if model_path is None:
             model_path = Path(json.loads(_cache("movielens-100k", quick).read_text())["model_path"])
+        # The rate stays below what the learner sustains on the shared cores, so freshness measures the
+        # export/serve path rather than a growing backlog.
         fresh = freshness(
-            model_path=model_path, seconds=20.0 if quick else 60.0, rate=200.0 if quick else 300.0
+            model_path=model_path, seconds=20.0 if quick else 45.0, rate=20.0 if quick else 30.0
         )
         (OUT_DIR / f"freshness{'-quick' if quick else ''}.json").write_text(json.dumps(fresh, indent=1))
         rows += freshness_rows(fresh)
