@@ -59,6 +59,7 @@ class ModelSettings(BaseModel):
     embedding_l2: float = 1e-6
     id_embedding_l2: float = 1e-6
     dense_l2: float = 0.0
+    numeric_embeddings: bool = False  # DCN: also embed each standardised numeric by its z-bucket
 
 
 class TrainingSettings(BaseModel):

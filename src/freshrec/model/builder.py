@@ -14,6 +14,8 @@ from freshrec.config import ModelSettings
 from freshrec.model.spec import Feature, FeatureSpec
 
 OUTPUT_NAME = "probability"
+# Bucket edges for standardised numerics (numeric_embeddings): quarter-sigma steps within ±2.5 sigma.
+_Z_EDGES = [x / 4 for x in range(-10, 11)]
 
 
 @functools.cache
@@ -212,6 +214,22 @@ def build_model(spec: FeatureSpec, settings: ModelSettings | None = None):
         raise ValueError(f"unknown architecture {settings.architecture!r} (expected 'dcn' or 'lr')")
 
     encoded = [_encode(f, inputs[f.name], settings.embedding_dim, l2, ids_l2) for f in spec.features]
+    if getattr(settings, "numeric_embeddings", False):
+        # Also embed each standardised numeric by its bucket (fixed edges in z-space): a piecewise-constant
+        # view that lets the cross network multiply "ranges" (e.g. heavy user x popular item), not only values.
+        for f, enc in zip(spec.features, list(encoded), strict=True):
+            if f.encoding == "normalize":
+                z = keras.layers.Reshape((), name=f"{f.name}_z")(enc)
+                ids = keras.layers.Discretization(bin_boundaries=_Z_EDGES, name=f"{f.name}_zbucket")(z)
+                encoded.append(
+                    keras.layers.Embedding(
+                        len(_Z_EDGES) + 1,
+                        settings.embedding_dim,
+                        embeddings_initializer=keras.initializers.RandomUniform(-0.05, 0.05),
+                        embeddings_regularizer=keras.regularizers.L2(l2) if l2 else None,
+                        name=f"{f.name}_zemb",
+                    )(ids)
+                )
     x0 = keras.layers.Concatenate(name="x0")(encoded)
     rank = getattr(settings, "cross_rank", None)
     cross_l2 = float(getattr(settings, "dense_l2", 0.0))
