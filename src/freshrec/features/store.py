@@ -142,6 +142,9 @@ class ApplyReport:
     objects: list[str]
     activity_rows: dict[str, int] = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        return f"applied {len(self.objects)} Feast objects to project {self.project} ({self.environment})"
+
 
 def apply(settings: Settings, progress: Progress | None = None) -> ApplyReport:
     """Register entities, sources, views and the feature service (building activity tables if missing)."""
@@ -167,6 +170,13 @@ class MaterializeReport:
     views: dict[str, str]  # view name -> "full from 1970" | "incremental from <ts>"
     activity_rows: dict[str, int]
     seconds: float
+
+    def __str__(self) -> str:
+        kinds = sorted({how.split(" from ")[0] for how in self.views.values()})
+        return (
+            f"materialized {len(self.views)} views ({'/'.join(kinds)}) up to {self.end:%Y-%m-%d %H:%M:%S} UTC "
+            f"in {self.seconds:.1f} s"
+        )
 
 
 def materialize(
