@@ -23,7 +23,9 @@ _SHOWN = ("auc", "gauc", "logloss", "ece", "mean_prediction", "ctr", "f1", "ndcg
 
 
 def _fmt(x: object) -> str:
-    return f"{x:.4f}" if isinstance(x, float) else ("—" if x is None else str(x))
+    if isinstance(x, float):
+        return f"{x:.0f}" if x.is_integer() and abs(x) >= 2 else f"{x:.4f}"
+    return "—" if x is None else str(x)
 
 
 def _metrics_table(title: str, columns: dict[str, dict[str, float] | None]) -> Table:
@@ -92,7 +94,8 @@ def train(
     console.print(
         _metrics_table(
             f"{run.dataset} · {run.architecture} · test window",
-            {"candidate": run.candidate, f"stable (v{run.production_version})": run.production},
+            {"candidate": run.candidate}
+            | ({f"stable (v{run.production_version})": run.production} if run.production else {}),
         )
     )
     verdict = run.blessing
@@ -148,7 +151,7 @@ def evaluate(
     console.print(
         _metrics_table(
             f"{description.name} · test window",
-            {f"v{version}": candidate.metrics, f"stable v{stable}": production},
+            {f"v{version}": candidate.metrics} | ({f"stable v{stable}": production} if production else {}),
         )
     )
     slices = Table(title="slices (candidate)")
