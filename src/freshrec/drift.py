@@ -370,7 +370,11 @@ def read_frame(path: Path | str, columns: Sequence[str] | None = None) -> pd.Dat
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq") or path.is_dir():
+    if path.is_dir() and any(child.name.startswith("date=") for child in path.iterdir()):
+        from freshrec.data.eventlog import EventLog
+
+        frame = EventLog(path).read()  # the event log: its reader, not the raw partition folders
+    elif suffix in (".parquet", ".pq") or path.is_dir():
         frame = pd.read_parquet(path)
     elif suffix in (".csv", ".tsv"):
         frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")

@@ -55,6 +55,12 @@ def check(
         "--last-hours",
         help="Keep only the current rows within this many hours of its newest event_timestamp.",
     ),
+    with_features: bool = typer.Option(
+        False,
+        "--with-features",
+        help="Current holds raw events (e.g. the event log): join profiles from <workdir>/tables and compute "
+        "the activity features (the training-set columns) before checking.",
+    ),
     cache_key: str | None = typer.Option(
         None, "--cache-key", help="Cache the reference profile under this key (e.g. the model version)."
     ),
@@ -89,7 +95,9 @@ def check(
     cols = [c.strip() for item in (columns or []) for c in item.split(",") if c.strip()] or None
     try:
         with console.status("reading windows and checking drift…"):
-            result = _run_check(settings, reference, current, cols, out_dir, last_hours, cache_key, html)
+            result = _run_check(
+                settings, reference, current, cols, out_dir, last_hours, cache_key, html, with_features
+            )
     except (FileNotFoundError, ValueError) as exc:
         _record_failure(model_name, textfile, gateway)
         console.print(f"[red]drift check failed:[/] {exc}")
@@ -131,12 +139,28 @@ def _run_check(
     last_hours: float | None,
     cache_key: str | None,
     html: bool,
+    with_features: bool = False,
 ) -> DriftResult:
     import pandas as pd
 
     from freshrec.drift import check_drift, read_frame
 
     cur = read_frame(current)
+    if with_features:
+        from freshrec.features.training_set import build_training_frame
+
+        tables = settings.tables_dir
+        for name in ("users.parquet", "items.parquet"):
+            if not (tables / name).exists():
+                raise FileNotFoundError(
+                    f"--with-features needs {tables / name} (run `freshrec data prepare`)"
+                )
+        # Activity features need the history: build on every event, then cut the window.
+        cur = build_training_frame(
+            cur.sort_values("event_timestamp", kind="stable"),
+            pd.read_parquet(tables / "users.parquet"),
+            pd.read_parquet(tables / "items.parquet"),
+        )
     if last_hours is not None:
         if "event_timestamp" not in cur.columns:
             raise ValueError(f"{current}: --last-hours needs an event_timestamp column")

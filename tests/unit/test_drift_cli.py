@@ -111,3 +111,39 @@ def test_alerts_test_reports_each_delivery(settings):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_drift_check_on_the_event_log_with_features(settings, tmp_path):
+    from freshrec.data.eventlog import EventLog
+    from freshrec.data.synthetic import generate
+    from freshrec.features.training_set import build_training_frame
+
+    ds = generate(seed=3, n_events=6000, n_users=300, n_items=200, days=10.0)
+    EventLog(settings.eventlog_dir).append(ds.events, source_id="synthetic")
+    settings.tables_dir.mkdir(parents=True)
+    ds.users.to_parquet(settings.tables_dir / "users.parquet")
+    ds.items.to_parquet(settings.tables_dir / "items.parquet")
+    ref = tmp_path / "reference.parquet"
+    build_training_frame(ds.events, ds.users, ds.items).iloc[:3000].to_parquet(ref)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        drift_app,
+        [
+            "check",
+            f"--reference={ref}",
+            f"--current={settings.eventlog_dir}",
+            "--with-features",
+            "--last-hours=72",
+            f"--out={out}",
+            "--no-html",
+            "--no-alert",
+        ],
+        obj=settings,
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    (json_path,) = out.glob("*.json")
+    saved = DriftResult.load(json_path)
+    assert {"user_age", "item_genres", "user_events_7d", "item_ctr_total"} <= set(saved.features)
+    assert not {"event_id", "date", "user_id"} & set(saved.columns)
+    assert 0 < saved.n_current < 6000  # the last 72 hours only
