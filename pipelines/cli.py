@@ -83,11 +83,17 @@ def run(
         result = run_local(settings, pipeline, **params)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    table = Table(title=f"{pipeline}: artifacts under {result.run_dir}")
-    for col in ("task", "output", "path"):
-        table.add_column(col)
+    console.print(f"run directory: {result.run_dir}")
+    table = Table(title=f"{pipeline}: artifacts (paths relative to the run directory)")
+    table.add_column("task")
+    table.add_column("output")
+    table.add_column("path", overflow="fold")
     for task, name, path in result.artifact_paths():
-        table.add_row(task, name, str(path))
+        table.add_row(
+            task,
+            name,
+            str(path.relative_to(result.run_dir)) if path.is_relative_to(result.run_dir) else str(path),
+        )
     console.print(table)
     values = {t: r.parameters for t, r in result.tasks.items() if r.parameters}
     console.print_json(json.dumps(values, default=str))
