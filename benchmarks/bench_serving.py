@@ -344,6 +344,13 @@ def _gateway_rows(settings, md: Path, rest_port: int, grpc_port: int, stub, quic
             unit="ms",
         ),
         Row(
+            "serving/feast online lookup p50 (1x100)",
+            _ms(np.percentile(lookup_lat, 50)),
+            _ms(np.percentile(lat, 50)),
+            conditions="OnlineFeatures.lookup in-process, SQLite; baseline = gateway p50",
+            unit="ms",
+        ),
+        Row(
             "serving/feast online lookup p99 (1x100)",
             _ms(np.percentile(lookup_lat, 99)),
             _ms(np.percentile(lat, 99)),

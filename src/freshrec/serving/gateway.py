@@ -381,6 +381,8 @@ class Gateway:
                 frame = frame.assign(user_id=user_id)
             if "item_id" not in frame.columns:
                 frame = frame.assign(item_id=item_ids)
+            elif frame["item_id"].astype(str).tolist() != item_ids:
+                raise GatewayError(502, "feature lookup returned the items in another order than asked")
             try:
                 if arm == "canary":
                     served, scores = self.client.predict(frame, version, None)
@@ -429,6 +431,7 @@ class Gateway:
 
     def start(self) -> Gateway:
         """Listen on ``serving.gateway_port`` (0 = a free port; see ``port``) and start the log flusher."""
+        self.client  # noqa: B018 - import TensorFlow's protos and open the channel now, not on the first request
         self.predlog.start()
         self._http = HttpService(self.host, self.port, self.app, self.max_request_bytes, name="gateway")
         self.port = self._http.port

@@ -390,7 +390,7 @@ class ModelManager:
                 labels[label] = v
             else:
                 prev = old.labels.get(label) if old else None
-                if prev is not None and prev in loaded:
+                if prev is not None and prev in loaded and prev in on_disk:
                     labels[label] = prev
                     wanted.add(prev)
                 note = (entry.name, label, v)
