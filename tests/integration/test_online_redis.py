@@ -116,7 +116,9 @@ def test_sigkill_mid_stream_then_restart_counts_every_event_once(settings, redis
         killed_at = _checkpoint_totals(state_dir)
         assert killed_at is not None and 0 < killed_at["received"] < len(events)
         source = RedisStreamSource(client, stream, "learners", "inspector")
-        assert source.pending_count() > 0  # delivered to the dead learner, never acknowledged
+        # Almost always > 0 (delivered to the dead learner, never acknowledged); 0 only if the kill landed
+        # in the instant between an XACK and the next read, so it is not asserted.
+        pending_at_kill = source.pending_count()
 
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -125,7 +127,7 @@ def test_sigkill_mid_stream_then_restart_counts_every_event_once(settings, redis
         assert totals["scored"] == len(events) and totals["learned"] == len(events)
         assert totals["quarantined"] == 3
         assert totals["received"] - totals["duplicates"] == len(events) + 3
-        assert source.pending_count() == 0
+        assert source.pending_count() == 0, f"pending at kill {pending_at_kill}, not drained"
         from freshrec.data.validation import read_quarantine
 
         quarantined = read_quarantine(settings.quarantine_dir)
