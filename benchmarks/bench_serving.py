@@ -33,6 +33,83 @@ CONCURRENCY = (1, 8, 32)
 MODEL = "demo ctr"
 
 
+# The same JSON work (parse 100 instances, answer 100 predictions) behind two HTTP stacks, to choose one.
+_ECHO_SERVER = """
+import json, sys, threading
+
+def work(body):
+    req = json.loads(body)
+    return json.dumps({"predictions": [[0.5]] * len(req["instances"])}).encode()
+
+kind, port = sys.argv[1], int(sys.argv[2])
+if kind == "stdlib":
+    from freshrec.serving.httpbase import HttpService
+
+    def app(method, path, body):
+        return (200, b"{}", "application/json") if method == "GET" else (200, work(body), "application/json")
+
+    HttpService("127.0.0.1", port, app, 1 << 22).start()
+    threading.Event().wait()
+else:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def predict(request):  # the model call blocks, so it runs in the thread pool as it would for real
+        return Response(await run_in_threadpool(work, await request.body()), media_type="application/json")
+
+    async def ready(request):
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/models/ctr:predict", predict, methods=["POST"]), Route("/ready", ready)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+"""
+
+
+def _http_stack_rows(total: int) -> list[Row]:
+    """Threaded http.server (what the model server uses) against uvicorn + starlette, same work."""
+    cols = _rows(BATCH)
+    body = json.dumps({"instances": [{k: cols[k][i] for k in cols} for i in range(BATCH)]}).encode()
+    results: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
+    for kind in ("stdlib", "uvicorn"):
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _ECHO_SERVER, kind, str(port)], stdout=subprocess.DEVNULL
+        )
+        try:
+            _wait_http(port, "/ready", timeout_s=60, proc=proc)
+            for c in (1, 8):
+                call = _Rest(port, "/v1/models/ctr:predict", body)
+                _load(call, c, 40)
+                lat, wall, _ = _load(call, c, total)
+                results[(kind, c)] = (lat, wall)
+        finally:
+            _stop(proc)
+    rows = []
+    for c in (1, 8):
+        (lat, wall), (ulat, uwall) = results[("stdlib", c)], results[("uvicorn", c)]
+        cond = f"JSON parse of {BATCH} instances + small answer, no model, c={c}; baseline = uvicorn 0.54 + starlette 1.10"
+        rows += [
+            Row(
+                f"serving/http stack stdlib p50 (c={c})",
+                _ms(np.percentile(lat, 50)),
+                _ms(np.percentile(ulat, 50)),
+                conditions=cond,
+                unit="ms",
+            ),
+            Row(
+                f"serving/http stack stdlib throughput (c={c})",
+                len(lat) / wall,
+                len(ulat) / uwall,
+                conditions=cond,
+                unit="req/s",
+            ),
+        ]
+    return rows
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,7 +219,7 @@ def run(quick: bool) -> list[Row]:
     from freshrec.serving.demo import publish_demo_version
 
     total = 200 if quick else 800
-    rows: list[Row] = []
+    rows: list[Row] = _http_stack_rows(total)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     settings = load_settings(workdir=tmp / "work", serving={"poll_interval_s": 0.2})
     md = settings.models_dir

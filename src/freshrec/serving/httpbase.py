@@ -1,8 +1,10 @@
 """A small threaded HTTP/1.1 JSON server used by the model server's REST API and the gateway.
 
 Why the standard library: one thread per keep-alive connection calling straight into TensorFlow
-(which releases the GIL) measured faster on loopback than an asyncio stack that must hop to a thread
-pool for every blocking model call, and it has no extra dependency. Responses go out in one write
+(which releases the GIL) measured faster on loopback than uvicorn + starlette, which must hop to a
+thread pool for every blocking model call (``serving/http stack ...`` rows of
+``benchmarks/bench_serving.py``: about half the p50 at one client and 1.2-2x the throughput), and it
+adds no dependency. Responses go out in one write
 with Nagle disabled, so a keep-alive client never waits on delayed ACKs.
 
 Graceful shutdown: stop accepting, answer 503 to new requests on open connections, wait for the

@@ -268,7 +268,6 @@ class ModelManager:
         self._thread: threading.Thread | None = None
         self._config_error_logged: str | None = None
         self._label_warnings: set[tuple[str, str, int]] = set()
-        self.on_change: Callable[[], None] | None = None
 
     # --- reading -------------------------------------------------------------------------------
     def views(self) -> dict[str, ModelView]:
@@ -341,8 +340,6 @@ class ModelManager:
                 new_views[entry.name] = view
             changed |= set(new_views) != set(self._views)
             self._views = new_views  # one reference swap: readers see the old or the new snapshot
-        if changed and self.on_change is not None:
-            self.on_change()
         return changed
 
     def _poll_model(self, entry: ModelEntry, old: ModelView | None) -> ModelView:
