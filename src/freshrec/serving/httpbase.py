@@ -1,10 +1,11 @@
 """A small threaded HTTP/1.1 JSON server used by the model server's REST API and the gateway.
 
-Why the standard library: one thread per keep-alive connection calling straight into TensorFlow
-(which releases the GIL) measured faster on loopback than uvicorn + starlette, which must hop to a
-thread pool for every blocking model call (``serving/http stack ...`` rows of
-``benchmarks/bench_serving.py``: about half the p50 at one client and 1.2-2x the throughput), and it
-adds no dependency. Responses go out in one write
+Why the standard library: one thread per keep-alive connection calls straight into TensorFlow (which
+releases the GIL), where uvicorn + starlette must hop to a thread pool for every blocking model call.
+Measured (``serving/http stack ...`` rows of ``benchmarks/bench_serving.py``, same JSON work, 6 runs on
+the shared 2-core machine): at one client the threaded server had the lower p50 in every run (0.4-0.9x
+uvicorn's); at 8 clients it won 4 of 6 runs (p50 0.6-0.9x), lost 2 (2-4x) — noisy, no clear loser.
+It also adds no dependency. Responses go out in one write
 with Nagle disabled, so a keep-alive client never waits on delayed ACKs.
 
 Graceful shutdown: stop accepting, answer 503 to new requests on open connections, wait for the
