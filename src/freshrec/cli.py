@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import typer
@@ -59,6 +60,13 @@ def _root(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Libraries that log every registry refresh or HTTP call at INFO drown the progress lines.
+    for noisy in ("feast", "evidently", "urllib3", "absl", "kfp", "litestar"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", module="litestar")
     overrides = {"workdir": workdir} if workdir else {}
     ctx.obj = load_settings(config, **overrides)
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import re
 import shutil
-import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,12 +61,15 @@ class RunOptions:
     max_bootstrap_events: int | None = None  # keep only the latest N events before the cut (None: all)
     max_replay_events: int | None = None  # replay at most N events after the cut (None: all)
     window_events: int = 2000  # events per replay window (drift check, metrics row)
+    reference_events: int = 5000  # the latest N training events are the drift reference
     speedup: float | None = None  # stream seconds per wall second; None: as fast as the machine goes
     epochs: int | None = None  # training epochs for the pipelines (None: settings.training.epochs)
     retrain: bool = True
     keep_state: bool = False
-    canary_pause_s: float = 8.0  # wall seconds per canary pause in the local loop
-    canary_min_clicks: int = 60
+    page_size: int = 10  # candidate items per ranking request
+    canary_min_clicks: int = 30  # per arm, before the online-quality checks can conclude
+    canary_min_requests: int = 20
+    canary_max_wait_windows: int = 3  # windows an inconclusive analysis may wait for more traffic
     max_retrains: int = 1
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
 
@@ -73,10 +77,10 @@ class RunOptions:
     def quick(cls, **overrides: Any) -> RunOptions:
         base = dict(
             max_bootstrap_events=12_000,
-            max_replay_events=3_000,
-            window_events=1_000,
+            max_replay_events=4_000,
+            window_events=800,
+            reference_events=2_000,
             epochs=2,
-            canary_pause_s=4.0,
         )
         base.update(overrides)
         return cls(**base)
@@ -105,7 +109,7 @@ class Loop:
         )
         self._server: Any = None
         self._gateway: Any = None
-        self._canary: _CanaryThread | None = None
+        self._in_canary = False
         self._retrains = 0
 
     # ------------------------------------------------------------------------------------------ driver
@@ -197,7 +201,8 @@ class Loop:
 
         applied = store.apply(self.settings)
         mat = store.materialize(self.settings)
-        return f"{applied} · {mat}"
+        views = ", ".join(f"{name} ({how})" for name, how in mat.views.items())
+        return f"{len(applied.objects)} Feast objects applied; materialized {views} in {mat.seconds:.1f} s"
 
     def _bootstrap(self) -> str:
         from freshrec.model.repository import ModelRepository
@@ -215,25 +220,69 @@ class Loop:
         self._note_version(version, "pipeline (bootstrap)")
         return f"version {version} stable (AUC {meta.get('metrics', {}).get('auc', float('nan')):.3f}) in {run.duration_s:.0f} s"
 
-    def _run_pipeline(self, label: str, **params: Any) -> Any:
-        """Run ``continuous_training`` through kfp.local; its (long) task logs go to a file in the report."""
-        from freshrec.pipelines.local import run_local
+    def _run_pipeline(self, label: str, rollout_mode: str) -> Any:
+        """Run ``continuous_training`` through kfp.local in a child ``freshrec pipeline run --local``.
 
-        if self.options.epochs:
-            params["epochs"] = self.options.epochs
+        A child process keeps the tasks' long logs in a file of the report and out of the console, and
+        gets exactly this loop's settings (written next to the log). The replay waits for it: stream time
+        stands still while the pipeline runs.
+        """
+        import os
+        import subprocess
+        import sys
+
+        import yaml
+
+        from freshrec.pipelines.local import LocalRun, collect_tasks
+
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        config = self.report_dir / "settings.yaml"
+        data = self.settings.model_dump(mode="json")
+        data.pop("workdir")
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
         log_path = self.report_dir / f"pipeline-{label}.log"
-        self.console.print(f"  kfp.local: continuous_training ({label}); task logs → {log_path}")
-        with (
-            self.console.status(f"continuous_training pipeline ({label}) running"),
-            _captured_output(log_path),
-        ):
-            run = run_local(self.settings, "continuous_training", **params)
-        self.record.links.append({"label": f"pipeline log ({label})", "href": log_path.name})
-        self.record.links.append(
-            {"label": f"KFP artifacts ({label})", "href": run.run_dir.resolve().as_uri()}
+        cmd = [
+            sys.executable,
+            "-m",
+            "freshrec.cli",
+            "--config",
+            str(config),
+            "--workdir",
+            str(self.settings.workdir.resolve()),
+            "pipeline",
+            "run",
+            "--local",
+            "--rollout-mode",
+            rollout_mode,
+        ]
+        if self.options.epochs:
+            cmd += ["--epochs", str(self.options.epochs)]
+        self.console.print(
+            f"  kfp.local: continuous_training ({label}, rollout {rollout_mode}); log → {log_path}"
         )
-        for task, output, path in run.artifact_paths():
-            log.debug("%s.%s → %s", task, output, path)
+        start = time.perf_counter()
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        with (
+            open(log_path, "wb") as fh,
+            self.console.status(f"continuous_training pipeline ({label}) running"),
+        ):
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            try:
+                rc = proc.wait()
+            except BaseException:
+                proc.terminate()
+                proc.wait(timeout=30)
+                raise
+        text = log_path.read_text(errors="replace")
+        found = re.search(r"^run directory: (.+)$", text, re.MULTILINE)
+        if rc != 0 or not found:
+            raise LoopError(f"the {label} pipeline failed (exit {rc}); its log: {log_path}")
+        run_dir = Path(found.group(1).strip())
+        run = LocalRun("continuous_training", run_dir, time.perf_counter() - start, collect_tasks(run_dir))
+        self.record.links.append({"label": f"pipeline log ({label})", "href": log_path.name})
+        self.record.links.append({"label": f"KFP artifacts ({label})", "href": run_dir.resolve().as_uri()})
+        for task in run.tasks:
+            self.console.print(f"    task {task}: done")
         return run
 
     def _serve(self) -> str:
@@ -247,9 +296,9 @@ class Loop:
 
     def _replay(self) -> str:
         import requests
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from freshrec.alerts import AlertManager
-        from freshrec.data.ingest import ingest_frame
         from freshrec.features.training_set import build_training_frame
         from freshrec.model.export import load_keras_model, spec_of
         from freshrec.online.learner import predict
@@ -257,18 +306,24 @@ class Loop:
         events = self.replay_events
         n_windows = max(1, math.ceil(len(events) / self.options.window_events))
         bounds = np.linspace(0, len(events), n_windows + 1).astype(int)
-        alerts = AlertManager(self.settings.alerts, self.settings.state_dir)
-        static = load_keras_model(self.repo.path(self.repo.stable()))
+        self._windows = deque(
+            (w, events.iloc[bounds[w] : bounds[w + 1]].reset_index(drop=True)) for w in range(n_windows)
+        )
+        self.alerts = AlertManager(self.settings.alerts, self.settings.state_dir)
+        self.static = load_keras_model(self.repo.path(self.repo.stable()))
+        # The reference is the most recent part of the production model's training window, with features
+        # computed over the whole history: activity counters grow with time, so the start of a long
+        # training window would flag every later window as drifted.
         reference = build_training_frame(self.bootstrap_events, self.users, self.items)
-        # Prediction drift compares the production model's scores on its training window with what was served.
-        reference["score"] = predict(static, reference, spec_of(static))
-        self.drift_columns = _drift_columns(spec_of(static))
+        reference = reference.iloc[-self.options.reference_events :].reset_index(drop=True)
+        # Prediction drift: the production model's scores on its training window vs what was served.
+        reference["score"] = predict(self.static, reference, spec_of(self.static))
+        self.reference = reference
+        self.drift_columns = _drift_columns(spec_of(self.static))
         self.history = self.bootstrap_events
         self.learner, self.source = self._make_learner()
-        http = requests.Session()
-        stream_start = time.perf_counter()
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+        self.http = requests.Session()
+        self._stream_start = time.perf_counter()
         with Progress(
             TextColumn("[bold]replay"),
             BarColumn(),
@@ -276,92 +331,105 @@ class Loop:
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
             console=self.console,
-            transient=False,
         ) as progress:
-            task = progress.add_task("", total=len(events))
-            for w in range(n_windows):
-                window = events.iloc[bounds[w] : bounds[w + 1]].reset_index(drop=True)
-                if window.empty:
-                    continue
-                row: dict[str, Any] = {
-                    "window_end": window["event_timestamp"].max().isoformat(),
-                    "n": len(window),
-                }
-                self._pace(window, stream_start)
-                # 1. traffic: every user's impressions of this window become one ranking request
-                served = self._traffic(http, window)
-                # 2. clicks land in the event log (validated, idempotent)
-                ingest_frame(window, self.settings, source=f"replay:{self.options.run_id}:{w}")
-                # 3. features as of each event, from strictly earlier events (history + this window)
-                both = pd.concat([self.history, window], ignore_index=True)
-                frame = build_training_frame(both, self.users, self.items).iloc[len(self.history) :]
-                frame = frame.reset_index(drop=True)
-                self.history = both
-                labels = frame["label"].to_numpy()
-                static_scores = predict(static, frame, spec_of(static))
-                row.update(_metrics("static", labels, static_scores))
-                row.update(_metrics("served", *served_pairs(window, served)))
-                self._stream_now = window["event_timestamp"].max()
-                # 4. the online learner: test-then-train on the new events; guarded exports
-                online = self._learn()
-                row.update(online)
-                # 5. drift monitor → alerts → trigger
-                served_scores = [
-                    served.get(k, (np.nan,))[0]
-                    for k in zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
-                ]
-                current = frame.assign(score=np.where(np.isnan(served_scores), static_scores, served_scores))
-                drift_row = self._drift(w, reference, current, alerts)
-                self.record.drift.append(drift_row)
-                self.record.stream.append(row)
-                progress.update(
-                    task,
-                    advance=len(window),
-                    description=f"AUC static {row.get('static_auc', float('nan')):.3f} "
-                    f"online {row.get('online_auc', float('nan')):.3f} · drift {drift_row['drift_share']:.2f}",
-                )
-                self._maybe_retrain(drift_row, row)
-                self._poll_canary()
-                self.record.save(self.report_dir / "run.json")
-        self._finish_canary()
+            self._progress = (progress, progress.add_task("", total=len(events)))
+            while self._windows:
+                drift_row = self._play_next_window()
+                reason = self._retrain_reason(drift_row)
+                if reason:
+                    version = self._retrain(reason)
+                    if version is not None:
+                        self._canary(version)
         return f"{len(events):,} events in {n_windows} windows"
 
+    def _play_next_window(self) -> dict[str, Any]:
+        """One replay window: traffic → clicks → features → metrics → online learning → drift check."""
+        from freshrec.data.ingest import ingest_frame
+        from freshrec.features.training_set import build_training_frame
+        from freshrec.model.export import spec_of
+        from freshrec.online.learner import predict
+
+        w, window = self._windows.popleft()
+        row: dict[str, Any] = {"window_end": window["event_timestamp"].max().isoformat(), "n": len(window)}
+        self._pace(window)
+        # 1. traffic: each user's impressions of the window become ranking requests through the gateway
+        served = self._traffic(window)
+        # 2. the outcomes land in the event log (validated; bad rows would go to quarantine)
+        ingest_frame(window, self.settings, source=f"replay:{self.options.run_id}:{w}")
+        # 3. features as of each event, from strictly earlier events (history + this window)
+        both = pd.concat([self.history, window], ignore_index=True)
+        frame = build_training_frame(both, self.users, self.items).iloc[len(self.history) :]
+        frame = frame.reset_index(drop=True)
+        self.history = both
+        self._stream_now = window["event_timestamp"].max()
+        labels = frame["label"].to_numpy()
+        static_scores = predict(self.static, frame, spec_of(self.static))
+        row.update(_metrics("static", labels, static_scores))
+        row.update(_metrics("served", *served_pairs(window, served)))
+        # 4. the online learner: test-then-train on the new events, guarded exports
+        row.update(self._learn())
+        # 5. drift monitor → alerts (the served scores give prediction drift)
+        keys = zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
+        served_scores = np.array([served.get(k, (np.nan,))[0] for k in keys], dtype=np.float64)
+        current = frame.assign(score=np.where(np.isnan(served_scores), static_scores, served_scores))
+        drift_row = self._drift(w, current)
+        self.record.drift.append(drift_row)
+        self.record.stream.append(row)
+        progress, task = self._progress
+        progress.update(
+            task,
+            advance=len(window),
+            description=f"AUC static {row['static_auc']:.3f} online {row['online_auc']:.3f} "
+            f"served {row['served_auc']:.3f} · drift {drift_row['drift_share']:.2f}",
+        )
+        self.record.save(self.report_dir / "run.json")
+        return drift_row
+
     # ------------------------------------------------------------------------------------------ pieces
-    def _pace(self, window: pd.DataFrame, stream_start: float) -> None:
+    def _pace(self, window: pd.DataFrame) -> None:
+        """With ``speedup``, wait until the window's stream time comes round on the wall clock."""
         if not self.options.speedup:
             return
-        elapsed_stream = (
-            window["event_timestamp"].min() - self.replay_events["event_timestamp"].min()
-        ).total_seconds()
-        wait = elapsed_stream / self.options.speedup - (time.perf_counter() - stream_start)
+        first = self.replay_events["event_timestamp"].min()
+        elapsed_stream = (window["event_timestamp"].min() - first).total_seconds()
+        wait = elapsed_stream / self.options.speedup - (time.perf_counter() - self._stream_start)
         if wait > 0:
             time.sleep(wait)
 
-    def _traffic(self, http: Any, window: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int, str]]:
-        """One ranking request per user of the window; returns (user, item) → (score, version, arm)."""
+    def _traffic(self, window: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int, str]]:
+        """Ranking requests for the window's impressions: per user, pages of ``page_size`` items.
+
+        Returns (user, item) → (score, model version, arm). Each request carries ``as_of`` (the page's
+        first impression, in event time) so the prediction log joins with the historical clicks.
+        """
         served: dict[tuple[str, str], tuple[float, int, str]] = {}
-        latencies = self.record.latency_ms.setdefault("gateway rank (client)", [])
+        latencies = self.record.latency_ms.setdefault("gateway rank (client, HTTP)", [])
+        page = self.options.page_size
         for user_id, group in window.groupby("user_id", sort=False):
-            items = list(dict.fromkeys(group["item_id"].astype(str)))
-            # The impression happens just before the user's first event of the window, in event time.
-            as_of = (group["event_timestamp"].min() - pd.Timedelta(seconds=1)).isoformat()
-            start = time.perf_counter()
-            resp = http.post(
-                f"{self.gateway_url}/v1/rank",
-                json={"user_id": str(user_id), "item_ids": items, "as_of": as_of},
-                timeout=10,
-            )
-            latencies.append((time.perf_counter() - start) * 1000)
-            if resp.status_code != 200:
-                log.warning("rank for user %s answered %s: %s", user_id, resp.status_code, resp.text[:200])
-                continue
-            body = resp.json()
-            for item in body["items"]:
-                served[(str(user_id), str(item["item_id"]))] = (
-                    float(item["score"]),
-                    int(body["model_version"]),
-                    body["arm"],
-                )
+            group = group.drop_duplicates("item_id")
+            for i in range(0, len(group), page):
+                part = group.iloc[i : i + page]
+                body = {
+                    "user_id": str(user_id),
+                    "item_ids": part["item_id"].astype(str).tolist(),
+                    "as_of": (part["event_timestamp"].min() - pd.Timedelta(seconds=1)).isoformat(),
+                }
+                start = time.perf_counter()
+                resp = self.http.post(f"{self.gateway_url}/v1/rank", json=body, timeout=10)
+                latencies.append((time.perf_counter() - start) * 1000)
+                if resp.status_code != 200:
+                    log.warning(
+                        "rank for user %s answered %s: %s", user_id, resp.status_code, resp.text[:200]
+                    )
+                    continue
+                out = resp.json()
+                for item in out["items"]:
+                    served[(str(user_id), str(item["item_id"]))] = (
+                        float(item["score"]),
+                        int(out["model_version"]),
+                        out["arm"],
+                    )
+        self._gateway.predlog.flush()  # the canary analysis reads the log right after the window
         return served
 
     def _make_learner(self) -> tuple[Any, Any]:
@@ -384,7 +452,7 @@ class Loop:
         start = len(metrics.all_pairs()[0])
         # One change to production at a time: while a canary runs, the learner keeps learning but does
         # not export (an export would move the stable label under the canary's comparison).
-        self.learner.repository = None if self._canary is not None else self.repo
+        self.learner.repository = None if self._in_canary else self.repo
         self.learner.run(self.source, until_idle=True, idle_timeout_s=0.2)
         labels, scores = metrics.all_pairs()
         return _metrics("online", labels[start:], scores[start:])
@@ -393,12 +461,12 @@ class Loop:
         self.freshness.on_export(rec)
         self._note_version(rec.version, "online learner")
 
-    def _drift(self, w: int, reference: pd.DataFrame, current: pd.DataFrame, alerts: Any) -> dict[str, Any]:
+    def _drift(self, w: int, current: pd.DataFrame) -> dict[str, Any]:
         from freshrec.drift import check_drift
 
         out = self.report_dir / "drift"
         result = check_drift(
-            reference,
+            self.reference,
             current,
             self.drift_columns,
             self.settings.drift,
@@ -408,7 +476,7 @@ class Loop:
             stem=f"window-{w:03d}",
             html=True,
         )
-        deliveries = alerts.sync_from_drift(result, self.settings.model.name)
+        deliveries = self.alerts.sync_from_drift(result, self.settings.model.name)
         return {
             "window_end": current["event_timestamp"].max().isoformat(),
             "drift_share": float(result.drift_share),
@@ -418,59 +486,120 @@ class Loop:
             "report": str(Path(result.html_path).relative_to(self.report_dir)) if result.html_path else "",
         }
 
-    def _maybe_retrain(self, drift_row: dict[str, Any], row: dict[str, Any]) -> None:
-        if (
-            not self.options.retrain
-            or self._retrains >= self.options.max_retrains
-            or self._canary is not None
-        ):
-            return
+    def _retrain_reason(self, drift_row: dict[str, Any]) -> str | None:
+        """The trigger policy of the loop: drift or a data-quality failure, at most ``max_retrains``."""
+        if not self.options.retrain or self._retrains >= self.options.max_retrains or self._in_canary:
+            return None
         if drift_row["verdict"] not in ("drift", "quality_failure"):
-            return
-        self._retrain(f"drift verdict {drift_row['verdict']} (share {drift_row['drift_share']:.2f})")
+            return None
+        if not self._windows:
+            return None  # no traffic left to run a canary on
+        return f"drift monitor: {drift_row['verdict']} (drift share {drift_row['drift_share']:.2f})"
 
-    def _retrain(self, reason: str) -> None:
+    def _retrain(self, reason: str) -> int | None:
+        """Run the retraining pipeline (it pushes a candidate, labels untouched); its version or None."""
         self._retrains += 1
         self.console.print(f"[bold yellow]retraining[/bold yellow]: {reason}")
         start = time.perf_counter()
         run = self._run_pipeline(f"retrain-{self._retrains}", rollout_mode="none")
         version = run.pushed_version
-        entry = {
+        entry: dict[str, Any] = {
             "time": _now(),
             "reason": reason,
             "seconds": round(time.perf_counter() - start, 1),
             "version": version,
         }
-        if version is None:
-            entry.update(outcome="not pushed", detail="blessing or data-quality gate stopped the pipeline")
-            self.record.retrains.append(entry)
-            return
-        self._note_version(version, "pipeline (retrain)")
-        entry.update(outcome="canary started")
         self.record.retrains.append(entry)
-        self._canary = _CanaryThread(self, version, since=self._stream_now)
-        self._canary.start()
+        if version is None:
+            entry.update(
+                outcome="not pushed", detail="the blessing or data-quality gate stopped the pipeline"
+            )
+            self.console.print("  the pipeline's gates stopped the candidate: nothing to roll out")
+            return None
+        self._note_version(version, "pipeline (retrain)")
+        entry["outcome"] = "canary"
+        return version
 
-    def _poll_canary(self) -> None:
-        if self._canary is None or self._canary.is_alive():
-            return
-        self._conclude_canary()
+    def _canary(self, version: int) -> None:
+        """Roll ``version`` out by canary on the live replay traffic; promote or roll back.
 
-    def _finish_canary(self) -> None:
-        if self._canary is None:
-            return
-        self._canary.join(timeout=120)
-        self._conclude_canary()
+        The controller runs the plan's steps; each of its waits plays the next replay window (a virtual
+        clock advances by the wait), so the analysis sees real traffic and real clicks, in event time.
+        """
+        from freshrec.rollout.controller import local_controller
+        from freshrec.rollout.plan import CanaryPlan
 
-    def _conclude_canary(self) -> None:
-        canary, self._canary = self._canary, None
-        if canary is None:
-            return
-        outcome = canary.outcome or "rolled_back (no verdict)"
+        unit = 60.0  # virtual seconds per replay window
+        plan = CanaryPlan.model_validate(
+            {
+                "steps": [
+                    {"set_weight": 20},
+                    {"pause": {"duration_s": unit}},
+                    {"analysis": {}},
+                    {"set_weight": 50},
+                    {"pause": {"duration_s": unit}},
+                    {"analysis": {}},
+                    {"set_weight": 100},
+                ]
+            }
+        )
+        rollout = self.settings.rollout.model_copy(
+            update={
+                "min_clicks": self.options.canary_min_clicks,
+                "min_requests": self.options.canary_min_requests,
+                "min_predictions": self.options.canary_min_clicks,
+                "click_window_s": 30 * 86400.0,  # a window spans days of event time
+                "analysis_interval_s": unit,
+                "max_inconclusive_wait_s": unit * self.options.canary_max_wait_windows,
+            }
+        )
+        settings = self.settings.model_copy(update={"rollout": rollout})
+        clock = [0.0]
+
+        def sleep(seconds: float) -> None:
+            if not self._windows:
+                raise _ReplayEnded("the replay ended before the canary analysis could conclude")
+            clock[0] += seconds
+            self._play_next_window()
+
+        def on_step(entry: Any) -> None:
+            self.record.canary.append(
+                {
+                    "time": self._stream_now.isoformat(),
+                    "rollout": f"v{version}",
+                    "step": entry.action,
+                    "weight": entry.weight,
+                    "verdict": entry.verdict,
+                    "reasons": "; ".join(entry.reasons),
+                }
+            )
+            if entry.action in ("analysis", "promote", "rollback"):
+                self.console.print(
+                    f"  canary v{version}: {entry.action} at {entry.weight}% {entry.verdict or ''}"
+                )
+
+        controller = local_controller(
+            settings,
+            plan,
+            gateway_url=self.gateway_url,
+            model_server_url=self._server.rest_url,
+            since=(self._stream_now + pd.Timedelta(microseconds=1)).to_pydatetime(),
+            report_dir=self.report_dir / "canary",
+            clock=lambda: clock[0],
+            sleep=sleep,
+            progress=on_step,
+        )
+        self._in_canary = True
+        try:
+            outcome = controller.run(version).outcome
+        except _ReplayEnded as exc:  # the controller rolled back already
+            outcome = f"rolled_back ({exc})"
+        finally:
+            self._in_canary = False
         self.record.retrains[-1]["outcome"] = outcome
-        self.console.print(f"[bold]canary v{canary.version}[/bold]: {outcome}")
+        self.console.print(f"[bold]canary v{version}: {outcome}[/bold]")
         if outcome == "promoted":
-            # The learner starts over from the promoted model (its seen-set keeps counts exact).
+            # The learner starts over from the promoted model (its seen-set keeps the counts exact).
             self.learner = self._make_learner()[0]
 
     def _note_version(self, version: int, source: str) -> None:
@@ -488,8 +617,6 @@ class Loop:
         )
 
     def _shutdown(self) -> None:
-        if self._canary is not None and self._canary.is_alive():
-            self._canary.abort()
         for svc in (self._gateway, self._server):
             if svc is not None:
                 try:
@@ -512,89 +639,8 @@ class Loop:
         self.record.summary = s
 
 
-class _CanaryThread(threading.Thread):
-    """Walks the canary plan in the background while the replay keeps sending traffic.
-
-    The plan is the default one's shape with pauses shortened to ``canary_pause_s`` wall seconds (the
-    replay compresses days into seconds); predictions are joined with clicks in event time, from
-    ``since`` (the stream time at which the canary started).
-    """
-
-    def __init__(self, loop: Loop, version: int, since: pd.Timestamp) -> None:
-        super().__init__(name=f"canary-v{version}", daemon=True)
-        self.loop = loop
-        self.version = version
-        self.since = since
-        self.outcome: str | None = None
-        self._abort = threading.Event()
-
-    def run(self) -> None:
-        from freshrec.rollout.controller import local_controller
-        from freshrec.rollout.plan import CanaryPlan
-
-        loop = self.loop
-        pause = {"duration_s": loop.options.canary_pause_s}
-        plan = CanaryPlan.model_validate(
-            {
-                "steps": [
-                    {"set_weight": 20},
-                    {"pause": pause},
-                    {"analysis": {}},
-                    {"set_weight": 50},
-                    {"pause": pause},
-                    {"analysis": {}},
-                    {"set_weight": 100},
-                ]
-            }
-        )
-        settings = loop.settings.model_copy(
-            update={
-                "rollout": loop.settings.rollout.model_copy(
-                    update={
-                        "min_clicks": loop.options.canary_min_clicks,
-                        # a replay window spans days of event time: clicks follow impressions by up to that
-                        "click_window_s": 30 * 86400.0,
-                        "max_inconclusive_wait_s": 6 * loop.options.canary_pause_s,
-                        "analysis_interval_s": loop.options.canary_pause_s,
-                    }
-                )
-            }
-        )
-
-        def on_step(entry: Any) -> None:
-            loop.record.canary.append(
-                {
-                    "time": entry.at,
-                    "rollout": f"v{self.version}",
-                    "step": entry.action,
-                    "weight": entry.weight,
-                    "verdict": entry.verdict,
-                    "reasons": "; ".join(entry.reasons),
-                }
-            )
-
-        def sleep(seconds: float) -> None:
-            if self._abort.wait(seconds):
-                raise KeyboardInterrupt("canary aborted: the loop is stopping")
-
-        controller = local_controller(
-            settings,
-            plan,
-            gateway_url=loop.gateway_url,
-            model_server_url=loop._server.rest_url,
-            since=self.since.to_pydatetime(),
-            report_dir=loop.report_dir / "canary",
-            sleep=sleep,
-            progress=on_step,
-        )
-        try:
-            self.outcome = controller.run(self.version).outcome
-        except BaseException as exc:  # the controller has rolled back already
-            self.outcome = f"rolled_back ({exc})"
-
-    def abort(self) -> None:
-        self._abort.set()
-        self.join(timeout=30)
+class _ReplayEnded(RuntimeError):
+    """No replay window is left to give a canary traffic."""
 
 
 def _drift_columns(spec: Any) -> dict[str, str]:
@@ -633,30 +679,6 @@ def _span(events: pd.DataFrame) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@contextmanager
-def _captured_output(path: Path) -> Iterator[None]:
-    """Send this process's and its children's stdout/stderr to ``path`` (file-descriptor level)."""
-    import os
-    import sys
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 @contextmanager
