@@ -85,7 +85,18 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, m
     users_table, items_table = _tables(settings)
 
     online = store.OnlineFeatures(settings)
+    assert online._sqlite is not None  # the direct SQLite read path
     _check_lookup_against_offline(online, events, items_table)
+    # the direct read returns exactly what Feast's own online_read gives
+    via_feast = store.OnlineFeatures(settings)
+    via_feast._sqlite = None
+    ids = [*events["item_id"].drop_duplicates().iloc[:15], "nope"]
+    as_of = events["event_timestamp"].max().to_pydatetime() + timedelta(hours=3)
+    for when in (None, as_of):
+        pd.testing.assert_frame_equal(
+            online.lookup(events["user_id"].iloc[0], ids, as_of=when),
+            via_feast.lookup(events["user_id"].iloc[0], ids, as_of=when),
+        )
 
     # at a later request time, hours_since_last is aged like the offline definition
     user = events["user_id"].iloc[-1]

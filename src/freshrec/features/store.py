@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -313,7 +315,9 @@ def get_training_set(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFram
 
 
 def _value_to_python(value: Any, default: Any) -> Any:
-    """A Feast ``ValueProto`` as a Python scalar (``default`` when unset)."""
+    """A Feast ``ValueProto`` as a Python scalar (``default`` when missing or unset)."""
+    if value is None:
+        return default
     kind = value.WhichOneof("val")
     if kind is None or kind == "null_val":
         return default
@@ -328,12 +332,80 @@ def _aged_hours(hours: float, row_ts: datetime | None, as_of: datetime) -> float
     return min(hours + elapsed, HOURS_SINCE_LAST_CAP)
 
 
+class _SqliteReader:
+    """Reads Feast's SQLite online tables (``<project>_<view>``: entity_key, feature_name, value, event_ts).
+
+    Same rows and result shape as ``SqliteOnlineStore.online_read``, about twice as fast for 100 items:
+    serialized entity keys are cached per id and timestamps are converted only for rows found (Feast
+    serializes every key and converts every timestamp on every call). The table layout is Feast's; a
+    failing read falls back to ``online_read``, and the SQLite lookup test checks the values against
+    the offline computation.
+    """
+
+    def __init__(self, config: RepoConfig) -> None:
+        path = Path(config.online_store.path)
+        if not path.is_absolute() and config.repo_path:
+            path = Path(config.repo_path) / path
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10.0)
+        self._lock = threading.Lock()
+        self._project = config.project
+        self._version = config.entity_key_serialization_version
+        self._key_bytes: dict[tuple[str, str], bytes] = {}
+
+    def _key(self, entity: str, entity_id: str) -> bytes:
+        key = self._key_bytes.get((entity, entity_id))
+        if key is None:
+            from feast.infra.key_encoding_utils import serialize_entity_key
+            from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+            from feast.protos.feast.types.Value_pb2 import Value
+
+            if len(self._key_bytes) > 1_000_000:  # bound the cache on endless id streams
+                self._key_bytes.clear()
+            proto = EntityKey(join_keys=[f"{entity}_id"], entity_values=[Value(string_val=entity_id)])
+            key = serialize_entity_key(proto, entity_key_serialization_version=self._version)
+            self._key_bytes[(entity, entity_id)] = key
+        return key
+
+    def read(
+        self, view: str, entity: str, ids: list[str]
+    ) -> list[tuple[datetime | None, dict[str, Any] | None]]:
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        keys = [self._key(entity, i) for i in ids]
+        sql = (
+            f'SELECT entity_key, feature_name, value, event_ts FROM "{self._project}_{view}" '
+            f"WHERE entity_key IN ({','.join('?' * len(keys))})"
+        )
+        with self._lock:
+            fetched = self._conn.execute(sql, keys).fetchall()
+        values: dict[bytes, dict[str, Any]] = {}
+        stamps: dict[bytes, Any] = {}
+        for key, name, blob, ts in fetched:
+            value = Value()
+            value.ParseFromString(blob)
+            values.setdefault(key, {})[name] = value
+            stamps[key] = ts
+        return [(_sqlite_ts(stamps.get(k)), values.get(k)) for k in keys]
+
+
+def _sqlite_ts(raw: Any) -> datetime | None:
+    """Feast's SQLite ``event_ts``: epoch seconds (current Feast) or an ISO string (older files)."""
+    if raw is None:
+        return None
+    if isinstance(raw, int | float):
+        return datetime.fromtimestamp(raw, UTC)
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    ts = datetime.fromisoformat(text)
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 class OnlineFeatures:
     """Online lookups for ranking (1 user x N candidate items) and pushes from the online learner.
 
     ``lookup`` reads each of the four views once through the online store's ``online_read`` (the
-    interface every Feast online store implements; the same call ``get_online_features`` makes), for the
-    one user and the de-duplicated items, and broadcasts the user row. Compared with asking the feature
+    interface every Feast online store implements; the same call ``get_online_features`` makes), or for
+    SQLite through :class:`_SqliteReader`, for the one user and the de-duplicated items, and broadcasts
+    the user row. Compared with asking the feature
     service for N (user, item) rows it skips N-1 user reads and Feast's per-row response assembly; the
     benchmark measures both.
     """
@@ -346,6 +418,8 @@ class OnlineFeatures:
         self._defaults: dict[str, dict[str, Any]] = {}
         self._columns: dict[str, list[str]] = {}
         self._keys: dict[str, dict[str, Any]] = {"user": {}, "item": {}}
+        config = self.store.config
+        self._sqlite = _SqliteReader(config) if config.online_store.type == "sqlite" else None
         for entity in ("user", "item"):
             views: list[tuple[Any, list[str]]] = []
             defaults: dict[str, Any] = {}
@@ -398,12 +472,19 @@ class OnlineFeatures:
         defaults = self._defaults[entity]
         cols: dict[str, list[Any]] = {}
         for view, names in self._views[entity]:
-            # a copy: the Redis store appends its timestamp keys to the list it is given
-            rows = self._online.online_read(self.store.config, view, keys, list(names))
+            rows = None
+            if self._sqlite is not None:
+                try:
+                    rows = self._sqlite.read(view.name, entity, ids)
+                except sqlite3.Error as exc:  # e.g. a table not created yet: Feast's own path decides
+                    log.debug("direct SQLite read of %s failed (%s); using online_read", view.name, exc)
+            if rows is None:
+                # a copy: the Redis store appends its timestamp keys to the list it is given
+                rows = self._online.online_read(self.store.config, view, keys, list(names))
             for name in names:
                 default = defaults[name]
                 cols[name] = [
-                    default if vals is None else _value_to_python(vals[name], default) for _, vals in rows
+                    default if vals is None else _value_to_python(vals.get(name), default) for _, vals in rows
                 ]
             hours = f"{entity}_hours_since_last"
             if as_of is not None and hours in names:
