@@ -64,6 +64,9 @@ def pipeline_arguments(settings: Settings, pipeline: str, **params: Any) -> dict
     if settings.rollout.plan_file:
         data["rollout"]["plan_file"] = str(Path(settings.rollout.plan_file).resolve())
     data.pop("workdir", None)
+    if params.get("dataset"):
+        # The dataset prepared by this run is the one every step describes (feature spec, drift columns).
+        data["data"]["dataset"] = str(params["dataset"])
     args: dict[str, Any] = {"workdir": str(workdir), "settings_json": json.dumps(data, sort_keys=True)}
     if pipeline == "continuous_training":
         args["rollout_mode"] = settings.pipeline.rollout_mode
