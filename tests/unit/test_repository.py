@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,8 +21,9 @@ def fake_export(path: Path, tag: str = "x") -> Path:
     return path
 
 
-def _publish_in_process(models_dir: str, src: str, queue) -> None:
+def _publish_in_process(models_dir: str, src: str, queue, barrier) -> None:
     repo = ModelRepository(models_dir, "ctr")
+    barrier.wait(30)  # all publish at the same moment
     queue.put(repo.publish(src, {"who": src}))
 
 
@@ -63,8 +65,14 @@ def test_publish_rejects_a_directory_without_saved_model(tmp_path):
 def test_concurrent_publishes_from_threads_get_distinct_versions(tmp_path):
     repo = ModelRepository(tmp_path / "models", "ctr")
     sources = [fake_export(tmp_path / f"s{k}", tag=str(k)) for k in range(8)]
-    with ThreadPoolExecutor(8) as pool:
-        versions = list(pool.map(lambda s: repo.publish(s, {"src": s.name}), sources))
+    barrier = threading.Barrier(len(sources))
+
+    def publish(src: Path) -> int:
+        barrier.wait(30)
+        return repo.publish(src, {"src": src.name})
+
+    with ThreadPoolExecutor(len(sources)) as pool:
+        versions = list(pool.map(publish, sources))
     assert sorted(versions) == list(range(1, 9))
     assert {repo.metadata(v)["src"] for v in versions} == {s.name for s in sources}
 
@@ -72,9 +80,13 @@ def test_concurrent_publishes_from_threads_get_distinct_versions(tmp_path):
 def test_concurrent_publishes_from_processes_get_distinct_versions(tmp_path):
     models = tmp_path / "models"
     sources = [fake_export(tmp_path / f"p{k}", tag=str(k)) for k in range(4)]
-    ctx = mp.get_context("spawn")
+    # fork: the children need only the file system (no TF), and start without re-importing anything
+    ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_publish_in_process, args=(str(models), str(s), queue)) for s in sources]
+    barrier = ctx.Barrier(len(sources))
+    procs = [
+        ctx.Process(target=_publish_in_process, args=(str(models), str(s), queue, barrier)) for s in sources
+    ]
     for p in procs:
         p.start()
     for p in procs:
