@@ -86,3 +86,29 @@ def test_frame_to_inputs_dtypes_and_missing_values():
         labels_of(df, spec)
     with pytest.raises(ValueError, match="lacks model input columns"):
         frame_to_inputs(df.drop(columns=["item_genres"]), spec)
+
+
+def test_spec_from_the_shipped_movielens_description_matches_the_features_contract():
+    from freshrec.data.datasets import load_description
+    from freshrec.features import activity
+
+    spec = FeatureSpec.for_description(load_description("movielens-100k"), id_hash_buckets=1000)
+    expected_profile = {
+        "user_gender",
+        "user_age",
+        "user_occupation",
+        "user_zip_prefix",
+        "item_genres",
+        "item_year",
+    }
+    assert set(spec.input_names) == {"user_id", "item_id"} | expected_profile | set(
+        USER_ACTIVITY + ITEM_ACTIVITY
+    )
+    assert activity.USER_ACTIVITY == USER_ACTIVITY and activity.ITEM_ACTIVITY == ITEM_ACTIVITY
+    assert (
+        "rating" not in spec.input_names
+    )  # context column kept by the loader, never a feature (it is the label)
+    assert (
+        spec.feature("item_genres").encoding == "multi_hash"
+        and spec.feature("item_year").encoding == "bucketize"
+    )
