@@ -426,8 +426,10 @@ def run_training(
         return run
     from freshrec.model.infra import infra_check
 
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=settings.models_dir) as tmp:
+    # Export beside the versions (same file system, so publish can rename instead of copy); the dot
+    # prefix keeps it invisible to readers of the repository and to TF Serving.
+    repo.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-export-", dir=repo.root) as tmp:
         export_dir = result.export(Path(tmp) / "export")
         sample = test_df.head(64)
         check = infra_check(export_dir, sample, predict(result.model, sample, result.spec))
