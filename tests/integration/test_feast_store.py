@@ -231,7 +231,17 @@ def test_redis_online_store_and_postgres_registry(prepared, redis_url, postgres_
         assert not (settings.workdir / "feast" / "registry.db").exists()
         store.materialize(redis_settings)
         online = store.OnlineFeatures(redis_settings)
+        assert online._redis is not None  # one HMGET per entity for all its views
         _check_lookup_against_offline(online, events, _tables(settings)[1])
+        via_feast = store.OnlineFeatures(redis_settings)
+        via_feast._redis = None  # Feast's own online_read, view by view
+        ids = [*events["item_id"].drop_duplicates().iloc[:15], "nope"]
+        as_of = events["event_timestamp"].max().to_pydatetime() + timedelta(hours=3)
+        for when in (None, as_of):
+            pd.testing.assert_frame_equal(
+                online.lookup(events["user_id"].iloc[0], ids, as_of=when),
+                via_feast.lookup(events["user_id"].iloc[0], ids, as_of=when),
+            )
         item = events["item_id"].iloc[0]
         state = ActivityState()
         state.update(events)

@@ -388,6 +388,81 @@ class _SqliteReader:
         return [(_sqlite_ts(stamps.get(k)), values.get(k)) for k in keys]
 
 
+class _RedisReader:
+    """One HMGET per entity for *all* its views (Feast keeps them in the same hash), one pipeline per lookup.
+
+    Feast's ``online_read`` sends one pipeline per view and re-serializes every key each time; the
+    fields and keys here are built with Feast's own helpers (``_redis_key``, ``_mmh3``), the replies
+    decoded as Feast does, and the Redis lookup test checks the values against the offline computation.
+    """
+
+    def __init__(
+        self, online_store: Any, config: RepoConfig, views: dict[str, list[tuple[Any, list[str]]]]
+    ) -> None:
+        from feast.infra.online_stores.helpers import _mmh3
+
+        self._store = online_store
+        self._config = config
+        self._keys: dict[tuple[str, str], bytes] = {}
+        # per entity: the field list of one HMGET and, per view, the slice of it and the feature names
+        self._fields: dict[str, list[Any]] = {}
+        self._layout: dict[str, list[tuple[int, int, list[str]]]] = {}
+        for entity, entity_views in views.items():
+            fields: list[Any] = []
+            layout = []
+            for view, names in entity_views:
+                start = len(fields)
+                fields += [_mmh3(f"{view.name}:{n}") for n in names] + [f"_ts:{view.name}"]
+                layout.append((start, len(fields), names))
+            self._fields[entity] = fields
+            self._layout[entity] = layout
+
+    def _key(self, entity: str, entity_id: str) -> bytes:
+        key = self._keys.get((entity, entity_id))
+        if key is None:
+            from feast.infra.online_stores.helpers import _redis_key
+            from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+            from feast.protos.feast.types.Value_pb2 import Value
+
+            if len(self._keys) > 1_000_000:
+                self._keys.clear()
+            proto = EntityKey(join_keys=[f"{entity}_id"], entity_values=[Value(string_val=entity_id)])
+            key = _redis_key(
+                self._config.project,
+                proto,
+                entity_key_serialization_version=self._config.entity_key_serialization_version,
+            )
+            self._keys[(entity, entity_id)] = key
+        return key
+
+    def read(self, entity: str, ids: list[str]) -> list[list[tuple[datetime | None, Any]]]:
+        from feast.protos.feast.types.Value_pb2 import Value
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        fields = self._fields[entity]
+        replies = self._store._read_hash_fields(self._config, [(self._key(entity, i), fields) for i in ids])
+        out: list[list[tuple[datetime | None, Any]]] = []
+        for start, end, names in self._layout[entity]:
+            rows: list[tuple[datetime | None, Any]] = []
+            for reply in replies:
+                part = reply[start:end]
+                if all(v is None for v in part):
+                    rows.append((None, None))
+                    continue
+                vals = {}
+                for name, blob in zip(names, part[:-1], strict=True):
+                    if blob:
+                        value = Value()
+                        value.ParseFromString(blob)
+                        vals[name] = value
+                stamp = Timestamp()
+                if part[-1]:
+                    stamp.ParseFromString(part[-1])
+                rows.append((datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, UTC), vals))
+            out.append(rows)
+        return out
+
+
 def _sqlite_ts(raw: Any) -> datetime | None:
     """Feast's SQLite ``event_ts``: epoch seconds (current Feast) or an ISO string (older files)."""
     if raw is None:
@@ -420,6 +495,7 @@ class OnlineFeatures:
         self._keys: dict[str, dict[str, Any]] = {"user": {}, "item": {}}
         config = self.store.config
         self._sqlite = _SqliteReader(config) if config.online_store.type == "sqlite" else None
+        self._redis: _RedisReader | None = None
         for entity in ("user", "item"):
             views: list[tuple[Any, list[str]]] = []
             defaults: dict[str, Any] = {}
@@ -446,6 +522,8 @@ class OnlineFeatures:
                     self._dtypes[name] = np.float64
                 else:
                     self._dtypes[name] = object
+        if config.online_store.type == "redis":
+            self._redis = _RedisReader(self._online, config, self._views)
 
     @property
     def columns(self) -> list[str]:
@@ -467,11 +545,13 @@ class OnlineFeatures:
             out.append(key)
         return out
 
-    def _read(self, entity: str, ids: list[str], as_of: datetime | None = None) -> dict[str, list[Any]]:
-        keys = self._entity_keys(entity, ids)
-        defaults = self._defaults[entity]
-        cols: dict[str, list[Any]] = {}
-        for view, names in self._views[entity]:
+    def _rows_by_view(self, entity: str, ids: list[str]) -> list[list[tuple[datetime | None, Any]]]:
+        """For each view of ``entity``: one ``(timestamp, {feature: ValueProto})`` or ``(None, None)`` per id."""
+        views = self._views[entity]
+        if self._redis is not None:
+            return self._redis.read(entity, ids)
+        out = []
+        for view, names in views:
             rows = None
             if self._sqlite is not None:
                 try:
@@ -480,7 +560,16 @@ class OnlineFeatures:
                     log.debug("direct SQLite read of %s failed (%s); using online_read", view.name, exc)
             if rows is None:
                 # a copy: the Redis store appends its timestamp keys to the list it is given
-                rows = self._online.online_read(self.store.config, view, keys, list(names))
+                rows = self._online.online_read(
+                    self.store.config, view, self._entity_keys(entity, ids), list(names)
+                )
+            out.append(rows)
+        return out
+
+    def _read(self, entity: str, ids: list[str], as_of: datetime | None = None) -> dict[str, list[Any]]:
+        defaults = self._defaults[entity]
+        cols: dict[str, list[Any]] = {}
+        for (_, names), rows in zip(self._views[entity], self._rows_by_view(entity, ids), strict=True):
             for name in names:
                 default = defaults[name]
                 cols[name] = [
