@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -254,7 +255,7 @@ class ReferenceProfile:
             if name in frame.columns:
                 prof.extra[name] = _sorted_finite(frame[name])
         keep = list(dict.fromkeys(c for c in list(columns) + list(extra_columns) if c in frame.columns))
-        prof.sample = stratified_sample(frame[keep], sample_rows, stratify, seed)
+        prof.sample = stratified_sample(frame, sample_rows, stratify, seed, keep)
         return prof
 
     def save(self, directory: Path) -> Path:
@@ -353,15 +354,36 @@ def _category_counts(s: pd.Series) -> tuple[dict[str, int], int]:
     return {str(k): int(v) for k, v in counts.groupby(keys).sum().items()}, n_missing
 
 
-def stratified_sample(frame: pd.DataFrame, max_rows: int, stratify: str | None, seed: int) -> pd.DataFrame:
-    """At most ``max_rows`` rows, proportionally from each value of ``stratify`` (uniform without it)."""
+def stratified_sample(
+    frame: pd.DataFrame,
+    max_rows: int,
+    stratify: str | None,
+    seed: int,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """About ``max_rows`` rows of ``columns`` (rounded per stratum), in proportion to each ``stratify`` value.
+
+    Uniform without a usable ``stratify`` column. Rows are chosen before columns are copied, so a
+    million-row window costs only the sampled rows.
+    """
+    cols = list(columns) if columns is not None else list(frame.columns)
     if len(frame) <= max_rows:
-        return frame.reset_index(drop=True)
-    if stratify and stratify in frame.columns and frame[stratify].nunique(dropna=False) <= 1000:
-        frac = max_rows / len(frame)
-        out = frame.groupby(stratify, group_keys=False, dropna=False).sample(frac=frac, random_state=seed)
-        return out.reset_index(drop=True)
-    return frame.sample(n=max_rows, random_state=seed).reset_index(drop=True)
+        return frame[cols].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    if stratify and stratify in frame.columns:
+        codes, uniques = pd.factorize(frame[stratify], use_na_sentinel=False)
+        if len(uniques) <= 1000:
+            frac = max_rows / len(frame)
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+            picks = [
+                rng.choice(order[lo:hi], int(np.rint((hi - lo) * frac)), replace=False)
+                for lo, hi in itertools.pairwise(bounds)
+            ]
+            positions = np.sort(np.concatenate(picks))
+            return frame.iloc[positions][cols].reset_index(drop=True)
+    positions = np.sort(rng.choice(len(frame), max_rows, replace=False))
+    return frame.iloc[positions][cols].reset_index(drop=True)
 
 
 def read_frame(path: Path | str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -729,7 +751,7 @@ def check_drift(
     if served is not None and offline is not None:
         _skew(result, served, offline, list(skew_keys), columns, settings)
 
-    if html or evidently_only:
+    if (html and out_dir is not None) or evidently_only:
         t3 = time.perf_counter()
         _evidently_report(result, prof, cur, columns, evidently_only, settings, out_dir, stem, html)
         timings["evidently_report"] = time.perf_counter() - t3
@@ -887,7 +909,7 @@ def _evidently_report(
     ]
     ref_sample = prof.sample if prof.sample is not None else pd.DataFrame(columns=present)
     ref_sample = ref_sample[[c for c in present + extras if c in ref_sample.columns]]
-    cur_sample = stratified_sample(cur[present + extras], settings.max_sample_rows, settings.target_column, 0)
+    cur_sample = stratified_sample(cur, settings.max_sample_rows, settings.target_column, 0, present + extras)
     if evidently_only:
         # Methods without a fast path are computed by Evidently on the full current window; the reference
         # profile holds only a sample, so these columns are as exact as the sample allows.
