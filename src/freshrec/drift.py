@@ -526,15 +526,22 @@ def numeric_drift(
     return score, score >= threshold, 0.0, True
 
 
+def _n_unique_union(ref_sorted: np.ndarray, cur_sorted: np.ndarray, limit: int) -> int:
+    """Distinct values of both windows together (as Evidently counts them), exactly up to ``limit``."""
+    n_ref = _n_unique(ref_sorted)
+    if n_ref > limit:
+        return n_ref  # the union is larger still: only whether it exceeds the limit matters
+    return len(set(_sorted_counts(ref_sorted)) | set(_sorted_counts(cur_sorted)))
+
+
 def _n_unique(sorted_values: np.ndarray) -> int:
     if len(sorted_values) == 0:
         return 0
     return int(np.count_nonzero(sorted_values[1:] != sorted_values[:-1]) + 1)
 
 
-def categorical_drift(
-    ref_counts: Mapping[str, int], cur_counts: Mapping[str, int], method: str, threshold: float
-) -> float:
+def categorical_drift(ref_counts: Mapping[str, int], cur_counts: Mapping[str, int], method: str) -> float:
+    """Jensen-Shannon distance or PSI between two category-count tables (exact, on full data)."""
     if method not in ("jensenshannon", "psi"):
         raise ValueError(f"method {method!r} has no fast categorical implementation")
     r, c = _counts_union(ref_counts, cur_counts)
@@ -688,7 +695,7 @@ def check_drift(
         if kind == "numeric":
             ref_v, cur_v = prof.sorted_values[name], cur_sorted[name]
             n_ref, n_cur = len(ref_v), len(cur_v)
-            n_unique = _n_unique(ref_v) if n_ref else 0
+            n_unique = _n_unique_union(ref_v, cur_v, settings.numeric_as_categorical_max_unique)
         else:
             n_ref, n_cur = sum(prof.category_counts[name].values()), sum(cur_counts[name].values())
             n_unique = len(prof.category_counts[name])
@@ -702,7 +709,7 @@ def check_drift(
         if kind == "numeric":
             score, drifted, bound, exact = numeric_drift(ref_v, cur_v, method, threshold)
         else:
-            score = categorical_drift(prof.category_counts[name], cur_counts[name], method, threshold)
+            score = categorical_drift(prof.category_counts[name], cur_counts[name], method)
             drifted, bound, exact = score >= threshold, 0.0, True
         result.features[name] = FeatureDrift(
             name=name,

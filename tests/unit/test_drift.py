@@ -279,3 +279,17 @@ def test_model_feature_spec_selects_only_the_models_columns():
         "item_year": "numeric",
     }
     assert result.drifted_features == sorted(USER)
+
+
+def test_numeric_column_with_few_values_compares_as_categories_like_evidently():
+    rng = np.random.default_rng(15)
+    ref = pd.DataFrame({"stars": rng.choice([1.0, 2.0, 3.0], 2000), "x": rng.normal(size=2000)})
+    cur = pd.DataFrame(
+        {"stars": rng.choice([1.0, 2.0, 3.0], 2000, p=[0.6, 0.2, 0.2]), "x": rng.normal(size=2000)}
+    )
+    result = check_drift(ref, cur, None, DriftSettings(target_column=None), None, html=False)
+    assert result.columns == {"stars": "numeric", "x": "numeric"}
+    assert result.features["stars"].method == "jensenshannon" and result.features["stars"].drifted
+    assert result.features["x"].method == "wasserstein" and not result.features["x"].drifted
+    forced = DriftSettings(target_column=None, column_methods={"stars": "wasserstein"})
+    assert check_drift(ref, cur, None, forced, None, html=False).features["stars"].method == "wasserstein"
