@@ -143,7 +143,9 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, m
     )
     EventLog(settings.eventlog_dir).append(fresh, source_id="fresh")
     mat2 = store.materialize(settings)
-    assert all(v.startswith("incremental") for v in mat2.views.values())
+    assert mat2.views["user_activity_fv"].startswith("incremental")
+    assert mat2.views["item_activity_fv"].startswith("incremental")
+    assert mat2.views["user_profile_fv"] == "full from 1970"  # small, and re-stamped by prepare
     row = store.OnlineFeatures(settings).lookup(user, [new_item]).iloc[0]
     assert row["item_events_total"] == 3.0
     assert row["item_ctr_total"] == pytest.approx((2 + 10 * 0.5) / (3 + 10), rel=1e-6)

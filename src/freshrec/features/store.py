@@ -193,7 +193,8 @@ def materialize(
 
     The activity tables are recomputed from the event log first (``rebuild_activity``). A view that was
     never materialized is loaded in full (from 1970: MovieLens is older than any TTL-based start Feast
-    would pick); later calls only load rows stamped after the previous end. Events that arrive late
+    would pick); later calls only load activity rows stamped after the previous end (profiles, small,
+    are always loaded in full). Events that arrive late
     (stamped before that end) reach the offline tables but not the online store until a full run
     (``incremental=False``).
     """
@@ -213,7 +214,9 @@ def materialize(
     for name in VIEW_NAMES:
         view = store.get_feature_view(name)
         last = view.most_recent_end_time
-        if incremental and last is not None:
+        # profiles are small and re-stamped at the start of the data by `prepare`, so a new id would never
+        # fall in an incremental window: load them in full every time
+        if incremental and last is not None and not name.endswith("_profile_fv"):
             say(f"{name}: incremental from {last:%Y-%m-%d %H:%M:%S}")
             store.materialize_incremental(end_date=end, feature_views=[name])
             done[name] = f"incremental from {last.isoformat()}"
