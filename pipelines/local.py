@@ -56,13 +56,15 @@ class LocalRun:
 
 def pipeline_arguments(settings: Settings, pipeline: str, **params: Any) -> dict[str, Any]:
     """The pipeline's arguments for these settings: workdir and settings JSON with absolute paths."""
-    data = settings.model_dump(mode="json")
+    # Only what differs from the defaults: the tasks rebuild the rest the same way, and the run's
+    # parameters stay readable in logs and the KFP UI.
+    data = settings.model_dump(mode="json", exclude_defaults=True)
     workdir = settings.workdir.resolve()
     # Paths in the settings are relative to the caller's directory; tasks may run elsewhere.
-    data["data"]["datasets_dir"] = str(Path(settings.data.datasets_dir).resolve())
-    data["features"]["repo_dir"] = str(Path(settings.features.repo_dir).resolve())
+    data.setdefault("data", {})["datasets_dir"] = str(Path(settings.data.datasets_dir).resolve())
+    data.setdefault("features", {})["repo_dir"] = str(Path(settings.features.repo_dir).resolve())
     if settings.rollout.plan_file:
-        data["rollout"]["plan_file"] = str(Path(settings.rollout.plan_file).resolve())
+        data.setdefault("rollout", {})["plan_file"] = str(Path(settings.rollout.plan_file).resolve())
     data.pop("workdir", None)
     if params.get("dataset"):
         # The dataset prepared by this run is the one every step describes (feature spec, drift columns).

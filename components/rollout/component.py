@@ -50,7 +50,9 @@ def rollout(
     elif stable is None or mode in ("promote", "auto"):
         repo.set_label("stable", version)
         outcome = "promoted"
-        timeline.append(f"v{version} labelled stable ({'first version' if stable is None else 'promote mode'})")
+        timeline.append(
+            f"v{version} labelled stable ({'first version' if stable is None else 'promote mode'})"
+        )
     elif mode == "argo":
         from freshrec.rollout.k8s import ArgoRolloutDriver, make_api_client
 
