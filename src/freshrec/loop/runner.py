@@ -27,7 +27,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
-import re
 import shutil
 import time
 import uuid
@@ -261,7 +260,9 @@ class Loop:
             f"  kfp.local: continuous_training ({label}, rollout {rollout_mode}); log → {log_path}"
         )
         start = time.perf_counter()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        kfp_root = self.settings.workdir / "kfp"
+        before = set(kfp_root.iterdir()) if kfp_root.exists() else set()
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"}
         with (
             open(log_path, "wb") as fh,
             self.console.status(f"continuous_training pipeline ({label}) running"),
@@ -273,11 +274,10 @@ class Loop:
                 proc.terminate()
                 proc.wait(timeout=30)
                 raise
-        text = log_path.read_text(errors="replace")
-        found = re.search(r"^run directory: (.+)$", text, re.MULTILINE)
-        if rc != 0 or not found:
+        new = [p for p in kfp_root.iterdir() if p not in before and p.is_dir()] if kfp_root.exists() else []
+        if rc != 0 or len(new) != 1:
             raise LoopError(f"the {label} pipeline failed (exit {rc}); its log: {log_path}")
-        run_dir = Path(found.group(1).strip())
+        run_dir = new[0]
         run = LocalRun("continuous_training", run_dir, time.perf_counter() - start, collect_tasks(run_dir))
         self.record.links.append({"label": f"pipeline log ({label})", "href": log_path.name})
         self.record.links.append({"label": f"KFP artifacts ({label})", "href": run_dir.resolve().as_uri()})
