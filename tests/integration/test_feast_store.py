@@ -115,6 +115,12 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, m
     reference = build_training_frame(events, users_table, items_table)
     reference = reference.set_index("event_id").loc[sample["event_id"]].reset_index()[via_feast.columns]
     pd.testing.assert_frame_equal(via_feast, reference)
+    # and the pipelines' engine switch gives the same rows either way (pandas from the tables written here)
+    pandas_engine = settings.model_copy(
+        update={"features": settings.features.model_copy(update={"training_set_engine": "pandas"})}
+    )
+    via_pandas = store.training_set(pandas_engine, events).set_index("event_id").loc[sample["event_id"]]
+    pd.testing.assert_frame_equal(via_pandas.reset_index()[via_feast.columns], via_feast)
 
     # push: the online learner's fresh state replaces the materialized row
     user = events["user_id"].iloc[-1]

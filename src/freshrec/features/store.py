@@ -267,6 +267,24 @@ def _entity_chunks(pairs: pd.DataFrame, key: str, budget: int) -> list[pd.DataFr
     ]
 
 
+def training_set(settings: Settings, events: pd.DataFrame) -> pd.DataFrame:
+    """The point-in-time training set for ``events``, by ``settings.features.training_set_engine``.
+
+    ``feast`` asks the offline store (:func:`get_training_set`); ``pandas`` joins the profile tables
+    and computes the activity features from ``events`` themselves
+    (:func:`freshrec.features.training_set.build_training_frame`). Both give the same frame.
+    """
+    if settings.features.training_set_engine == "feast":
+        return get_training_set(settings, events)
+    from freshrec.features.training_set import build_training_frame
+
+    _require_profiles(settings)
+    paths = table_paths(settings)
+    return build_training_frame(
+        events, pd.read_parquet(paths["user_profile"]), pd.read_parquet(paths["item_profile"])
+    )
+
+
 def get_training_set(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFrame:
     """Feast point-in-time training set for ``entity_df`` (events): same columns as ``build_training_frame``.
 
