@@ -48,6 +48,7 @@ def drift_check(
     from freshrec.config import load_settings
     from freshrec.data.eventlog import EventLog
     from freshrec.drift import check_drift
+    from freshrec.features.store import table_paths
     from freshrec.features.training_set import build_training_frame
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
@@ -60,10 +61,9 @@ def drift_check(
     start = split - pd.Timedelta(hours=reference_hours)
     # Activity features need the history before the windows too, so build on everything up to `end`.
     history = events[events["event_timestamp"] < end]
+    tables = table_paths(settings)
     frame = build_training_frame(
-        history,
-        pd.read_parquet(settings.tables_dir / "users.parquet"),
-        pd.read_parquet(settings.tables_dir / "items.parquet"),
+        history, pd.read_parquet(tables["user_profile"]), pd.read_parquet(tables["item_profile"])
     )
     ts = frame["event_timestamp"]
     reference, current = frame[(ts >= start) & (ts < split)], frame[ts >= split]

@@ -13,7 +13,6 @@ def training_set(
     valid_set: Output[Dataset],
     test_set: Output[Dataset],
     metrics: Output[Metrics],
-    use_feature_store: bool = True,
 ) -> None:
     """Build the point-in-time training frame (``features.training_set_engine``) and split it by time.
 
@@ -25,8 +24,6 @@ def training_set(
         valid_set: output Parquet, the next ``data.valid_fraction``.
         test_set: output Parquet, the newest events (evaluation and the drift "current" window).
         metrics: rows and positive rate per split.
-        use_feature_store: join through Feast (``get_historical_features``); False builds the same frame
-            with the pure-pandas reference join (``build_training_frame``), which is much faster on a laptop.
     """
     import json
 
@@ -35,17 +32,9 @@ def training_set(
     from freshrec.config import load_settings
     from freshrec.data.datasets import time_split
     from freshrec.features import store
-    from freshrec.features.training_set import build_training_frame
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
-    entities = pd.read_parquet(events.path)
-    if use_feature_store:
-        frame = store.get_training_set(settings, entities)
-    else:
-        tables = store.table_paths(settings)
-        frame = build_training_frame(
-            entities, pd.read_parquet(tables["user_profile"]), pd.read_parquet(tables["item_profile"])
-        )
+    frame = store.training_set(settings, pd.read_parquet(events.path))
     fractions = (
         settings.data.train_fraction,
         settings.data.valid_fraction,

@@ -70,11 +70,11 @@ def create_pipeline(
         dataset: str = "",
         source_path: str = "",
         epochs: int = 0,
-        rollout_mode: str = "local",
+        rollout_mode: str = "auto",
     ) -> None:
         """Args: workdir (shared state), settings_json (settings overrides as JSON), dataset (a dataset to
         prepare; empty: the configured one, on first run), source_path (an event file to ingest), epochs
-        (> 0 overrides training.epochs), rollout_mode (local | argo | none)."""
+        (> 0 overrides training.epochs), rollout_mode (auto | local | argo | promote | none)."""
         state = {"workdir": workdir, "settings_json": settings_json}
         ingested = comps["ingest"](**state, dataset=dataset, source_path=source_path)
         ingested.set_caching_options(False)

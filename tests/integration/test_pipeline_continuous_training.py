@@ -60,7 +60,8 @@ def workdir(tmp_path_factory):
 def first_run(workdir):
     from freshrec.pipelines.local import run_local
 
-    return run_local(_settings(workdir), epochs=1)
+    # The Feast offline store builds this run's training set (later runs use the in-process engine).
+    return run_local(_settings(workdir, features={"training_set_engine": "feast"}), epochs=1)
 
 
 def _repo(workdir: Path):
@@ -98,6 +99,7 @@ def test_pipeline_pushes_and_promotes_the_first_blessed_model(first_run, workdir
 def test_unblessed_model_is_not_pushed(first_run, workdir):
     from freshrec.pipelines.local import run_local
 
+    # The in-process training-set engine here (the first run used Feast): both feed the same steps.
     run = run_local(_settings(workdir, blessing={"min_auc": 0.99}), epochs=1)
     assert run.output("evaluate", "blessed") is False
     assert run.output("push-gate") is False
