@@ -5,6 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+# Each test starts the real `freshrec` command in a fresh interpreter (a few seconds on a busy machine).
+pytestmark = pytest.mark.slow
+
 
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(
