@@ -24,10 +24,10 @@ $(STAMP): requirements.lock pyproject.toml setup.py
 setup: $(STAMP) ## create the virtual environment from requirements.lock
 
 run: $(STAMP) ## run the whole continuously-learning loop locally on MovieLens-100k
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec run $(RUN_ARGS)
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/freshrec run $(RUN_ARGS)
 
 run-quick: $(STAMP) ## the same loop on a small window (about 3 minutes)
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec run --quick $(RUN_ARGS)
+	TF_CPP_MIN_LOG_LEVEL=3 $(BIN)/freshrec run --quick $(RUN_ARGS)
 
 test: $(STAMP) ## run every test (slow, integration and e2e included)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

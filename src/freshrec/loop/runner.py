@@ -30,6 +30,7 @@ import math
 import shutil
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -302,6 +303,10 @@ class Loop:
         from freshrec.features.training_set import build_training_frame
         from freshrec.model.export import load_keras_model, spec_of
         from freshrec.online.learner import predict
+
+        with warnings.catch_warnings():  # Evidently's and its web stack's import-time deprecation noise
+            warnings.simplefilter("ignore")
+            import evidently  # noqa: F401
 
         events = self.replay_events
         n_windows = max(1, math.ceil(len(events) / self.options.window_events))
