@@ -79,13 +79,28 @@ def make_dataset(
     shuffle: bool = True,
     seed: int = 42,
 ) -> Any:
-    """A ``tf.data.Dataset`` of (feature dict, label) batches built once from column arrays."""
+    """A ``tf.data.Dataset`` of (feature dict, label) batches over column arrays held once in memory.
+
+    Shuffling permutes row indices each epoch and gathers whole batches (one ``tf.gather`` per column),
+    instead of shuffling and batching row by row, which costs a per-row step for every column.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((inputs, labels))
+    n = len(labels)
+    columns = ({k: tf.convert_to_tensor(v) for k, v in inputs.items()}, tf.convert_to_tensor(labels))
+    indices = tf.data.Dataset.range(n)
     if shuffle:
-        ds = ds.shuffle(min(len(labels), 200_000), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    indices = indices.batch(batch_size)
+    data = tf.data.Dataset.from_tensors(columns).repeat()
+
+    def gather(idx: Any, cols: Any) -> Any:
+        return tf.nest.map_structure(lambda t: tf.gather(t, idx), cols)
+
+    ds = tf.data.Dataset.zip((indices, data)).map(
+        gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _strategy() -> Any:
