@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration]
 ITEMS = [f"item-{i}" for i in range(20)]
 
 
-def lookup(user_id: str, item_ids: list[str]) -> pd.DataFrame:
+def lookup(user_id: str, item_ids: list[str], as_of=None) -> pd.DataFrame:
     """In-memory features: item_ctr_total grows with the item number, so the ranking is predictable."""
     n = len(item_ids)
     return pd.DataFrame(

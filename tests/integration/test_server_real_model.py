@@ -34,7 +34,7 @@ def test_real_model_served_by_rest_and_ranked_by_gateway(tmp_path):
     names = spec.input_names
     want = np.ravel(predict_saved_model(repo.path(version), frame))
 
-    def lookup(user_id: str, item_ids: list[str]) -> pd.DataFrame:
+    def lookup(user_id: str, item_ids: list[str], as_of=None) -> pd.DataFrame:
         rows = (
             frame.drop_duplicates("item_id")
             .set_index("item_id", drop=False)

@@ -39,7 +39,7 @@ PLAN = CanaryPlan.model_validate(
 )
 
 
-def lookup(user_id: str, item_ids: list[str]) -> pd.DataFrame:
+def lookup(user_id: str, item_ids: list[str], as_of=None) -> pd.DataFrame:
     n = len(item_ids)
     return pd.DataFrame(
         {

@@ -39,7 +39,8 @@ from freshrec.serving.predlog import PredictionLog
 
 log = logging.getLogger(__name__)
 
-FeatureLookup = Callable[[str, list[str]], pd.DataFrame]
+# lookup(user_id, item_ids, as_of=<request time, UTC datetime>) -> one feature row per item
+FeatureLookup = Callable[..., pd.DataFrame]
 ARMS = ("stable", "canary")
 CANARY_STATE_FILE = "gateway_canary.json"
 
@@ -370,7 +371,10 @@ class Gateway:
         stats = self.stats_by_arm[arm]
         try:
             try:
-                frame = self.lookup(user_id, item_ids)
+                # Features as of the request time (``as_of`` or now): time-since-last features are aged to
+                # it, as the offline training set computes them at each event's time.
+                now = pd.Timestamp(served_at_ns if served_at_ns is not None else time.time_ns(), tz="UTC")
+                frame = self.lookup(user_id, item_ids, as_of=now.to_pydatetime())
             except Exception as exc:  # the store's own errors vary by backend
                 raise GatewayError(502, f"feature lookup failed: {type(exc).__name__}: {exc}") from exc
             if len(frame) != len(item_ids):
