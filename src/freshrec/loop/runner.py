@@ -345,7 +345,17 @@ class Loop:
                     version = self._retrain(reason)
                     if version is not None:
                         self._canary(version)
-        return f"{len(events):,} events in {n_windows} windows"
+        self.freshness.wait(timeout_s=30)
+        fresh = self.freshness.summary()
+        self.record.freshness_s = [r["freshness_s"] for r in fresh["records"] if r["freshness_s"] is not None]
+        labels = {v: name for name, v in self.repo.labels().items()}
+        for row in self.record.versions:
+            row["label"] = labels.get(row["version"], "")
+        learner = self.learner.totals
+        return (
+            f"{len(events):,} events in {n_windows} windows; online learner: {learner.learned:,} learned, "
+            f"{learner.exports} versions exported, {learner.guard_failures} guard failures"
+        )
 
     def _play_next_window(self) -> dict[str, Any]:
         """One replay window: traffic → clicks → features → metrics → online learning → drift check."""
@@ -487,7 +497,8 @@ class Loop:
             "drift_share": float(result.drift_share),
             "verdict": result.verdict,
             "drifted": result.drifted_features,
-            "alerted": any(d.action == "fire" for d in deliveries),
+            "alerted": any(d.action == "fire" for d in deliveries)
+            or any(a.model == self.settings.model.name for a in self.alerts.open_alerts().values()),
             "report": str(Path(result.html_path).relative_to(self.report_dir)) if result.html_path else "",
         }
 
@@ -535,15 +546,19 @@ class Loop:
         from freshrec.rollout.plan import CanaryPlan
 
         unit = 60.0  # virtual seconds per replay window
+        # A replay shows each user the items they really rated, whatever the model: CTR per arm then only
+        # measures which users the sticky split sent where, so the CTR check is left out here (it stays in
+        # the default plan for live traffic, where the model chooses what is shown).
+        analysis = {"checks": ["error_rate", "latency_p99", "score_shift", "logloss"]}
         plan = CanaryPlan.model_validate(
             {
                 "steps": [
                     {"set_weight": 20},
                     {"pause": {"duration_s": unit}},
-                    {"analysis": {}},
+                    {"analysis": analysis},
                     {"set_weight": 50},
                     {"pause": {"duration_s": unit}},
-                    {"analysis": {}},
+                    {"analysis": analysis},
                     {"set_weight": 100},
                 ]
             }
@@ -639,6 +654,16 @@ class Loop:
                 if col in df:
                     s[f"mean window AUC, {variant}"] = round(float(df[col].mean()), 4)
         s["windows with drift"] = sum(1 for d in self.record.drift if d["verdict"] == "drift")
+        s["windows with an open alert"] = sum(1 for d in self.record.drift if d.get("alerted"))
+        if self.record.freshness_s:
+            fresh = np.asarray(self.record.freshness_s)
+            s["freshness p50 / p95 (s)"] = f"{np.percentile(fresh, 50):.1f} / {np.percentile(fresh, 95):.1f}"
+        for name, values in self.record.latency_ms.items():
+            if values:
+                s[f"{name} p50 / p99 (ms)"] = (
+                    f"{np.percentile(values, 50):.1f} / {np.percentile(values, 99):.1f}"
+                )
+        s["canary outcomes"] = ", ".join(str(r.get("outcome")) for r in self.record.retrains) or "none"
         s["retrainings"] = len(self.record.retrains)
         s["model versions"] = len(self.record.versions)
         self.record.summary = s
