@@ -175,7 +175,7 @@ def run(quick: bool) -> list[Row]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rows = _quality("movielens-100k", "time-ordered", quick, ("dcn", "lr"))
     rows += _quality("movielens-100k-autoint", "AutoInt protocol", quick, ("dcn", "lr"))
-    rows += _quality("movielens-1m-tail", "time-ordered", quick, ("dcn",))
+    rows += _quality("movielens-1m-tail", "time-ordered", quick, ("dcn", "lr"))
     rows += _throughput(quick)
     return rows
 
