@@ -13,6 +13,8 @@ import subprocess
 
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -23,11 +25,14 @@ def test_quick_run_completes_and_report_renders(tmp_path, datasets_dir):
 
     _register()
     workdir = tmp_path / "work"
-    result = CliRunner().invoke(
-        app,
-        ["--workdir", str(workdir), "run", "--quick"],
-        env={"FRESHREC_DATA__DATASETS_DIR": str(datasets_dir)},
-    )
+    env = {
+        "FRESHREC_DATA__DATASETS_DIR": str(datasets_dir),
+        # free ports: a developer's own `freshrec serve` on the defaults must not collide with the test
+        "FRESHREC_SERVING__REST_PORT": str(free_port()),
+        "FRESHREC_SERVING__GRPC_PORT": str(free_port()),
+        "FRESHREC_SERVING__GATEWAY_PORT": str(free_port()),
+    }
+    result = CliRunner().invoke(app, ["--workdir", str(workdir), "run", "--quick"], env=env)
     assert result.exit_code == 0, result.output[-4000:]
     reports = list((workdir / "reports").glob("*/index.html"))
     assert len(reports) == 1, result.output[-2000:]
@@ -45,6 +50,20 @@ def test_quick_run_completes_and_report_renders(tmp_path, datasets_dir):
             assert 0.0 <= row[col] <= 1.0, (col, row)
     assert len(record["drift"]) == len(record["stream"])
     assert all((index.parent / d["report"]).exists() for d in record["drift"] if d["report"])
+    # the pipeline pushed the bootstrap model and the online learner exported guarded versions
+    sources = [v["source"] for v in record["versions"]]
+    assert sources[0] == "pipeline (bootstrap)"
+    passed, attempted = map(int, record["summary"]["online exports (passed guard / attempted)"].split(" / "))
+    assert attempted >= 1, record["summary"]
+    assert sources.count("online learner") == passed
+    # drift on MovieLens' cold-start-heavy later weeks starts the retraining pipeline; its candidate is
+    # either stopped by the gates or rolled out by canary, which ends promoted or rolled back
+    for retrain in record["retrains"]:
+        assert retrain["outcome"] == "not pushed" or retrain["outcome"].startswith(
+            ("promoted", "rolled_back")
+        )
+    if any(r["outcome"] != "not pushed" for r in record["retrains"]):
+        assert any(c["step"] == "analysis" and c["verdict"] for c in record["canary"])
     assert (index.parent / "quality.png").exists() and (index.parent / "drift.png").exists()
 
     chromium = shutil.which("chromium")

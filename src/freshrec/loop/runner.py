@@ -71,6 +71,7 @@ class RunOptions:
     canary_min_requests: int = 20
     canary_max_wait_windows: int = 3  # windows an inconclusive analysis may wait for more traffic
     max_retrains: int = 1
+    drift_windows_to_retrain: int = 2  # consecutive drifted windows before the retraining pipeline starts
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
 
     @classmethod
@@ -352,6 +353,9 @@ class Loop:
         for row in self.record.versions:
             row["label"] = labels.get(row["version"], "")
         learner = self.learner.totals
+        self.record.summary["online exports (passed guard / attempted)"] = (
+            f"{learner.exports} / {learner.exports + learner.guard_failures}"
+        )
         return (
             f"{len(events):,} events in {n_windows} windows; online learner: {learner.learned:,} learned, "
             f"{learner.exports} versions exported, {learner.guard_failures} guard failures"
@@ -454,7 +458,16 @@ class Loop:
         from freshrec.online.sources import build_source
 
         self.freshness = FreshnessTracker(self._server.rest_url, self.settings.model.name)
-        learner = build_learner(self.settings, on_export=self._on_export, history=self.history)
+        # A guarded export per replay window at most (a window is minutes to days of stream time).
+        online = self.settings.online.model_copy(
+            update={
+                "export_every_events": min(
+                    self.settings.online.export_every_events, self.options.window_events
+                )
+            }
+        )
+        settings = self.settings.model_copy(update={"online": online})
+        learner = build_learner(settings, on_export=self._on_export, history=self.history)
         learner.metrics.keep_all = True  # every (label, score) pair, for exact per-window AUC in the report
         source = build_source(
             self.settings, "eventlog", start_after=self.bootstrap_events["event_timestamp"].max()
@@ -506,7 +519,11 @@ class Loop:
         """The trigger policy of the loop: drift or a data-quality failure, at most ``max_retrains``."""
         if not self.options.retrain or self._retrains >= self.options.max_retrains or self._in_canary:
             return None
-        if drift_row["verdict"] not in ("drift", "quality_failure"):
+        # Like an alert's `for:` clause: only a verdict that holds for N windows in a row starts a pipeline.
+        recent = self.record.drift[-self.options.drift_windows_to_retrain :]
+        if len(recent) < self.options.drift_windows_to_retrain or any(
+            d["verdict"] not in ("drift", "quality_failure") for d in recent
+        ):
             return None
         if not self._windows:
             return None  # no traffic left to run a canary on
