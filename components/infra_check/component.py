@@ -8,7 +8,7 @@ from kfp.dsl.python_component import PythonComponent
 def infra_check(
     model: Input[Model], sample: Input[Dataset], metrics: Output[Metrics], rows: int = 64
 ) -> bool:
-    """Fail the pipeline unless the export loads and serves sane predictions.
+    """Fail the pipeline unless the export loads in a fresh process and serves what the trained model predicts.
 
     Args:
         model: the candidate SavedModel.
@@ -21,13 +21,19 @@ def infra_check(
     """
     import pandas as pd
 
+    from freshrec.model import predict
+    from freshrec.model.export import load_keras_model, spec_of
     from freshrec.model.infra import infra_check as check
 
     frame = pd.read_parquet(sample.path).head(rows)
-    result = check(model.path, frame)
+    # What the trained model says in Python is what the SavedModel must say in a fresh serving process.
+    keras_model = load_keras_model(model.path)
+    expected = predict(keras_model, frame, spec_of(keras_model))
+    result = check(model.path, frame, expected)
     metrics.log_metric("rows", result.rows)
     metrics.log_metric("seconds", result.seconds)
     metrics.log_metric("ok", int(result.ok))
+    metrics.log_metric("max_abs_diff", float(result.max_abs_diff))
     if not result.ok:
         raise RuntimeError(f"infra check failed for {model.path}: {result.message}")
     return True
