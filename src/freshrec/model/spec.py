@@ -26,21 +26,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+# The activity features are defined once, by the features contract.
+from freshrec.features.activity import ITEM_ACTIVITY, USER_ACTIVITY
+
 Dtype = Literal["string", "int64", "float32"]
 Encoding = Literal["hash", "lookup", "multi_hash", "normalize", "bucketize"]
 
-# The activity features of the features contract (freshrec.features); names are fixed there.
-_ACTIVITY_SUFFIXES = [
-    "events_1d",
-    "events_7d",
-    "events_30d",
-    "events_total",
-    "ctr_30d",
-    "ctr_total",
-    "hours_since_last",
-]
-USER_ACTIVITY = [f"user_{s}" for s in _ACTIVITY_SUFFIXES]
-ITEM_ACTIVITY = [f"item_{s}" for s in _ACTIVITY_SUFFIXES]
 # Counts and durations are heavy-tailed: log1p before standardising.
 _LOG1P_SUFFIXES = ("events_1d", "events_7d", "events_30d", "events_total", "hours_since_last")
 # At most this many distinct values → StringLookup with an OOV slot; above → hashing sized for growth.
