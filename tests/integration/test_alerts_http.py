@@ -241,7 +241,8 @@ def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog):
             max_retries=1,
         )
         manager = AlertManager(settings, tmp_path, sleep=lambda s: None)
-        with caplog.at_level(logging.DEBUG):
+        # urllib3's own level too: the CLI quiets it (an earlier CliRunner test in this process may have).
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
             deliveries = manager.fire("ctr", "drift", "x") + manager.test()
     assert not any(d.ok for d in deliveries)
     text = caplog.text + " ".join(d.model_dump_json() for d in deliveries)
