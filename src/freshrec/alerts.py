@@ -14,7 +14,6 @@ A failed delivery is logged and returned as a :class:`Delivery`; nothing here ra
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from freshrec.config import AlertReceiver, AlertSettings
+from freshrec.statefile import locked_state
 
 if TYPE_CHECKING:
     from freshrec.drift import DriftResult
@@ -389,18 +389,9 @@ class AlertManager:
 
     # -- state --------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked_state(self) -> Iterator[_State]:
+    def _locked_state(self) -> contextlib.AbstractContextManager[_State]:
         """Load, yield and save the state under an exclusive file lock (several checks may run at once)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / "state.json"
-        with open(self.dir / "state.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state = _State.model_validate_json(path.read_text()) if path.exists() else _State()
-            yield state
-            tmp = path.with_name(f".state.json.tmp{os.getpid()}")
-            tmp.write_text(state.model_dump_json(indent=2))
-            os.replace(tmp, path)
+        return locked_state(self.dir, _State)
 
     def _console(self, alert: Alert, action: str) -> None:
         if not self.settings.console:

@@ -15,13 +15,12 @@ A launcher is any object with ``launch(reason) -> run_id`` and ``is_running(run_
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from freshrec.config import TriggerSettings
+from freshrec.statefile import locked_state
 
 if TYPE_CHECKING:
     from freshrec.drift import DriftResult
@@ -213,17 +213,9 @@ class TriggerPolicy:
             fh.flush()
             os.fsync(fh.fileno())
 
-    @contextlib.contextmanager
-    def _locked_state(self) -> Iterator[_State]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / "state.json"
-        with open(self.dir / "state.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state = _State.model_validate_json(path.read_text()) if path.exists() else _State()
-            yield state
-            tmp = path.with_name(f".state.json.tmp{os.getpid()}")
-            tmp.write_text(state.model_dump_json(indent=2))
-            os.replace(tmp, path)
+    def _locked_state(self) -> contextlib.AbstractContextManager[_State]:
+        """Load, yield and save the state under an exclusive file lock (several checks may run at once)."""
+        return locked_state(self.dir, _State)
 
 
 class ThreadLauncher:

@@ -1,0 +1,31 @@
+"""Small JSON state files shared by processes: read, change and write back under an exclusive lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@contextlib.contextmanager
+def locked_state(directory: Path, model: type[M]) -> Iterator[M]:
+    """Yield ``<directory>/state.json`` as ``model`` (a fresh one if absent); save it atomically on exit.
+
+    Several checks or triggers may run at once: the whole read-modify-write holds ``state.lock``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "state.json"
+    with open(directory / "state.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = model.model_validate_json(path.read_text()) if path.exists() else model()
+        yield state
+        tmp = path.with_name(f".state.json.tmp{os.getpid()}")
+        tmp.write_text(state.model_dump_json(indent=2))
+        os.replace(tmp, path)
