@@ -343,7 +343,16 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
     env_settings = Settings()
     merged = _deep_merge(file_values, env_settings.model_dump(exclude_unset=True))
     merged = _deep_merge(merged, overrides)
-    return Settings.model_validate(merged)
+    settings = Settings.model_validate(merged)
+    # Relative paths mean "from where the command was started": pin them now, so that libraries which
+    # resolve paths against their own roots (Feast resolves against its repo path) and child processes
+    # started elsewhere (kfp.local tasks) all see the same places.
+    settings.workdir = settings.workdir.expanduser().resolve()
+    settings.data.datasets_dir = settings.data.datasets_dir.expanduser().resolve()
+    settings.features.repo_dir = settings.features.repo_dir.expanduser().resolve()
+    if settings.rollout.plan_file is not None:
+        settings.rollout.plan_file = settings.rollout.plan_file.expanduser().resolve()
+    return settings
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

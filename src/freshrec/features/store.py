@@ -53,7 +53,7 @@ Progress = Callable[[str], None]
 
 def feast_dir(settings: Settings) -> Path:
     """Where the local registry and SQLite online store live."""
-    return settings.workdir / "feast"
+    return (settings.workdir / "feast").resolve()
 
 
 def repo_config(settings: Settings) -> RepoConfig:
