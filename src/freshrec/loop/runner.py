@@ -328,6 +328,8 @@ class Loop:
         self.drift_columns = _drift_columns(spec_of(self.static))
         self.history = self.bootstrap_events
         self.learner, self.source = self._make_learner()
+        # Keras/NumPy 2 deprecation chatter on every micro-batch says nothing to the person watching.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         self.http = requests.Session()
         self._stream_start = time.perf_counter()
         with Progress(
