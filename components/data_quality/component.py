@@ -36,55 +36,26 @@ def data_quality(
         ``data_ok`` (verdict is ``ok`` or ``drift``) and the verdict.
     """
     import json
-    import shutil
     import tempfile
     from collections import namedtuple
 
     import pandas as pd
 
     from freshrec.config import load_settings
-    from freshrec.drift import check_drift
+    from freshrec.drift import check_drift, write_pipeline_outputs
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
     ref = pd.read_parquet(reference.path)
     cur = pd.read_parquet(current.path)
-    skip = {"event_id", "event_timestamp", "label", "user_id", "item_id", "created"}
-    columns = [c for c in ref.columns if c not in skip and c in cur.columns]
+    # No columns named: every column but settings.drift.ignore_columns, times and the label.
     with tempfile.TemporaryDirectory() as out_dir:
-        drift = check_drift(ref, cur, columns, settings.drift, out_dir, score_column="")
-        if drift.html_path:
-            shutil.copyfile(drift.html_path, report.path)
-        else:
-            with open(report.path, "w") as f:
-                f.write(f"<html><body><p>No report: {drift.reason}</p></body></html>")
+        drift = check_drift(ref, cur, None, settings.drift, out_dir, score_column="")
+        logged = write_pipeline_outputs(drift, report.path, summary.path, "Data quality and drift")
     with open(result.path, "w") as f:
         f.write(drift.model_dump_json(indent=2))
+    for name, value in logged.items():
+        metrics.log_metric(name, value)
     data_ok = drift.verdict in ("ok", "drift")
-    metrics.log_metric("drift_share", float(drift.drift_share))
-    metrics.log_metric("quality_failures", len(drift.quality_failures))
-    rows = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-    for name, feature in drift.features.items():
-        metrics.log_metric(f"drift_{name}", float(feature.score))
-        rows.append(
-            f"| {name} | {feature.method} | {feature.score:.4f} | {feature.threshold} | {feature.drifted} |"
-        )
-    failures = [f"- {failure.message}" for failure in drift.quality_failures] or ["- none"]
-    with open(summary.path, "w") as f:
-        f.write(
-            "\n".join(
-                [
-                    f"# Data quality and drift: {drift.verdict}",
-                    "",
-                    drift.reason,
-                    "",
-                    "Quality failures:",
-                    *failures,
-                    "",
-                    *rows,
-                ]
-            )
-            + "\n"
-        )
     result.metadata["verdict"] = drift.verdict
     return namedtuple("DataQualityOutputs", ["data_ok", "verdict"])(data_ok, str(drift.verdict))
 

@@ -39,7 +39,6 @@ def drift_check(
         The verdict (ok | drift | quality_failure | not_enough_data) and the share of drifted features.
     """
     import json
-    import shutil
     import tempfile
     from collections import namedtuple
 
@@ -47,7 +46,7 @@ def drift_check(
 
     from freshrec.config import load_settings
     from freshrec.data.eventlog import EventLog
-    from freshrec.drift import check_drift
+    from freshrec.drift import check_drift, write_pipeline_outputs
     from freshrec.features.store import table_paths
     from freshrec.features.training_set import build_training_frame
 
@@ -67,31 +66,16 @@ def drift_check(
     )
     ts = frame["event_timestamp"]
     reference, current = frame[(ts >= start) & (ts < split)], frame[ts >= split]
-    skip = {"event_id", "event_timestamp", "label", "user_id", "item_id", "created"}
-    columns = [c for c in frame.columns if c not in skip]
+    title = f"Drift {split:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M}"
+    # No columns named: every column but settings.drift.ignore_columns, times and the label.
     with tempfile.TemporaryDirectory() as out_dir:
-        drift = check_drift(reference, current, columns, settings.drift, out_dir, score_column="")
-        if drift.html_path:
-            shutil.copyfile(drift.html_path, report.path)
-        else:
-            with open(report.path, "w") as f:
-                f.write(f"<html><body><p>No report: {drift.reason}</p></body></html>")
+        drift = check_drift(reference, current, None, settings.drift, out_dir, score_column="")
+        logged = write_pipeline_outputs(drift, report.path, summary.path, title)
     with open(result.path, "w") as f:
         f.write(drift.model_dump_json(indent=2))
     result.metadata.update({"verdict": drift.verdict, "window_start": str(split), "window_end": str(end)})
-    metrics.log_metric("drift_share", float(drift.drift_share))
-    metrics.log_metric("reference_rows", len(reference))
-    metrics.log_metric("current_rows", len(current))
-    rows = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-    for name, feature in sorted(drift.features.items()):
-        metrics.log_metric(f"drift_{name}", float(feature.score))
-        rows.append(
-            f"| {name} | {feature.method} | {feature.score:.4f} | {feature.threshold} | {feature.drifted} |"
-        )
-    failures = [f"- {failure.message}" for failure in drift.quality_failures] or ["- none"]
-    head = f"# Drift {split:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M}: {drift.verdict}"
-    with open(summary.path, "w") as f:
-        f.write("\n".join([head, "", drift.reason, "", "Quality failures:", *failures, "", *rows]) + "\n")
+    for name, value in {**logged, "reference_rows": len(reference), "current_rows": len(current)}.items():
+        metrics.log_metric(name, value)
     return namedtuple("DriftCheckOutputs", ["verdict", "drift_share"])(
         str(drift.verdict), float(drift.drift_share)
     )

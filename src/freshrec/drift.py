@@ -1060,3 +1060,32 @@ def _finish(
         result.save(result.json_path)
     log.info("drift check: %s — %s", result.verdict, result.reason)
     return result
+
+
+def write_pipeline_outputs(
+    result: DriftResult, report_path: str, summary_path: str, title: str
+) -> dict[str, float]:
+    """Write a check's KFP artifacts and return the metrics to log (shared by the pipeline components).
+
+    ``report_path`` gets the Evidently HTML report (or a page saying why there is none), ``summary_path`` a
+    Markdown page: the verdict, its reason, the quality failures and a row per feature. The returned metrics
+    are the drift share, the number of quality failures and each feature's drift score (``drift_<name>``).
+    """
+    if result.html_path:
+        Path(report_path).write_bytes(Path(result.html_path).read_bytes())
+    else:
+        Path(report_path).write_text(f"<html><body><p>No report: {result.reason}</p></body></html>")
+    metrics = {
+        "drift_share": float(result.drift_share),
+        "quality_failures": float(len(result.quality_failures)),
+    }
+    rows = ["| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
+    for name, feature in sorted(result.features.items()):
+        metrics[f"drift_{name}"] = float(feature.score)
+        rows.append(
+            f"| {name} | {feature.method} | {feature.score:.4f} | {feature.threshold} | {feature.drifted} |"
+        )
+    failures = [f"- {failure.message}" for failure in result.quality_failures] or ["- none"]
+    lines = [f"# {title}: {result.verdict}", "", result.reason, "", "Quality failures:", *failures, "", *rows]
+    Path(summary_path).write_text("\n".join(lines) + "\n")
+    return metrics

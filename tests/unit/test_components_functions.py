@@ -301,7 +301,11 @@ def test_data_quality_passes_on_its_own_window_and_fails_on_broken_data(chain, t
     ok = data_quality(str(s.workdir), _settings_json(s), splits["train"], splits["train"], *outs)
     assert ok.data_ok is True and ok.verdict == "ok"
     assert "<html" in Path(outs[0].path).read_text().lower()
-    assert json.loads(Path(outs[3].path).read_text())["verdict"] == "ok"
+    checked = json.loads(Path(outs[3].path).read_text())
+    assert checked["verdict"] == "ok"
+    # The columns come from the settings: identifiers and ignored columns are never compared.
+    assert checked["features"] and set(checked["features"]).isdisjoint(s.drift.ignore_columns)
+    assert "| user_age |" in Path(outs[1].path).read_text()
 
     broken = pd.read_parquet(splits["test"].path)
     broken["user_age"] = broken["user_age"].astype("float64")
