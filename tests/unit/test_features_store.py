@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
+from feast.protos.feast.types.Value_pb2 import Null, Value
 
 from freshrec.features.activity import HOURS_SINCE_LAST_CAP
-from freshrec.features.store import _aged_hours, _entity_chunks
+from freshrec.features.store import _aged_hours, _decode_column, _entity_chunks, _value_to_python
 
 
 def test_entity_chunks_keep_whole_entities_and_bound_the_join():
@@ -34,3 +36,28 @@ def test_aged_hours():
     assert _aged_hours(2.0, t, t + timedelta(days=90)) == HOURS_SINCE_LAST_CAP
     assert _aged_hours(HOURS_SINCE_LAST_CAP, t, t + timedelta(hours=1)) == HOURS_SINCE_LAST_CAP  # no history
     assert _aged_hours(2.0, t, t - timedelta(hours=1)) == 2.0  # a request before the row: no negative age
+
+
+@pytest.mark.parametrize(
+    ("values", "default", "dtype"),
+    [
+        ([Value(float_val=x) for x in (0.0, 1.5, -3.25e-9, 7e30)], 0.5, np.float32),  # bulk path
+        ([Value(double_val=x) for x in (0.1, -2.0, 1e300)], 0.0, np.float64),  # bulk path
+        ([Value(float_val=0.1), Value(double_val=0.2), Value(float_val=0.3)], 0.0, np.float32),  # mixed kinds
+        ([Value(float_val=1.0), Value(int64_val=2**25)], 0.0, np.float32),  # same size, another kind
+        (
+            [Value(float_val=1.0), Value(), Value(null_val=Null.NULL), None],
+            720.0,
+            np.float32,
+        ),  # missing/unset
+        ([Value(int64_val=x) for x in (0, -1, 2**40, 1998)], 0, np.int64),
+        ([Value(string_val=x) for x in ("", "Comedy|Romance", "é" * 300, "1|2|3")] + [None], "", object),
+        ([None, None], "x", object),
+    ],
+)
+def test_decode_column_equals_parsing_each_value_proto(values, default, dtype):
+    blobs = [None if v is None else v.SerializeToString() for v in values]
+    want = np.asarray([_value_to_python(v, default) for v in values], dtype=dtype)
+    got = _decode_column(blobs, default, dtype)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
