@@ -14,8 +14,9 @@ Protocol (per dataset):
       most ``max_retrains`` retrains over the stream, each for ``retrain_epochs`` epochs (early stopping on
       the last 10% by time); events before the first boundary use the bootstrap model (which *is* the full
       retrain at the stream start). This is an upper bound on what a nightly job of the same budget gets;
-  (c) ``online``: :class:`freshrec.online.learner.OnlineLearner` (test-then-train on micro-batches of
-      ``settings.online.micro_batch``, Adam at ``settings.online.learning_rate``);
+  (c) ``online``: :class:`freshrec.online.learner.OnlineLearner` with the default ``OnlineSettings``
+      (test-then-train on micro-batches of ``micro_batch``; embedding tables with ``embedding_optimizer`` at
+      ``embedding_learning_rate``, dense layers with Adam at ``learning_rate``);
 
 - label delay cost: the online learner again with ``label_delay_s`` of one hour (an impression is learned
   only once an hour of event time has passed);
@@ -253,6 +254,9 @@ def replay(
         "retrain_every_days": every_days,
         "retrain_epochs": retrain_epochs,
         "online_events_per_s": len(stream) / online_s,
+        "online_settings": online_settings.model_dump(
+            include={"micro_batch", "learning_rate", "embedding_optimizer", "embedding_learning_rate"}
+        ),
         "seconds": {"bootstrap": t_boot, "online": online_s, "daily": daily_s},
         "windows": windows,
         "model_path": str(model_path),
@@ -402,6 +406,16 @@ def _cache(name: str, quick: bool) -> Path:
     return OUT_DIR / f"replay-{name}{'-quick' if quick else ''}.json"
 
 
+def _learner_desc(res: dict[str, Any]) -> str:
+    o = res.get("online_settings") or {}
+    if not o:
+        return "default online settings"
+    return (
+        f"micro-batch {o['micro_batch']}, embedding tables {o['embedding_optimizer']} lr "
+        f"{o['embedding_learning_rate']:g}, dense layers Adam lr {o['learning_rate']:g}"
+    )
+
+
 def replay_rows(res: dict[str, Any]) -> list[Row]:
     """Rows of one dataset's replay."""
     name, auc = res["dataset"], res["auc"]
@@ -422,7 +436,7 @@ def replay_rows(res: dict[str, Any]) -> list[Row]:
             f"{name} replay AUC online",
             auc["online"],
             auc["static"],
-            conditions="test-then-train, micro-batch 256, Adam lr 2e-4; baseline static; "
+            conditions=f"test-then-train, {_learner_desc(res)}; baseline static; "
             f"online - static = {100 * (auc['online'] - auc['static']):+.2f} pt, "
             f"online - daily = {100 * (auc['online'] - auc['daily']):+.2f} pt",
         ),
@@ -456,8 +470,8 @@ def replay_rows(res: dict[str, Any]) -> list[Row]:
             Row(
                 "online learner throughput (events/s)",
                 res["online_events_per_s"],
-                conditions=f"{name} replay: featurize + score (learner and serving copy) + train, micro-batch "
-                "256, 2 CPU cores shared with other jobs, nice 10",
+                conditions=f"{name} replay: featurize + score (learner and serving copy) + train, "
+                f"{_learner_desc(res)}, 2 CPU cores shared with other jobs, nice 10",
             )
         )
     return rows

@@ -228,7 +228,12 @@ class OnlineSettings(BaseModel):
     stream: str = "freshrec:events"
     group: str = "freshrec-online"
     micro_batch: int = 256
+    # Two optimizers over disjoint variables (as in Monolith): the dense layers learn slowly with Adam at
+    # learning_rate; the embedding tables (rows of ids, genres, buckets: each row sees few events, a new
+    # id's row none before it appears) with their own optimizer at a much larger embedding_learning_rate.
     learning_rate: float = 2e-4
+    embedding_optimizer: Literal["adagrad", "adam", "sgd"] = "adagrad"
+    embedding_learning_rate: float = 0.2
     export_every_events: int = 5000
     export_every_s: float = 60.0
     label_delay_s: float = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import pytest
 
 from freshrec.config import ModelSettings
@@ -53,13 +54,22 @@ def test_crash_after_checkpoint_before_ack_replays_are_dropped(settings, redis_u
         learner.step(batch, None)  # checkpointed, but the process "dies" before acknowledging
         assert source.pending_count() == 100
         weights_before = [w.copy() for w in learner.model.get_weights()]
+        optimizers_before = learner.trainer.state()
+        assert len(optimizers_before["embedding"]) > 1  # Adagrad accumulators of the embedding tables
         del learner, source
 
         again = _tiny_learner(settings, ds)
         assert again.restore()
         assert again.totals.scored == 400
         assert all((a == b).all() for a, b in zip(again.model.get_weights(), weights_before, strict=True))
-        assert again.model.optimizer.iterations.numpy() == 4  # optimizer state came back too
+        # Both optimizers' state came back too (dense Adam moments, embedding Adagrad accumulators).
+        assert again.trainer.optimizer.iterations.numpy() == 4
+        assert again.trainer.embedding_optimizer.iterations.numpy() == 4
+        restored = again.trainer.state()
+        for key in ("dense", "embedding"):
+            assert all(
+                np.array_equal(a, b) for a, b in zip(restored[key], optimizers_before[key], strict=True)
+            )
         source = RedisStreamSource(client, stream, "g", "c1")
         totals = again.run(source, until_idle=True, idle_timeout_s=0.5)
         assert totals.duplicates == 100  # the redelivered batch, dropped by event_id

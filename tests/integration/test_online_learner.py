@@ -130,3 +130,26 @@ def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, s
     assert any(not e.guard["checks"]["recent_auc"]["passed"] for e in failed)
     assert f"{settings.model.name}/online_guard_failed" in alerts.open_alerts()
     assert learner.totals.resets == learner.totals.guard_failures
+
+
+def test_embedding_tables_learn_with_their_own_faster_optimizer(bootstrap, settings):
+    from freshrec.online.learner import is_embedding_table
+
+    def user_table_change(**online) -> tuple[float, object]:
+        learner = _learner(bootstrap, settings, **online)
+        table = next(v for v in learner.model.trainable_variables if v.path == "user_id_emb/embeddings")
+        before = np.asarray(table).copy()
+        _stream(learner, bootstrap["after"].iloc[:200])
+        return float(np.abs(np.asarray(table) - before).max()), learner.trainer
+
+    split_change, trainer = user_table_change()
+    variables = trainer.model.trainable_variables
+    assert [v.path for v in trainer.embedding_variables] == [
+        v.path for v in variables if v.path.endswith("/embeddings")
+    ]
+    assert len(trainer.embedding_variables) + len(trainer.dense_variables) == len(variables)
+    assert not any(is_embedding_table(v) for v in trainer.dense_variables)
+    assert trainer.embedding_optimizer.iterations.numpy() == trainer.optimizer.iterations.numpy() == 1
+    # The former learner (one Adam at 2e-4 for every variable) barely moves an id's row.
+    single_change, _ = user_table_change(embedding_optimizer="adam", embedding_learning_rate=2e-4)
+    assert split_change > 5 * single_change, (split_change, single_change)

@@ -9,7 +9,7 @@ One step (:meth:`OnlineLearner.step`) takes a polled batch and:
    serving version (for the guard, on exactly the same events);
 4. trains on the events whose click window has closed (``label_delay_s`` of event time; the others wait in
    a buffer that is part of the checkpoint);
-5. checkpoints (weights, optimizer, seen ids, buffer, positions, totals) atomically, and only then commits
+5. checkpoints (weights, both optimizers, seen ids, buffer, positions, totals) atomically, and only then commits
    the source positions (at-least-once delivery + dedup = every event counted once);
 6. every ``export_every_events`` events or ``export_every_s`` seconds, runs the guard and, if it passes,
    publishes a new version (labelled stable), else keeps the old one, alerts, and optionally resets.
@@ -137,10 +137,78 @@ def predict(model: Any, frame: pd.DataFrame, spec: Any) -> np.ndarray:
     return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
-def _compile(model: Any, learning_rate: float) -> None:
-    import keras
+def is_embedding_table(variable: Any) -> bool:
+    """Whether a model variable is an embedding table (Keras ``Embedding`` or freshrec's multi-hash one)."""
+    return variable.path.rsplit("/", 1)[-1] == "embeddings"
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="binary_crossentropy")
+
+class Trainer:
+    """One training step with two optimizers over disjoint variables: embedding tables and the rest.
+
+    The embedding tables get ``settings.embedding_optimizer`` at ``settings.embedding_learning_rate`` (their
+    rows are sparse: a mean loss over a micro-batch hands each row a tiny gradient, and a new id's row has
+    never moved), the dense layers Adam at ``settings.learning_rate``. The loss is binary cross-entropy plus
+    the model's regularization losses, as in ``model.fit``.
+    """
+
+    def __init__(self, model: Any, settings: OnlineSettings) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.model = model
+        variables = list(model.trainable_variables)
+        self.embedding_variables = [v for v in variables if is_embedding_table(v)]
+        self.dense_variables = [v for v in variables if not is_embedding_table(v)]
+        self.optimizer = keras.optimizers.Adam(learning_rate=settings.learning_rate)
+        lr = settings.embedding_learning_rate
+        self.embedding_optimizer = {
+            "adagrad": lambda: keras.optimizers.Adagrad(learning_rate=lr),
+            "adam": lambda: keras.optimizers.Adam(learning_rate=lr),
+            "sgd": lambda: keras.optimizers.SGD(learning_rate=lr),
+        }[settings.embedding_optimizer]()
+        self.optimizer.build(self.dense_variables)
+        self.embedding_optimizer.build(self.embedding_variables)
+        loss_fn = keras.losses.BinaryCrossentropy()
+        n_emb = len(self.embedding_variables)
+
+        def step(inputs, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(inputs, training=True))
+                if model.losses:
+                    loss = loss + tf.add_n(model.losses)
+            grads = tape.gradient(loss, self.embedding_variables + self.dense_variables)
+            if n_emb:
+                self.embedding_optimizer.apply_gradients(
+                    zip(grads[:n_emb], self.embedding_variables, strict=True)
+                )
+            if self.dense_variables:
+                self.optimizer.apply_gradients(zip(grads[n_emb:], self.dense_variables, strict=True))
+            return loss
+
+        self._step = tf.function(step, reduce_retracing=True)
+
+    def train(self, inputs: dict[str, Any], y: np.ndarray) -> float:
+        """One gradient step on a batch; returns its loss."""
+        return float(self._step(inputs, np.asarray(y, dtype=np.float32).reshape(-1, 1)))
+
+    def state(self) -> dict[str, list[np.ndarray]]:
+        """Both optimizers' variables (iterations, moments, accumulators), for checkpoints."""
+        return {
+            "dense": [np.asarray(v) for v in self.optimizer.variables],
+            "embedding": [np.asarray(v) for v in self.embedding_optimizer.variables],
+        }
+
+    def restore(self, state: dict[str, list[np.ndarray]]) -> None:
+        """Assign a :meth:`state`; raises ValueError when its layout does not match these optimizers."""
+        for key, opt in (("dense", self.optimizer), ("embedding", self.embedding_optimizer)):
+            values = state[key]
+            if len(values) != len(opt.variables) or any(
+                tuple(v.shape) != tuple(np.shape(x)) for v, x in zip(opt.variables, values, strict=True)
+            ):
+                raise ValueError(f"checkpointed {key} optimizer state does not match the optimizer")
+        for key, opt in (("dense", self.optimizer), ("embedding", self.embedding_optimizer)):
+            for var, value in zip(opt.variables, state[key], strict=True):
+                var.assign(value)
 
 
 def _clone_weights(src: Any, dst: Any) -> None:
@@ -237,7 +305,7 @@ class OnlineLearner:
         self._learned_since_export = 0
         self._newest_entered_at: float | None = None
         self._checkpoint_seq = 0
-        _compile(self.model, settings.learning_rate)
+        self.trainer = Trainer(self.model, settings)
         if self.serving_model is None:
             from freshrec.model.builder import build_model
             from freshrec.model.export import attach, settings_of
@@ -342,7 +410,7 @@ class OnlineLearner:
         inputs = frame_to_inputs(ready, self.spec)
         y = labels_of(ready, self.spec)
         for _ in range(max(1, self.settings.epochs_per_batch)):
-            self.model.train_on_batch(inputs, y)
+            self.trainer.train(inputs, y)
         self.totals.learned += len(ready)
         self._learned_since_export += len(ready)
         self.totals.newest_learned_time = str(ready["event_timestamp"].max())
@@ -455,9 +523,9 @@ class OnlineLearner:
         return {"passed": result.passed, "version": rec.version, "reasons": result.reasons}
 
     def reset_to_good(self) -> None:
-        """Back to the weights of the last good (serving) version, with a fresh optimizer."""
+        """Back to the weights of the last good (serving) version, with fresh optimizers."""
         self.model.set_weights(self._good_weights)
-        _compile(self.model, self.settings.learning_rate)
+        self.trainer = Trainer(self.model, self.settings)
         self.totals.resets += 1
 
     def _publish(self, rec: ExportRecord) -> int:
@@ -503,10 +571,9 @@ class OnlineLearner:
         tmp = self.state_dir / f".{name}.tmp"
         tmp.mkdir()
         weights = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
-        opt_vars = (
-            [np.asarray(v) for v in self.model.optimizer.variables] if self.model.optimizer.built else []
-        )
-        weights.update({f"o{i}": v for i, v in enumerate(opt_vars)})
+        opt_state = self.trainer.state()
+        weights.update({f"o{i}": v for i, v in enumerate(opt_state["dense"])})
+        weights.update({f"e{i}": v for i, v in enumerate(opt_state["embedding"])})
         with open(tmp / "weights.npz", "wb") as fh:
             np.savez(fh, **weights)
         pd.DataFrame({"event_id": self.seen.to_list()}).to_parquet(tmp / "seen.parquet", index=False)
@@ -521,7 +588,8 @@ class OnlineLearner:
             "totals": asdict(self.totals),
             "serving_version": self.serving_version,
             "n_weights": len(self.model.get_weights()),
-            "n_optimizer": len(opt_vars),
+            "n_optimizer": len(opt_state["dense"]),
+            "n_embedding_optimizer": len(opt_state["embedding"]),
             "watermark": str(self.watermark) if self.watermark is not None else None,
             "positions": _jsonable(self._positions),
             "prequential": self.metrics.state(),
@@ -559,14 +627,16 @@ class OnlineLearner:
         path = self.state_dir / pointer.read_text().strip()
         state = json.loads((path / "state.json").read_text())
         with np.load(path / "weights.npz", allow_pickle=False) as data:
-            n_w, n_o = state["n_weights"], state["n_optimizer"]
-            self.model.set_weights([data[f"w{i}"] for i in range(n_w)])
-            if n_o:
-                opt = self.model.optimizer
-                if not opt.built:
-                    opt.build(self.model.trainable_variables)
-                for var, i in zip(opt.variables, range(n_o), strict=False):
-                    var.assign(data[f"o{i}"])
+            self.model.set_weights([data[f"w{i}"] for i in range(state["n_weights"])])
+            if "n_embedding_optimizer" in state:
+                self.trainer.restore(
+                    {
+                        "dense": [data[f"o{i}"] for i in range(state["n_optimizer"])],
+                        "embedding": [data[f"e{i}"] for i in range(state["n_embedding_optimizer"])],
+                    }
+                )
+            else:  # a checkpoint of the single-optimizer learner: weights only, fresh optimizers
+                log.warning("checkpoint %s predates the split optimizers; optimizer state not restored", path)
         self.seen = SeenIds(
             self.settings.seen_ids_capacity, pd.read_parquet(path / "seen.parquet")["event_id"].tolist()
         )
@@ -710,7 +780,7 @@ def build_learner(
                 learner.serving_version,
             )
             learner.model.set_weights(serving.get_weights())
-            _compile(learner.model, settings.online.learning_rate)
+            learner.trainer = Trainer(learner.model, settings.online)
             learner.serving_version = version
     elif restored and learner.serving_version is not None:
         learner.serving_model.set_weights(load_keras_model(repo.path(learner.serving_version)).get_weights())
