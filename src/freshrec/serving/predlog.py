@@ -9,6 +9,7 @@ reader never sees half a file.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,32 @@ def _empty() -> pd.DataFrame:
     )
 
 
+def _table(buffer: list[tuple[str, str, Sequence[str], int, str, np.ndarray, int]]) -> pa.Table:
+    """The buffered requests as rows (one per item), built by Arrow itself.
+
+    Per-request values are repeated with ``take`` and the scores concatenated with numpy, so the
+    flusher holds the GIL for little more than reading the item ids (converting a pandas frame of
+    Python objects held it for ~40 ms per 14k rows, stalling the requests served meanwhile).
+    """
+    counts = np.fromiter((len(b[2]) for b in buffer), dtype=np.int64, count=len(buffer))
+    request_of_row = pa.array(np.repeat(np.arange(len(buffer)), counts))
+
+    def repeated(field: int, type_: pa.DataType) -> pa.Array:
+        return pa.array([b[field] for b in buffer], type=type_).take(request_of_row)
+
+    return pa.table(
+        {
+            "request_id": repeated(0, pa.string()),
+            "user_id": repeated(1, pa.string()),
+            "item_id": pa.array(list(itertools.chain.from_iterable(b[2] for b in buffer)), type=pa.string()),
+            "model_version": repeated(3, pa.int64()),
+            "arm": repeated(4, pa.string()),
+            "score": pa.array(np.concatenate([np.asarray(b[5], dtype=np.float64).ravel() for b in buffer])),
+            "served_at": repeated(6, pa.timestamp("ns", tz="UTC")),
+        }
+    )
+
+
 class PredictionLog:
     """Buffers prediction rows and flushes them atomically as Parquet files under ``directory``."""
 
@@ -52,6 +81,7 @@ class PredictionLog:
         self._buffer: list[tuple[str, str, Sequence[str], int, str, np.ndarray, int]] = []
         self._rows = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.files_written = 0
 
@@ -75,7 +105,10 @@ class PredictionLog:
             self._rows += len(item_ids)
             full = self._rows >= self.flush_rows
         if full:
-            self.flush()
+            if self._thread is not None:
+                self._wake.set()  # the flusher writes it, off the request path
+            else:
+                self.flush()
 
     def flush(self) -> Path | None:
         """Write the buffered rows as one Parquet file; returns its path (None if nothing to write)."""
@@ -83,24 +116,13 @@ class PredictionLog:
             buffer, self._buffer, self._rows = self._buffer, [], 0
         if not buffer:
             return None
-        counts = np.array([len(b[2]) for b in buffer])
-        frame = pd.DataFrame(
-            {
-                "request_id": np.repeat(np.array([b[0] for b in buffer], dtype=object), counts),
-                "user_id": np.repeat(np.array([b[1] for b in buffer], dtype=object), counts),
-                "item_id": np.concatenate([np.asarray(b[2], dtype=object) for b in buffer]),
-                "model_version": np.repeat(np.array([b[3] for b in buffer], dtype=np.int64), counts),
-                "arm": np.repeat(np.array([b[4] for b in buffer], dtype=object), counts),
-                "score": np.concatenate([np.asarray(b[5], dtype=np.float64).ravel() for b in buffer]),
-                "served_at": pd.to_datetime(np.repeat(np.array([b[6] for b in buffer]), counts), utc=True),
-            }
-        )
+        table = _table(buffer)
         with self._write_lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
             path = self.directory / f"predictions-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
             tmp = self.directory / f".{path.name}.tmp"
-            frame.to_parquet(tmp, index=False)
+            pq.write_table(table, tmp)
             os.replace(tmp, path)
             self.files_written += 1
         return path
@@ -113,7 +135,9 @@ class PredictionLog:
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
             try:
                 self.flush()
             except Exception:  # keep logging; the rows of a failed flush are lost and said so
@@ -122,6 +146,7 @@ class PredictionLog:
     def stop(self) -> None:
         """Stop the background flusher and write what is buffered."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
