@@ -27,6 +27,7 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 FeatureLookup = Callable[..., pd.DataFrame]
 ARMS = ("stable", "canary")
 CANARY_STATE_FILE = "gateway_canary.json"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class GatewayError(Exception):
@@ -215,7 +217,7 @@ def encode_column(proto: Any, values: pd.Series, dtype: int, rank: int, n: int) 
     if rank >= 2:
         proto.tensor_shape.dim.add().size = 1
     if dtype == DT_STRING:
-        proto.string_val.extend(s.encode() for s in values.astype(str).tolist())
+        proto.string_val.extend(str(s).encode() for s in values.tolist())
     elif dtype in _NUMPY:
         arr = values.to_numpy()
         if dtype in (DT_INT32, DT_INT64) and arr.dtype.kind == "f":
@@ -373,8 +375,8 @@ class Gateway:
             try:
                 # Features as of the request time (``as_of`` or now): time-since-last features are aged to
                 # it, as the offline training set computes them at each event's time.
-                now = pd.Timestamp(served_at_ns if served_at_ns is not None else time.time_ns(), tz="UTC")
-                frame = self.lookup(user_id, item_ids, as_of=now.to_pydatetime())
+                now_ns = served_at_ns if served_at_ns is not None else time.time_ns()
+                frame = self.lookup(user_id, item_ids, as_of=_utc_datetime(now_ns))
             except Exception as exc:  # the store's own errors vary by backend
                 raise GatewayError(502, f"feature lookup failed: {type(exc).__name__}: {exc}") from exc
             if len(frame) != len(item_ids):
@@ -385,7 +387,7 @@ class Gateway:
                 frame = frame.assign(user_id=user_id)
             if "item_id" not in frame.columns:
                 frame = frame.assign(item_id=item_ids)
-            elif frame["item_id"].astype(str).tolist() != item_ids:
+            elif list(map(str, frame["item_id"].tolist())) != item_ids:
                 raise GatewayError(502, "feature lookup returned the items in another order than asked")
             try:
                 if arm == "canary":
@@ -477,6 +479,11 @@ def parse_as_of(value: Any) -> int | None:
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     return int(ts.value)
+
+
+def _utc_datetime(ns: int) -> datetime:
+    """A UTC datetime of nanoseconds since the epoch, to the microsecond below (as pandas' to_pydatetime)."""
+    return EPOCH + timedelta(microseconds=ns // 1000)
 
 
 def _json(body: bytes) -> Any:
