@@ -366,16 +366,20 @@ def _decode_column(blobs: Sequence[bytes | None], default: Any, dtype: Any) -> n
     with numpy; any other column (strings, ints, a mix) is parsed blob by blob.
     """
     out = np.full(len(blobs), default, dtype=dtype)
-    present = [i for i, blob in enumerate(blobs) if blob]
-    if not present:
-        return out
-    values = [blobs[i] for i in present]
+    if all(blobs):  # every id has a value: the usual case
+        present: Sequence[int] = range(len(blobs))
+        values = blobs
+    else:
+        present = [i for i, blob in enumerate(blobs) if blob]
+        if not present:
+            return out
+        values = [blobs[i] for i in present]
     size = len(values[0])
     fixed = _fixed_width_kinds().get(size)
     if fixed is not None and set(map(len, values)) == {size}:
         raw = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), size)
         if (raw[:, 0] == fixed[0]).all():
-            out[present] = raw[:, 1:].copy().view(fixed[1])[:, 0]
+            out[list(present)] = raw[:, 1:].copy().view(fixed[1])[:, 0]
             return out
     from feast.protos.feast.types.Value_pb2 import Value
 
