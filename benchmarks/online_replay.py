@@ -15,7 +15,7 @@ Protocol (per dataset):
       the last 10% by time); events before the first boundary use the bootstrap model (which *is* the full
       retrain at the stream start). This is an upper bound on what a nightly job of the same budget gets;
   (c) ``online``: :class:`freshrec.online.learner.OnlineLearner` with the default ``OnlineSettings``
-      (test-then-train on micro-batches of ``micro_batch``; embedding tables with ``embedding_optimizer`` at
+      (test-then-train on slices of ``train_batch`` events of each micro-batch; embedding tables with ``embedding_optimizer`` at
       ``embedding_learning_rate``, dense layers with Adam at ``learning_rate``);
 
 - label delay cost: the online learner again with ``label_delay_s`` of one hour (an impression is learned
@@ -255,7 +255,13 @@ def replay(
         "retrain_epochs": retrain_epochs,
         "online_events_per_s": len(stream) / online_s,
         "online_settings": online_settings.model_dump(
-            include={"micro_batch", "learning_rate", "embedding_optimizer", "embedding_learning_rate"}
+            include={
+                "micro_batch",
+                "train_batch",
+                "learning_rate",
+                "embedding_optimizer",
+                "embedding_learning_rate",
+            }
         ),
         "seconds": {"bootstrap": t_boot, "online": online_s, "daily": daily_s},
         "windows": windows,
@@ -411,7 +417,8 @@ def _learner_desc(res: dict[str, Any]) -> str:
     if not o:
         return "default online settings"
     return (
-        f"micro-batch {o['micro_batch']}, embedding tables {o['embedding_optimizer']} lr "
+        f"micro-batch {o['micro_batch']} learned in slices of {o.get('train_batch', o['micro_batch'])}, "
+        f"embedding tables {o['embedding_optimizer']} lr "
         f"{o['embedding_learning_rate']:g}, dense layers Adam lr {o['learning_rate']:g}"
     )
 

@@ -63,8 +63,9 @@ def test_crash_after_checkpoint_before_ack_replays_are_dropped(settings, redis_u
         assert again.totals.scored == 400
         assert all((a == b).all() for a, b in zip(again.model.get_weights(), weights_before, strict=True))
         # Both optimizers' state came back too (dense Adam moments, embedding Adagrad accumulators).
-        assert again.trainer.optimizer.iterations.numpy() == 4
-        assert again.trainer.embedding_optimizer.iterations.numpy() == 4
+        steps = 4 * -(-100 // again.settings.train_batch)  # 4 batches of 100, each in train_batch slices
+        assert again.trainer.optimizer.iterations.numpy() == steps
+        assert again.trainer.embedding_optimizer.iterations.numpy() == steps
         restored = again.trainer.state()
         for key in ("dense", "embedding"):
             assert all(

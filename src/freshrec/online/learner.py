@@ -8,7 +8,8 @@ One step (:meth:`OnlineLearner.step`) takes a polled batch and:
 3. scores the events with the current model *before* learning from them (prequential metrics), and with the
    serving version (for the guard, on exactly the same events);
 4. trains on the events whose click window has closed (``label_delay_s`` of event time; the others wait in
-   a buffer that is part of the checkpoint);
+   a buffer that is part of the checkpoint); steps 3-4 go slice by slice of ``train_batch`` events, so
+   later events of the micro-batch are scored by a model that has learned the earlier ones;
 5. checkpoints (weights, both optimizers, seen ids, buffer, positions, totals) atomically, and only then commits
    the source positions (at-least-once delivery + dedup = every event counted once);
 6. every ``export_every_events`` events or ``export_every_s`` seconds, runs the guard and, if it passes,
@@ -382,17 +383,24 @@ class OnlineLearner:
             except Exception as exc:  # a feature-store outage must not stop learning
                 log.warning("pushing fresh activity features failed: %s", exc)
         y = labels_of(frame, self.spec)
-        cand = predict(self.model, frame, self.spec)
         serv = predict(self.serving_model, frame, self.spec)
+        # Test-then-train slice by slice: each train_batch slice is scored, then learned, before the next
+        # is scored, so an id's later events of this micro-batch already see its earlier ones.
+        size = max(1, self.settings.train_batch)
+        cands, learned = [], 0
+        for start in range(0, len(frame), size):
+            part = frame.iloc[start : start + size]
+            cands.append(predict(self.model, part, self.spec))
+            newest = pd.Timestamp(part["event_timestamp"].max())
+            self.watermark = newest if self.watermark is None or newest > self.watermark else self.watermark
+            learned += self._train(part)
+        cand = np.concatenate(cands)
         first, last = str(events["event_timestamp"].iloc[0]), str(events["event_timestamp"].iloc[-1])
         rec = self.metrics.update(y, cand, first, last)
         self.serving_metrics.update(y, serv, first, last)
         self._window.add(y, cand, serv)
         self.totals.scored += len(frame)
         self.totals.newest_event_time = last
-        newest = pd.Timestamp(events["event_timestamp"].iloc[-1])
-        self.watermark = newest if self.watermark is None or newest > self.watermark else self.watermark
-        learned = self._train(frame)
         return {"batch_logloss": rec.logloss, "window_auc": rec.window_auc, "learned": learned}
 
     def _train(self, frame: pd.DataFrame) -> int:
