@@ -31,6 +31,7 @@ def evaluate(
         report: Markdown: candidate vs production, slices, blessing checks.
         blessing: JSON with the candidate and production metrics and the blessing decision.
     """
+    import gc
     import json
     from collections import namedtuple
 
@@ -103,6 +104,9 @@ def evaluate(
             )
             + "\n"
         )
+    # The process ends with this task: frozen objects are left out of the interpreter's final garbage
+    # collections (about 2 s of CPU over TensorFlow's objects at exit).
+    gc.freeze()
     return namedtuple("EvaluateOutputs", ["blessed", "auc"])(
         bool(decision.blessed), float(candidate.metrics["auc"])
     )

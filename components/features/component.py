@@ -17,6 +17,7 @@ def features(workdir: str, settings_json: str, events: Input[Dataset], report: O
     Returns:
         The materialization end time (ISO 8601, UTC).
     """
+    import gc
     import json
 
     import pandas as pd
@@ -36,6 +37,9 @@ def features(workdir: str, settings_json: str, events: Input[Dataset], report: O
             f"objects applied. Online store materialized up to {end.isoformat()} from {len(stamps)} events "
             f"in {done.seconds:.1f} s:\n\n" + "\n".join(views) + "\n"
         )
+    # The process ends with this task: frozen objects are left out of the interpreter's final garbage
+    # collections (about 1 s of CPU over Feast's objects at exit).
+    gc.freeze()
     return end.isoformat()
 
 

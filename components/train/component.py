@@ -25,6 +25,7 @@ def train(
         metrics: output training metrics (the last epoch's).
         epochs: overrides ``training.epochs`` when > 0.
     """
+    import gc
     import json
 
     from freshrec.config import load_settings
@@ -56,6 +57,9 @@ def train(
     model.metadata["spec_hash"] = result.spec.hash()
     for name, value in result.metrics.items():
         metrics.log_metric(name, float(value))
+    # The process ends with this task: frozen objects are left out of the interpreter's final garbage
+    # collections (about 2 s of CPU over TensorFlow's objects at exit).
+    gc.freeze()
 
 
 def component(image: str) -> PythonComponent:
