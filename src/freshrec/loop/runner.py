@@ -25,6 +25,7 @@ every stage, so Ctrl-C leaves a readable, consistent report and nothing half-wri
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import math
 import shutil
@@ -215,6 +216,7 @@ class Loop:
         preload.start()
         run = self._run_pipeline("bootstrap", rollout_mode="promote")
         preload.join()
+        gc.freeze()  # the imported modules live as long as the run: later collections need not scan them
         version = run.pushed_version
         repo = ModelRepository(self.settings.models_dir, self.settings.model.name)
         if version is None or repo.stable() is None:
