@@ -231,7 +231,7 @@ class OnlineSettings(BaseModel):
     # inside it (each slice is scored, then learned, before the next is scored: a new user's embedding
     # learns from their previous events of the same micro-batch).
     micro_batch: int = 256
-    train_batch: int = 16
+    train_batch: int = 8
     # Two optimizers over disjoint variables (as in Monolith): the dense layers learn slowly with Adam at
     # learning_rate; the embedding tables (rows of ids, genres, buckets: each row sees few events, a new
     # id's row none before it appears) with their own optimizer at a much larger embedding_learning_rate.
