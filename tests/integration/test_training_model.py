@@ -131,6 +131,16 @@ def test_infra_check_serves_in_a_fresh_process(parent, frames):
     bad = check_predictions(expected * 0.99, expected, 1e-4)
     assert not bad.ok and "differ from training" in bad.message
     assert "holds no saved_model.pb" in infra_check(export_dir / "nope", sample, expected).message
+    # The reference predictions may be a function, computed while the serving process loads the export.
+    lazy = infra_check(export_dir, sample, lambda: expected * 0.99)
+    assert not lazy.ok and "differ from training" in lazy.message
+    assert infra_check(export_dir, sample, lambda: expected).ok
+
+    def broken():
+        raise RuntimeError("the trained model did not load")
+
+    with pytest.raises(RuntimeError, match="did not load"):
+        infra_check(export_dir, sample, broken)
 
 
 def test_mixed_precision_trains_in_half_and_outputs_float32(frames):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ class InfraCheckResult:
 def infra_check(
     saved_model_dir: Path | str,
     sample_df: pd.DataFrame,
-    expected: np.ndarray | None = None,
+    expected: np.ndarray | Callable[[], np.ndarray] | None = None,
     tolerance: float = 1e-4,
     timeout_s: float = 180.0,
 ) -> InfraCheckResult:
@@ -49,8 +50,9 @@ def infra_check(
     Args:
         saved_model_dir: the export (or repository version) to check.
         sample_df: raw feature rows (columns named as the signature's inputs; extra columns are ignored).
-        expected: the in-training probabilities for the same rows; without them only loading and the
-            output's shape and range are checked.
+        expected: the in-training probabilities for the same rows, or a function computing them: it is
+            called while the serving process starts, so the two model loads (each with its own TensorFlow
+            import) overlap. Without them only loading and the output's shape and range are checked.
         tolerance: largest allowed absolute difference.
         timeout_s: the serving process is killed after this long.
     """
@@ -70,12 +72,21 @@ def infra_check(
         out = Path(tmp) / "out.json"
         sample_df.reset_index(drop=True).to_parquet(rows)
         cmd = [sys.executable, "-m", "freshrec.model.infra", str(saved_model_dir), str(rows), str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            if callable(expected):
+                expected = expected()
+            stdout, stderr = proc.communicate(timeout=max(1.0, timeout_s - (time.perf_counter() - start)))
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             return fail(f"serving process did not answer within {timeout_s:.0f} s")
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            tail = (stderr or stdout).strip().splitlines()[-5:]
             return fail(f"serving process failed (exit {proc.returncode}): {' | '.join(tail)}")
         result = json.loads(out.read_text())
     return check_predictions(
