@@ -41,7 +41,7 @@ def test_quick_run_completes_and_report_renders(tmp_path, datasets_dir):
 
     record = json.loads((index.parent / "run.json").read_text())
     assert record["status"] == "ok"
-    assert [s["name"] for s in record["stages"]] == ["prepare", "features", "bootstrap", "serve", "replay"]
+    assert [s["name"] for s in record["stages"]] == ["prepare", "bootstrap", "serve", "replay"]
     assert all(s["status"] == "ok" for s in record["stages"])
     # every replay window has metrics for the frozen model, the online learner and what was served
     assert record["stream"], "no replay windows recorded"

@@ -89,3 +89,19 @@ def test_saved_model_matches_keras_model(arch, spec, frame, tmp_path):
     np.testing.assert_allclose(predict(reloaded, frame), expected, atol=1e-5)
     with pytest.raises(FileExistsError):
         export_model(model, out)
+
+
+@pytest.mark.slow
+def test_exporting_the_same_model_again_writes_its_current_weights(spec, frame, tmp_path):
+    # The online learner exports one model object many times; the traced serving function is reused,
+    # and each SavedModel must still hold the weights of its own moment.
+    settings = ModelSettings(architecture="dcn", **SMALL)
+    model = attach(build_model(spec, settings), spec, settings)
+    first = export_model(model, tmp_path / "first")
+    before = predict_saved_model(first, frame)
+    model.set_weights([w * 1.5 for w in model.get_weights()])
+    second = export_model(model, tmp_path / "second")
+    assert getattr(model, "_freshrec_export_serve", None) is not None
+    np.testing.assert_allclose(predict_saved_model(second, frame), predict(model, frame), atol=1e-5)
+    np.testing.assert_allclose(predict_saved_model(first, frame), before, atol=1e-6)
+    assert not np.allclose(before, predict_saved_model(second, frame), atol=1e-4)

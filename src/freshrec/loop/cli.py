@@ -8,7 +8,7 @@ import typer
 def run(
     ctx: typer.Context,
     quick: bool = typer.Option(
-        False, "--quick", help="A small run (about 3 minutes): fewer events, 2 epochs."
+        False, "--quick", help="A small run (2 to 3 minutes on 2 cores): fewer events, 2 epochs."
     ),
     dataset: str | None = typer.Option(
         None, help="Dataset name or description YAML (default: settings.data.dataset)."

@@ -4,18 +4,20 @@ Stages (each prints one line and is recorded in the run report):
 
 1. **prepare** — the dataset's earlier part (``bootstrap_fraction`` by time) is validated into the event
    log (bad rows to quarantine), profiles are written as Feast sources;
-2. **features** — Feast apply + materialize (SQLite online store, file offline store);
-3. **bootstrap** — the ``continuous_training`` KFP pipeline through ``kfp.local`` trains, evaluates,
+2. **bootstrap** — the ``continuous_training`` KFP pipeline through ``kfp.local``: its ``features`` task
+   runs Feast apply + materialize (SQLite online store, file offline store), then it trains, evaluates,
    blesses and pushes the first model, labelled ``stable``;
-4. **serve** — the TF-Serving-compatible model server (REST + gRPC) and the ranking gateway start on
+3. **serve** — the TF-Serving-compatible model server (REST + gRPC) and the ranking gateway start on
    loopback;
-5. **replay** — the later part of the data is replayed in time order, window by window: each user's
+4. **replay** — the later part of the data is replayed in time order, window by window: each user's
    impressions become ranking requests through the gateway (logged predictions), then the clicks land in
    the event log; the online learner learns them (test-then-train) and exports guarded versions the server
    picks up; the drift monitor compares the window with the production model's training data, alerts, and
-   its verdict (or an online-quality drop) may trigger the retraining pipeline, whose model then goes out by
-   canary on live traffic (analysis on predictions joined with clicks) and is promoted or rolled back;
-6. **report** — ``<workdir>/reports/<run>/index.html``.
+   its verdict (or an online-quality drop) may trigger the retraining pipeline, which runs in the
+   background while the replay goes on (as it would in a cluster; ``canary_reserve_windows`` are held back
+   for its canary), and whose model then goes out by canary on live traffic (analysis on predictions
+   joined with clicks) and is promoted or rolled back;
+5. **report** — ``<workdir>/reports/<run>/index.html``.
 
 A run restarts cleanly: it takes a lock on the workdir, clears the loop's state (event log, models,
 features, predictions — never reports) unless ``keep_state``, and writes the run record atomically after
@@ -24,11 +26,15 @@ every stage, so Ctrl-C leaves a readable, consistent report and nothing half-wri
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -39,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -72,6 +78,9 @@ class RunOptions:
     canary_min_clicks: int = 30  # per arm, before the online-quality checks can conclude
     canary_min_requests: int = 20
     canary_max_wait_windows: int = 3  # windows an inconclusive analysis may wait for more traffic
+    # The retraining pipeline runs while the replay goes on; once only this many windows are left, the
+    # replay waits for it, so its canary has traffic (2: one window per pause of the canary plan).
+    canary_reserve_windows: int = 2
     max_retrains: int = 1
     drift_windows_to_retrain: int = 2  # consecutive drifted windows before the retraining pipeline starts
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
@@ -114,6 +123,7 @@ class Loop:
         self._gateway: Any = None
         self._in_canary = False
         self._retrains = 0
+        self._job: _PipelineJob | None = None  # the retraining pipeline running in the background
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self) -> RunRecord:
@@ -124,7 +134,6 @@ class Loop:
                 if not self.options.keep_state:
                     self._clear_state()
                 self._stage("prepare", self._prepare)
-                self._stage("features", self._features)
                 self._stage("bootstrap", self._bootstrap)
                 self._stage("serve", self._serve)
                 self._stage("replay", self._replay)
@@ -199,14 +208,6 @@ class Loop:
             f"({_span(self.replay_events)})"
         )
 
-    def _features(self) -> str:
-        from freshrec.features import store
-
-        applied = store.apply(self.settings)
-        mat = store.materialize(self.settings)
-        views = ", ".join(f"{name} ({how})" for name, how in mat.views.items())
-        return f"{len(applied.objects)} Feast objects applied; materialized {views} in {mat.seconds:.1f} s"
-
     def _bootstrap(self) -> str:
         from freshrec.model.repository import ModelRepository
 
@@ -227,22 +228,24 @@ class Loop:
         self.repo = repo
         meta = repo.metadata(version)
         self._note_version(version, "pipeline (bootstrap)")
-        return f"version {version} stable (AUC {meta.get('metrics', {}).get('auc', float('nan')):.3f}) in {run.duration_s:.0f} s"
+        return (
+            f"version {version} stable (AUC {meta.get('metrics', {}).get('auc', float('nan')):.3f}) "
+            f"in {run.duration_s:.0f} s; {_features_summary(run)}"
+        )
 
     def _run_pipeline(self, label: str, rollout_mode: str) -> Any:
-        """Run ``continuous_training`` through kfp.local in a child ``freshrec pipeline run --local``.
+        """Run ``continuous_training`` (see :meth:`_start_pipeline`) and wait for it, with a spinner."""
+        job = self._start_pipeline(label, rollout_mode)
+        with self.console.status(f"continuous_training pipeline ({label}) running"):
+            return self._finish_pipeline(job)
 
-        A child process keeps the tasks' long logs in a file of the report and out of the console, and
-        gets exactly this loop's settings (written next to the log). The replay waits for it: stream time
-        stands still while the pipeline runs.
+    def _start_pipeline(self, label: str, rollout_mode: str) -> _PipelineJob:
+        """Start ``continuous_training`` through kfp.local in a child ``freshrec pipeline run --local``.
+
+        A child process keeps the tasks' long logs in a file of the report and out of the console, gets
+        exactly this loop's settings (written next to the log), and lets the replay go on meanwhile.
         """
-        import os
-        import subprocess
-        import sys
-
         import yaml
-
-        from freshrec.pipelines.local import LocalRun, collect_tasks
 
         self.report_dir.mkdir(parents=True, exist_ok=True)
         config = self.report_dir / "settings.yaml"
@@ -269,28 +272,42 @@ class Loop:
         self.console.print(
             f"  kfp.local: continuous_training ({label}, rollout {rollout_mode}); log → {log_path}"
         )
-        start = time.perf_counter()
         kfp_root = self.settings.workdir / "kfp"
         before = set(kfp_root.iterdir()) if kfp_root.exists() else set()
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"}
-        with (
-            open(log_path, "wb") as fh,
-            self.console.status(f"continuous_training pipeline ({label}) running"),
-        ):
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-            try:
-                rc = proc.wait()
-            except BaseException:
-                proc.terminate()
-                proc.wait(timeout=30)
-                raise
-        new = [p for p in kfp_root.iterdir() if p not in before and p.is_dir()] if kfp_root.exists() else []
+        fh = open(log_path, "wb")  # noqa: SIM115 (closed by _finish_pipeline or _stop_pipeline)
+        try:
+            # Its own process group: stopping it stops the task it is running too (see _stop_pipeline).
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except BaseException:
+            fh.close()
+            raise
+        return _PipelineJob(label, proc, log_path, fh, before, time.perf_counter())
+
+    def _finish_pipeline(self, job: _PipelineJob) -> Any:
+        """Wait for a started pipeline; its :class:`LocalRun`. Ctrl-C while waiting stops the child."""
+        from freshrec.pipelines.local import LocalRun, collect_tasks
+
+        try:
+            rc = job.proc.wait()
+        except BaseException:
+            _stop_pipeline(job)
+            raise
+        job.log.close()
+        kfp_root = self.settings.workdir / "kfp"
+        new = (
+            [p for p in kfp_root.iterdir() if p not in job.before and p.is_dir()] if kfp_root.exists() else []
+        )
         if rc != 0 or len(new) != 1:
-            raise LoopError(f"the {label} pipeline failed (exit {rc}); its log: {log_path}")
+            raise LoopError(f"the {job.label} pipeline failed (exit {rc}); its log: {job.log_path}")
         run_dir = new[0]
-        run = LocalRun("continuous_training", run_dir, time.perf_counter() - start, collect_tasks(run_dir))
-        self.record.links.append({"label": f"pipeline log ({label})", "href": log_path.name})
-        self.record.links.append({"label": f"KFP artifacts ({label})", "href": run_dir.resolve().as_uri()})
+        run = LocalRun(
+            "continuous_training", run_dir, time.perf_counter() - job.started, collect_tasks(run_dir)
+        )
+        self.record.links.append({"label": f"pipeline log ({job.label})", "href": job.log_path.name})
+        self.record.links.append(
+            {"label": f"KFP artifacts ({job.label})", "href": run_dir.resolve().as_uri()}
+        )
         for task in run.tasks:
             self.console.print(f"    task {task}: done")
         return run
@@ -351,9 +368,16 @@ class Loop:
             self._progress = (progress, progress.add_task("", total=len(events)))
             while self._windows:
                 drift_row = self._play_next_window()
-                reason = self._retrain_reason(drift_row)
-                if reason:
-                    version = self._retrain(reason)
+                if self._job is None:
+                    reason = self._retrain_reason(drift_row)
+                    if reason:
+                        self._start_retrain(reason)
+                # The pipeline runs while the replay goes on; its canary needs the last reserved windows.
+                if self._job is not None and (
+                    self._job.proc.poll() is not None
+                    or len(self._windows) <= self.options.canary_reserve_windows
+                ):
+                    version = self._finish_retrain()
                     if version is not None:
                         self._canary(version)
         self.freshness.wait(timeout_s=30)
@@ -409,7 +433,8 @@ class Loop:
             task,
             advance=len(window),
             description=f"AUC static {row['static_auc']:.3f} online {row['online_auc']:.3f} "
-            f"served {row['served_auc']:.3f} · drift {drift_row['drift_share']:.2f}",
+            f"served {row['served_auc']:.3f} · drift {drift_row['drift_share']:.2f}"
+            + (" · retrain pipeline running" if self._job is not None else ""),
         )
         self.record.save(self.report_dir / "run.json")
         return drift_row
@@ -527,7 +552,12 @@ class Loop:
 
     def _retrain_reason(self, drift_row: dict[str, Any]) -> str | None:
         """The trigger policy of the loop: drift or a data-quality failure, at most ``max_retrains``."""
-        if not self.options.retrain or self._retrains >= self.options.max_retrains or self._in_canary:
+        if (
+            not self.options.retrain
+            or self._retrains >= self.options.max_retrains
+            or self._in_canary
+            or self._job is not None
+        ):
             return None
         # Like an alert's `for:` clause: only a verdict that holds for N windows in a row starts a pipeline.
         recent = self.record.drift[-self.options.drift_windows_to_retrain :]
@@ -539,20 +569,40 @@ class Loop:
             return None  # no traffic left to run a canary on
         return f"drift monitor: {drift_row['verdict']} (drift share {drift_row['drift_share']:.2f})"
 
-    def _retrain(self, reason: str) -> int | None:
-        """Run the retraining pipeline (it pushes a candidate, labels untouched); its version or None."""
+    def _start_retrain(self, reason: str) -> None:
+        """Start the retraining pipeline in the background (it pushes a candidate, labels untouched)."""
         self._retrains += 1
-        self.console.print(f"[bold yellow]retraining[/bold yellow]: {reason}")
-        start = time.perf_counter()
-        run = self._run_pipeline(f"retrain-{self._retrains}", rollout_mode="none")
+        self.console.print(f"[bold yellow]retraining[/bold yellow]: {reason}; the replay goes on meanwhile")
+        self._job = self._start_pipeline(f"retrain-{self._retrains}", rollout_mode="none")
+        self._job.reason = reason
+        self._job.windows_left = len(self._windows)
+
+    def _finish_retrain(self) -> int | None:
+        """Wait for the retraining pipeline (if still running); its pushed version or None."""
+        job = self._job
+        assert job is not None
+        if job.proc.poll() is None:
+            self.console.print(
+                f"  waiting for the retraining pipeline: the last {len(self._windows)} window(s) are its "
+                "canary's traffic"
+            )
+        try:
+            run = self._finish_pipeline(job)
+        finally:
+            self._job = None
         version = run.pushed_version
         entry: dict[str, Any] = {
             "time": _now(),
-            "reason": reason,
-            "seconds": round(time.perf_counter() - start, 1),
+            "reason": job.reason,
+            "seconds": round(run.duration_s, 1),
+            "windows_meanwhile": job.windows_left - len(self._windows),
             "version": version,
         }
         self.record.retrains.append(entry)
+        self.console.print(
+            f"  retraining pipeline done in {run.duration_s:.0f} s, {entry['windows_meanwhile']} window(s) "
+            "replayed meanwhile"
+        )
         if version is None:
             entry.update(
                 outcome="not pushed", detail="the blessing or data-quality gate stopped the pipeline"
@@ -620,10 +670,10 @@ class Loop:
                     "reasons": "; ".join(entry.reasons),
                 }
             )
-            if entry.action in ("analysis", "promote", "rollback"):
-                self.console.print(
-                    f"  canary v{version}: {entry.action} at {entry.weight}% {entry.verdict or ''}"
-                )
+            if entry.action == "analysis":
+                self.console.print(f"  canary v{version}: analysis at {entry.weight}%: {entry.verdict}")
+            elif entry.action in ("promote", "rollback"):  # the canary's weight is back at 0 by now
+                self.console.print(f"  canary v{version}: {entry.action}")
 
         controller = local_controller(
             settings,
@@ -664,6 +714,10 @@ class Loop:
         )
 
     def _shutdown(self) -> None:
+        if self._job is not None:  # stopped mid-replay: the background pipeline goes too
+            self.console.print(f"  stopping the {self._job.label} pipeline (log → {self._job.log_path})")
+            _stop_pipeline(self._job)
+            self._job = None
         for svc in (self._gateway, self._server):
             if svc is not None:
                 try:
@@ -700,7 +754,9 @@ class Loop:
 PRELOAD_MODULES = (
     "tensorflow",
     "evidently",
+    "feast",
     "sklearn.metrics",
+    "freshrec.features.store",
     "freshrec.serving.server",
     "freshrec.serving.gateway",
     "freshrec.model.export",
@@ -730,6 +786,53 @@ def _preload() -> None:
 
 class _ReplayEnded(RuntimeError):
     """No replay window is left to give a canary traffic."""
+
+
+@dataclass
+class _PipelineJob:
+    """A ``continuous_training`` run in a child process."""
+
+    label: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+    before: set[Path]  # the kfp run directories that existed before it started
+    started: float
+    reason: str = ""
+    windows_left: int = 0  # replay windows left when it started
+
+
+def _stop_pipeline(job: _PipelineJob) -> None:
+    """Terminate a pipeline child (its running task dies with it) and close its log."""
+    import signal
+
+    def kill(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
+            os.killpg(job.proc.pid, sig)
+
+    if job.proc.poll() is None:
+        kill(signal.SIGTERM)
+        try:
+            job.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            kill(signal.SIGKILL)
+            job.proc.wait()
+    job.log.close()
+
+
+def _features_summary(run: Any) -> str:
+    """What the pipeline's features task did (Feast apply + materialize), from its Markdown report."""
+    import re
+
+    path = run.tasks["features"].artifacts.get("report") if "features" in run.tasks else None
+    if path is None or not Path(path).is_file():
+        return "features task: no report"
+    text = Path(path).read_text()
+    applied = re.search(r"(\d+) objects applied", text)
+    views = re.findall(r"^- `([^`]+)`: (.+)$", text, flags=re.MULTILINE)
+    return f"Feast: {applied.group(1) if applied else '?'} objects applied, materialized " + ", ".join(
+        f"{name} ({how})" for name, how in views
+    )
 
 
 def _drift_columns(spec: Any) -> dict[str, str]:

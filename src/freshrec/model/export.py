@@ -74,13 +74,22 @@ def export_model(model: Any, out_dir: Path | str, spec: FeatureSpec | None = Non
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        signature = {
-            f.name: tf.TensorSpec(shape=[None], dtype=_TF_DTYPES[f.dtype], name=f.name) for f in spec.features
-        }
+        # The serving function is traced once per model and spec: the online learner exports the same
+        # model object again and again (a new tf.function would be traced anew each time).
+        cached = getattr(model, "_freshrec_export_serve", None)
+        if cached is not None and cached[0] == spec.to_json():
+            serve = cached[1]
+        else:
+            signature = {
+                f.name: tf.TensorSpec(shape=[None], dtype=_TF_DTYPES[f.dtype], name=f.name)
+                for f in spec.features
+            }
 
-        @tf.function(input_signature=[signature])
-        def serve(features):
-            return {OUTPUT_NAME: tf.cast(model(features, training=False), tf.float32)}
+            @tf.function(input_signature=[signature])
+            def serve(features):
+                return {OUTPUT_NAME: tf.cast(model(features, training=False), tf.float32)}
+
+            model._freshrec_export_serve = (spec.to_json(), serve)
 
         archive = keras.export.ExportArchive()
         archive.track(model)
