@@ -108,6 +108,27 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, m
     assert want >= 10.0
     want_item = activity_as_of(events, "item", [item], as_of)["item_hours_since_last"].iloc[0]
     assert aged["item_hours_since_last"].iloc[0] == pytest.approx(want_item, rel=1e-5)
+    # window counts: 0 once the window no longer reaches the last event (exact, as offline); before
+    # that, the stored count, which can only over-count events that left the window since
+    item_ids = list(events["item_id"].drop_duplicates().iloc[:25])
+    windows = ["item_events_1d", "item_events_7d", "item_events_30d"]
+    for later in (pd.Timedelta(hours=10), pd.Timedelta(days=3), pd.Timedelta(days=12), pd.Timedelta(days=45)):
+        when = events["event_timestamp"].max() + later
+        got = online.lookup(user, item_ids, as_of=when.to_pydatetime())
+        want = activity_as_of(events, "item", item_ids, pd.Series([when] * len(item_ids)))
+        for days, name in zip((1, 7, 30), windows, strict=True):
+            gone = want["item_hours_since_last"].to_numpy() > days * 24
+            np.testing.assert_array_equal(got[name].to_numpy()[gone], 0.0)
+            assert (got[name].to_numpy() >= want[name].to_numpy()).all()
+        gone30 = want["item_hours_since_last"].to_numpy() >= 30 * 24  # capped at 30 days: ">= 30 days"
+        np.testing.assert_allclose(
+            got["item_ctr_30d"].to_numpy()[gone30], want["item_ctr_30d"].to_numpy()[gone30]
+        )
+    # 45 days on, every item's 30-day window is empty: online equals offline exactly
+    np.testing.assert_allclose(
+        got[[*windows, "item_ctr_30d"]].to_numpy(), want[[*windows, "item_ctr_30d"]].to_numpy()
+    )
+    assert gone30.all()
 
     # the training set through Feast's point-in-time join equals the pure pandas one
     sample = events.sample(400, random_state=0)
@@ -155,6 +176,60 @@ def test_local_sqlite_apply_materialize_lookup_push_and_training_set(prepared, m
     row = store.OnlineFeatures(settings).lookup(user, [new_item]).iloc[0]
     assert row["item_events_total"] == 3.0
     assert row["item_ctr_total"] == pytest.approx((2 + 10 * 0.5) / (3 + 10), rel=1e-6)
+
+
+def test_sqlite_online_store_never_moves_back_in_event_time(prepared):
+    """A materialize of an older snapshot (a pipeline's features step) must not undo a fresher push.
+
+    Feast's own SQLite store overwrites regardless of timestamps; freshrec's local store drops older rows
+    per entity, as Feast's Redis store does, so the online learner's pushes survive a concurrent pipeline.
+    """
+    from freshrec.data.eventlog import EventLog
+
+    settings, events = prepared
+    store.apply(settings)
+    first_end = events["event_timestamp"].max()
+    store.materialize(settings, end=first_end.to_pydatetime())
+    online = store.OnlineFeatures(settings)
+    via_feast = store.OnlineFeatures(settings)
+    via_feast._sqlite = None  # Feast's online_read: the store itself holds the rows, not our reader
+    user = events["user_id"].iloc[-1]
+    state = ActivityState()
+    state.update(events)
+
+    def push(stamp: pd.Timestamp, total: float) -> None:
+        rows = state.user_rows([user], stamp)
+        rows["user_events_total"] = np.float32(total)
+        online.push(user_rows=rows)
+
+    def total() -> float:
+        got = online.lookup(user, ["no-such-item"])["user_events_total"].iloc[0]
+        assert via_feast.lookup(user, ["no-such-item"])["user_events_total"].iloc[0] == got
+        return float(got)
+
+    push(first_end + pd.Timedelta(days=2), 12345.0)  # the learner, ahead of the next materialize
+    t = first_end + pd.Timedelta(hours=1)
+    fresh = pd.DataFrame(
+        {
+            "event_id": ["late-1", "late-2"],
+            "event_timestamp": pd.to_datetime([t, t], utc=True),
+            "user_id": [user, user],
+            "item_id": ["late-item", "late-item"],
+            "label": np.array([1, 0], dtype=np.int8),
+        }
+    )
+    EventLog(settings.eventlog_dir).append(fresh, source_id="late")
+    mat = store.materialize(settings, end=t.to_pydatetime())
+    assert mat.views["user_activity_fv"].startswith("incremental")
+    assert total() == 12345.0  # the user's materialized row is older than the push: dropped
+    # the item had no fresher row: the materialize reached it
+    assert online.lookup(user, ["late-item"])["item_events_total"].iloc[0] == 2.0
+    push(first_end + pd.Timedelta(days=1), 777.0)  # older than the stored row: ignored
+    assert total() == 12345.0
+    push(first_end + pd.Timedelta(days=2), 888.0)  # the same stamp: the later write wins
+    assert total() == 888.0
+    push(first_end + pd.Timedelta(days=3), 4242.0)
+    assert total() == 4242.0
 
 
 def test_point_in_time_join_never_leaks_later_values(settings):

@@ -31,10 +31,12 @@ import pandas as pd
 
 from freshrec.config import Settings
 from freshrec.features.activity import (
+    CTR_PRIOR,
     HOURS_SINCE_LAST_CAP,
     ITEM_ACTIVITY,
     TAIL_OFFSET,
     USER_ACTIVITY,
+    WINDOWS_DAYS,
     activity_defaults,
     compute_activity,
 )
@@ -57,6 +59,13 @@ def feast_dir(settings: Settings) -> Path:
     return (settings.workdir / "feast").resolve()
 
 
+SQLITE_STORE_TYPE = "freshrec.features.sqlite_online.MonotonicSqliteOnlineStore"
+
+
+def _is_sqlite(kind: str) -> bool:
+    return kind == "sqlite" or kind.endswith("SqliteOnlineStore")
+
+
 def repo_config(settings: Settings) -> RepoConfig:
     """The Feast ``RepoConfig`` for ``settings.features.environment``."""
     from feast import RepoConfig
@@ -77,7 +86,8 @@ def repo_config(settings: Settings) -> RepoConfig:
                 "path": str(feast_dir(settings) / "registry.db"),
                 "cache_ttl_seconds": 60,
             },
-            online_store={"type": "sqlite", "path": str(feast_dir(settings) / "online.db")},
+            # Feast's SQLite store, but a row older than the stored one is ignored, as Redis does it
+            online_store={"type": SQLITE_STORE_TYPE, "path": str(feast_dir(settings) / "online.db")},
             **common,
         )
     return RepoConfig(
@@ -389,11 +399,43 @@ def _decode_column(blobs: Sequence[bytes | None], default: Any, dtype: Any) -> n
 
 
 def _aged_hours(hours: float, row_ts: datetime | None, as_of: datetime) -> float:
-    """``hours_since_last`` of a row stamped ``row_ts``, moved forward to ``as_of`` (no history stays capped)."""
+    """``hours_since_last`` of a row stamped ``row_ts``, moved forward to ``as_of``, *uncapped* (no
+    history stays at the cap)."""
     if row_ts is None or hours >= HOURS_SINCE_LAST_CAP:
         return hours
-    elapsed = max((as_of - row_ts).total_seconds() / 3600.0, 0.0)
-    return min(hours + elapsed, HOURS_SINCE_LAST_CAP)
+    return hours + max((as_of - row_ts).total_seconds() / 3600.0, 0.0)
+
+
+def _age_activity(
+    cols: dict[str, np.ndarray], entity: str, found: Any, stamps: Any, to_datetime: Any, as_of: datetime
+) -> None:
+    """Move a stored activity row forward to the request time ``as_of``, where that is exact.
+
+    ``hours_since_last`` grows by the time elapsed since the row's stamp (capped, as offline). A window
+    count (``events_1d|7d|30d``, and ``ctr_30d`` with it) whose window now starts after the entity's last
+    event is 0 (``ctr_30d``: the prior), exactly as the offline definition gives it; a window that still
+    reaches back to the last event keeps its stored value (an upper bound: the row does not say which of
+    its events have left the window since).
+    """
+    hours_name = f"{entity}_hours_since_last"
+    if hours_name not in cols:
+        return
+    rows = np.flatnonzero(found)
+    if not len(rows):
+        return
+    hours = cols[hours_name]
+    aged = np.array([_aged_hours(float(hours[k]), to_datetime(stamps[k]), as_of) for k in rows])
+    hours[rows] = np.minimum(aged, HOURS_SINCE_LAST_CAP)
+    for days in WINDOWS_DAYS:
+        name = f"{entity}_events_{days}d"
+        if name not in cols:
+            continue
+        # the window [as_of - days, as_of) holds the last event iff it is at most `days` old; a capped
+        # "no history" value (>= the cap) has no event in any window either
+        expired = rows[aged > days * 24.0]
+        cols[name][expired] = 0
+        if days == 30 and f"{entity}_ctr_30d" in cols:
+            cols[f"{entity}_ctr_30d"][expired] = CTR_PRIOR
 
 
 @dataclass
@@ -632,7 +674,7 @@ class OnlineFeatures:
                 else:
                     self._dtypes[name] = object
         kind = config.online_store.type
-        self._sqlite = _SqliteReader(config, self._views) if kind == "sqlite" else None
+        self._sqlite = _SqliteReader(config, self._views) if _is_sqlite(kind) else None
         self._redis = _RedisReader(self._online, config, self._views) if kind == "redis" else None
 
     @property
@@ -697,11 +739,8 @@ class OnlineFeatures:
                         )
                     found = [vals is not None for _, vals in rows]
                     stamps, to_datetime = [ts for ts, _ in rows], _identity
-                hours = f"{entity}_hours_since_last"
-                if as_of is not None and hours in names:
-                    column = cols[hours]
-                    for k in np.flatnonzero(found):
-                        column[k] = _aged_hours(float(column[k]), to_datetime(stamps[k]), as_of)
+                if as_of is not None and f"{entity}_hours_since_last" in names:
+                    _age_activity(cols, entity, found, stamps, to_datetime, as_of)
         return out
 
     def lookup(self, user_id: str, item_ids: list[str], as_of: datetime | None = None) -> pd.DataFrame:
@@ -709,9 +748,10 @@ class OnlineFeatures:
 
         Args:
             as_of: the request time. When given, ``*_hours_since_last`` is aged from the stored row's
-                timestamp to it (stored hours + elapsed, capped), so serving matches training; the window
-                counts stay as of the stored row (fresh while the online learner pushes). When None, the
-                stored values are returned as they are.
+                timestamp to it (stored hours + elapsed, capped), so serving matches training, and a
+                window count whose window no longer reaches the entity's last event is 0 (``ctr_30d``:
+                the prior), as offline; other window counts stay as of the stored row (fresh while the
+                online learner pushes). When None, the stored values are returned as they are.
         """
         user_id = str(user_id)
         item_ids = [str(i) for i in item_ids]
@@ -740,8 +780,9 @@ class OnlineFeatures:
         """Push fresh activity rows (``ActivityState.user_rows``/``item_rows`` frames) to the online store.
 
         Each frame needs ``<entity>_id``, ``event_timestamp`` and the activity features. Returns rows pushed.
-        Stamp rows with the time of the state they hold (``ActivityState`` uses ``as_of``): the Redis store
-        ignores a row older than the one it holds, SQLite overwrites regardless.
+        Stamp rows with the time of the state they hold (``ActivityState`` uses ``as_of``): both online
+        stores ignore a row older than the one they hold (SQLite through
+        :mod:`freshrec.features.sqlite_online`), so a late ``materialize`` never undoes a fresher push.
         """
         from feast.data_source import PushMode
 

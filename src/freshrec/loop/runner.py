@@ -516,7 +516,8 @@ class Loop:
         # One change to production at a time: while a canary runs, the learner keeps learning but does
         # not export (an export would move the stable label under the canary's comparison).
         self.learner.repository = None if self._in_canary else self.repo
-        self.learner.run(self.source, until_idle=True, idle_timeout_s=0.2)
+        # the replay appended the window synchronously: everything to learn is there, no need to wait
+        self.learner.run(self.source, until_idle=True, idle_timeout_s=0.0)
         labels, scores = metrics.all_pairs()
         return _metrics("online", labels[start:], scores[start:])
 
