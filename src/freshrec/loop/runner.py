@@ -79,8 +79,9 @@ class RunOptions:
     canary_min_requests: int = 20
     canary_max_wait_windows: int = 3  # windows an inconclusive analysis may wait for more traffic
     # The retraining pipeline runs while the replay goes on; once only this many windows are left, the
-    # replay waits for it, so its canary has traffic (2: one window per pause of the canary plan).
-    canary_reserve_windows: int = 2
+    # replay waits for it, so its canary has traffic: one window per pause of the canary plan, and one
+    # for an analysis that needs more clicks before it can conclude.
+    canary_reserve_windows: int = 3
     max_retrains: int = 1
     drift_windows_to_retrain: int = 2  # consecutive drifted windows before the retraining pipeline starts
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
@@ -93,6 +94,7 @@ class RunOptions:
             window_events=800,
             reference_events=2_000,
             epochs=2,
+            canary_reserve_windows=2,  # 5 windows: a third would leave none to replay beside the pipeline
         )
         base.update(overrides)
         return cls(**base)
