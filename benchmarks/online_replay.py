@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import threading
 import time
@@ -254,6 +255,7 @@ def replay(
         "retrain_every_days": every_days,
         "retrain_epochs": retrain_epochs,
         "online_events_per_s": len(stream) / online_s,
+        "load_avg": os.getloadavg()[0],
         "online_settings": online_settings.model_dump(
             include={
                 "micro_batch",
@@ -478,7 +480,7 @@ def replay_rows(res: dict[str, Any]) -> list[Row]:
                 "online learner throughput (events/s)",
                 res["online_events_per_s"],
                 conditions=f"{name} replay: featurize + score (learner and serving copy) + train, "
-                f"{_learner_desc(res)}, 2 CPU cores shared with other jobs, nice 10",
+                f"{_learner_desc(res)}; load avg {res.get('load_avg', float('nan')):.1f} on 2 cores",
             )
         )
     return rows
