@@ -337,3 +337,42 @@ def test_redis_online_store_and_postgres_registry(prepared, redis_url, postgres_
         fs = store.feature_store(redis_settings)
         fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
         fs.registry.delete_project(project, commit=True)
+
+
+def test_local_registry_is_never_seen_half_written(prepared):
+    """A process refreshing its registry while a pipeline's ``apply`` rewrites it must read a whole one.
+
+    Feast's file registry truncates and rewrites ``registry.db`` in place; freshrec's local registry store
+    renames a finished temporary file over it. Real registry, real threads: one rewrites, one reads.
+    """
+    import threading
+
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+
+    settings, _ = prepared
+    store.apply(settings)
+    registry = store.feature_store(settings).registry._registry_store
+    assert type(registry).__name__ == "AtomicLocalRegistryStore"
+    proto = registry.get_registry_proto()
+    views = len(proto.feature_views)
+    assert views >= 4
+    path = registry._filepath
+    done = threading.Event()
+
+    def rewrite() -> None:
+        for _ in range(150):
+            registry.update_registry_proto(proto)
+        done.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    reads, bad = 0, []
+    while not done.is_set():
+        got = RegistryProto()
+        got.ParseFromString(path.read_bytes())
+        reads += 1
+        if len(got.feature_views) != views:
+            bad.append(len(got.feature_views))
+    writer.join()
+    assert reads > 10 and not bad, f"{len(bad)} of {reads} reads saw a partial registry"
+    assert not list(path.parent.glob(f".{path.name}.*.tmp"))  # no temporary files left behind

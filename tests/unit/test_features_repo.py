@@ -53,7 +53,8 @@ def test_yaml_variants_load(yaml_name, monkeypatch):
     config = load_repo_config(FEATURE_REPO, FEATURE_REPO / yaml_name)
     assert config.project == "freshrec"
     if yaml_name == "feature_store.yaml":
-        assert config.online_store.type == "freshrec.features.sqlite_online.MonotonicSqliteOnlineStore"
+        assert config.online_store.type == "freshrec.features.local_store.MonotonicSqliteOnlineStore"
+        assert config.registry.registry_store_type == "freshrec.features.local_store.AtomicLocalRegistryStore"
         assert config.registry.registry_type == "file"
     else:
         assert config.online_store.type == "redis"

@@ -59,7 +59,8 @@ def feast_dir(settings: Settings) -> Path:
     return (settings.workdir / "feast").resolve()
 
 
-SQLITE_STORE_TYPE = "freshrec.features.sqlite_online.MonotonicSqliteOnlineStore"
+SQLITE_STORE_TYPE = "freshrec.features.local_store.MonotonicSqliteOnlineStore"
+REGISTRY_STORE_TYPE = "freshrec.features.local_store.AtomicLocalRegistryStore"
 
 
 def _is_sqlite(kind: str) -> bool:
@@ -83,6 +84,8 @@ def repo_config(settings: Settings) -> RepoConfig:
         return RepoConfig(
             registry={
                 "registry_type": "file",
+                # written to a temporary file and renamed: a reader never sees it half-written
+                "registry_store_type": REGISTRY_STORE_TYPE,
                 "path": str(feast_dir(settings) / "registry.db"),
                 "cache_ttl_seconds": 60,
             },
@@ -782,7 +785,7 @@ class OnlineFeatures:
         Each frame needs ``<entity>_id``, ``event_timestamp`` and the activity features. Returns rows pushed.
         Stamp rows with the time of the state they hold (``ActivityState`` uses ``as_of``): both online
         stores ignore a row older than the one they hold (SQLite through
-        :mod:`freshrec.features.sqlite_online`), so a late ``materialize`` never undoes a fresher push.
+        :mod:`freshrec.features.local_store`), so a late ``materialize`` never undoes a fresher push.
         """
         from feast.data_source import PushMode
 

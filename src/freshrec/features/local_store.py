@@ -1,21 +1,28 @@
-"""Feast's SQLite online store, made monotonic in event time (as Feast's Redis store already is).
+"""Feast's local stores, made safe for the two writers of a local run (as Feast's cluster stores are).
 
-Feast's ``SqliteOnlineStore`` overwrites a stored row whatever its timestamp. With two writers — the
-online learner pushing fresh activity rows and a pipeline's ``materialize`` loading rows as of an older
-snapshot — the older write could land last and put stale values back into serving, where they stay until
-the entity is active again. Feast's Redis store ignores a row older than the one it holds; this store
-does the same: per entity key, rows stamped before the stored ``event_ts`` are dropped, inside one write
-transaction (``BEGIN IMMEDIATE``), so no other writer can slip in between the check and the write. One
-difference: Redis also drops a row stamped at the *same* instant; here the later write wins, so two pushes
-of one entity within the same second of event time (MovieLens' resolution) keep the newer state.
+In a local run the online learner pushes fresh activity rows and serves lookups while a pipeline's features
+task runs ``apply`` and ``materialize`` in another process. Two things in Feast's local stores break then:
 
-Use it as ``online_store: {type: freshrec.features.sqlite_online.MonotonicSqliteOnlineStore, path: ...}``
-(``freshrec.features.store.repo_config`` does for the local environment). Reads, tables and teardown
-are Feast's own.
+- **Online store** (:class:`MonotonicSqliteOnlineStore`). Feast's ``SqliteOnlineStore`` overwrites a stored
+  row whatever its timestamp, so a ``materialize`` of an older snapshot that lands after a push puts stale
+  values back into serving, where they stay until the entity is active again. Feast's Redis store ignores
+  a row older than the one it holds; this store does the same: per entity key, rows stamped before the
+  stored ``event_ts`` are dropped, inside one write transaction (``BEGIN IMMEDIATE``), so no other writer
+  can slip in between the check and the write. One difference: Redis also drops a row stamped at the *same*
+  instant; here the later write wins, so two pushes of one entity within the same second of event time
+  (MovieLens' resolution) keep the newer state.
+- **Registry** (:class:`AtomicLocalRegistryStore`). Feast's file registry truncates ``registry.db`` and
+  writes it in place, so a process refreshing its registry cache at that moment reads an empty or partial
+  registry ("feature view not found"). This store writes a temporary file and renames it over the old one.
+
+``freshrec.features.store.repo_config`` uses both for the local environment (``feature_repo/
+feature_store.yaml`` too). Reads, tables and teardown are Feast's own.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
@@ -27,16 +34,18 @@ from feast.infra.online_stores.sqlite import (
     _quote_id,
     _table_id,
 )
-from feast.utils import to_naive_utc
+from feast.infra.registry.file import FileRegistryStore
+from feast.utils import _utc_now, to_naive_utc
 
-TYPE = "freshrec.features.sqlite_online.MonotonicSqliteOnlineStore"
+TYPE = "freshrec.features.local_store.MonotonicSqliteOnlineStore"
+REGISTRY_STORE_TYPE = "freshrec.features.local_store.AtomicLocalRegistryStore"
 _KEYS_PER_QUERY = 500  # well under SQLite's bound on host parameters
 
 
 class MonotonicSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     """Same settings as Feast's SQLite store (``path``); only the type differs."""
 
-    type: Literal["freshrec.features.sqlite_online.MonotonicSqliteOnlineStore"] = TYPE  # type: ignore[assignment]
+    type: Literal["freshrec.features.local_store.MonotonicSqliteOnlineStore"] = TYPE  # type: ignore[assignment]
 
 
 class MonotonicSqliteOnlineStore(SqliteOnlineStore):
@@ -103,3 +112,23 @@ def _as_datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return to_naive_utc(datetime.fromisoformat(str(value)))
+
+
+class AtomicLocalRegistryStore(FileRegistryStore):
+    """Feast's file registry store, written to a temporary file and renamed into place."""
+
+    def _write_registry(self, registry_proto: Any) -> None:
+        registry_proto.version_id = str(uuid.uuid4())
+        registry_proto.last_updated.FromDatetime(_utc_now())
+        path = self._filepath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(registry_proto.SerializeToString())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
