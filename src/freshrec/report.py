@@ -248,9 +248,9 @@ img {{ max-width: 100%; }} figure {{ margin: .5rem 0; }} figcaption {{ color: #6
 <p>Prequential metrics per replay window: <b>static</b> is the bootstrap model frozen, <b>online</b> the
 streaming learner scored before it trains on each batch, <b>served</b> what users actually got from the
 gateway (stable or canary), joined with their later clicks. Static and online see each event's exact
-point-in-time features; the replay asks for a window's pages before any of that window's clicks are known,
-so served features lag by up to a window: a user's later pages in a rating session do not yet count its
-earlier ones. That lag, not the model, is most of the gap between served and the others.</p>
+point-in-time features; served ones come from the online store, where a user's activity is pushed as each
+page's clicks land (before the user's next page) but item activity only with the learner, after each
+window. That item lag, not the model, is most of the gap between served and the others.</p>
 {figure("quality", "AUC and logloss over stream time")}
 {table(record.stream, ["window_end", "n", "static_auc", "online_auc", "served_auc", "static_logloss", "online_logloss", "served_logloss"])}
 <h2>Drift and alerts</h2>{figure("drift", "drift share per window with alert marks")}

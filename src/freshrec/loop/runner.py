@@ -355,6 +355,13 @@ class Loop:
         self.drift_columns = _drift_columns(spec_of(self.static))
         self.history = self.bootstrap_events
         self.learner, self.source = self._make_learner()
+        # The click feed: user activity from every event so far, updated as each page's clicks land.
+        from freshrec.features.activity import ActivityState
+        from freshrec.features.store import OnlineFeatures
+
+        self._clicks = ActivityState()
+        self._clicks.update(self.history)
+        self._online_features = OnlineFeatures(self.settings)
         # Keras/NumPy 2 deprecation chatter on every micro-batch says nothing to the person watching.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         self.http = requests.Session()
@@ -457,6 +464,10 @@ class Loop:
 
         Returns (user, item) → (score, model version, arm). Each request carries ``as_of`` (the page's
         first impression, in event time) so the prediction log joins with the historical clicks.
+
+        A page's clicks land before the user's next page is asked for: the user's activity row is pushed
+        to the online store as of that request (what a streaming feature job does in a cluster), so a
+        rating session's later pages see its earlier ones. Item rows follow with the learner, per window.
         """
         served: dict[tuple[str, str], tuple[float, int, str]] = {}
         latencies = self.record.latency_ms.setdefault("gateway rank (client, HTTP)", [])
@@ -465,10 +476,13 @@ class Loop:
             group = group.drop_duplicates("item_id")
             for i in range(0, len(group), page):
                 part = group.iloc[i : i + page]
+                as_of = part["event_timestamp"].min() - pd.Timedelta(seconds=1)
+                if i > 0:
+                    self._push_user(str(user_id), as_of)
                 body = {
                     "user_id": str(user_id),
                     "item_ids": part["item_id"].astype(str).tolist(),
-                    "as_of": (part["event_timestamp"].min() - pd.Timedelta(seconds=1)).isoformat(),
+                    "as_of": as_of.isoformat(),
                 }
                 start = time.perf_counter()
                 resp = self.http.post(f"{self.gateway_url}/v1/rank", json=body, timeout=10)
@@ -485,8 +499,16 @@ class Loop:
                         int(out["model_version"]),
                         out["arm"],
                     )
+                self._clicks.update(part)  # the page's outcomes are known now
         self._gateway.predlog.flush()  # the canary analysis reads the log right after the window
         return served
+
+    def _push_user(self, user_id: str, as_of: pd.Timestamp) -> None:
+        """Push ``user_id``'s activity as of ``as_of`` (its clicks before it) to the online store."""
+        try:
+            self._online_features.push(user_rows=self._clicks.user_rows([user_id], as_of))
+        except Exception as exc:  # a feature-store hiccup costs freshness, not the replay
+            log.warning("pushing user %s's activity failed: %s", user_id, exc)
 
     def _make_learner(self) -> tuple[Any, Any]:
         """The online learner from the stable version, following the event log after the bootstrap part."""
