@@ -173,11 +173,12 @@ def job(dataset: str, mode: str) -> None:
         wall = time.perf_counter() - t
     else:
         from freshrec.features import store
+        from freshrec.io import atomic_write_parquet
 
         with tempfile.TemporaryDirectory(prefix="bench-feast-") as tmp:
             settings = _settings(Path(tmp) / "work")
-            store._write_parquet(users, settings.tables_dir / "users.parquet")
-            store._write_parquet(items, settings.tables_dir / "items.parquet")
+            atomic_write_parquet(users, settings.tables_dir / "users.parquet")
+            atomic_write_parquet(items, settings.tables_dir / "items.parquet")
             store.write_activity_tables(settings, ds.events.iloc[:100])  # placeholder so apply can infer
             store.apply(settings)
             t = time.perf_counter()

@@ -67,10 +67,10 @@ def _popularity(train_df, test_df, prior_strength: float = 20.0) -> np.ndarray:
 
 
 def _quality(name: str, split_label: str, quick: bool, models: tuple[str, ...]) -> list[Row]:
-    from freshrec.evaluation import auc, logloss
     from freshrec.model import predict
     from freshrec.model.spec import FeatureSpec
     from freshrec.training import train
+    from freshrec.training.metrics import auc, logloss
 
     desc, (train_df, valid_df, test_df) = _frames(name)
     model_settings, training = _settings(quick)

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.results import Row
+from freshrec.training.metrics import auc, logloss
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +69,6 @@ def _train(frame: pd.DataFrame, spec, epochs: int, seed: int = 42):
         epochs=epochs, batch_size=512, learning_rate=1e-3, early_stopping_patience=1, seed=seed
     )
     return train(frame.iloc[:cut], frame.iloc[cut:], spec, _model_settings(), ts).model
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from freshrec.online.prequential import auc
-
-    return auc(y, p)
-
-
-def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    from freshrec.online.prequential import logloss
-
-    return logloss(y, p)
 
 
 class _Recorder:
@@ -217,10 +206,10 @@ def replay(
         delay = {
             "label_delay_s": label_delay_s,
             "events": k,
-            "auc": _auc(y_d, p_d),
-            "logloss": _logloss(y_d, p_d),
-            "auc_no_delay": _auc(y_on[:k], p_on[:k]),
-            "auc_static": _auc(y_st[:k], p_st[:k]),
+            "auc": auc(y_d, p_d),
+            "logloss": logloss(y_d, p_d),
+            "auc_no_delay": auc(y_on[:k], p_on[:k]),
+            "auc_static": auc(y_st[:k], p_st[:k]),
         }
 
     windows = []
@@ -229,9 +218,9 @@ def replay(
         windows.append(
             {
                 "end": str(ts.iloc[min(i + window_events, len(ts)) - 1]),
-                "static": _auc(y_st[sl], p_st[sl]),
-                "daily": _auc(y_on[sl], p_daily[sl]),
-                "online": _auc(y_on[sl], p_on[sl]),
+                "static": auc(y_st[sl], p_st[sl]),
+                "daily": auc(y_on[sl], p_daily[sl]),
+                "online": auc(y_on[sl], p_on[sl]),
             }
         )
     return {
@@ -240,15 +229,15 @@ def replay(
         "stream_events": len(stream),
         "new_user_share": new_user_share,
         "auc": {
-            "static": _auc(y_st, p_st),
-            "daily": _auc(y_on, p_daily),
-            "online": _auc(y_on, p_on),
-            "static_stale_features": _auc(y_on, p_stale),
+            "static": auc(y_st, p_st),
+            "daily": auc(y_on, p_daily),
+            "online": auc(y_on, p_on),
+            "static_stale_features": auc(y_on, p_stale),
         },
         "logloss": {
-            "static": _logloss(y_st, p_st),
-            "daily": _logloss(y_on, p_daily),
-            "online": _logloss(y_on, p_on),
+            "static": logloss(y_st, p_st),
+            "daily": logloss(y_on, p_daily),
+            "online": logloss(y_on, p_on),
         },
         "delay": delay,
         "retrains": retrains,

@@ -58,20 +58,12 @@ def package_path(name: str) -> Path:
 
 def compile_pipeline(pipeline_func: Callable, out: Path) -> Path:
     """Compile to ``out`` atomically (a reader never sees a half-written file)."""
-    import os
-    import tempfile
-
     from kfp import compiler
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=out.parent)
-    os.close(fd)
-    try:
-        compiler.Compiler().compile(pipeline_func, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from freshrec.io import atomic_path
+
+    with atomic_path(out, suffix=out.suffix) as tmp:
+        compiler.Compiler().compile(pipeline_func, str(tmp))
     return out
 
 

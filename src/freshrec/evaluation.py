@@ -8,7 +8,6 @@ production model's metrics on the same window.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -19,23 +18,8 @@ import numpy as np
 import pandas as pd
 
 from freshrec.config import BlessingSettings
-
-METRICS = (
-    "auc",
-    "gauc",
-    "logloss",
-    "ece",
-    "mean_prediction",
-    "ctr",
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "ndcg_at_10",
-    "recall_at_10",
-    "n",
-)
-_EPS = 1e-7
+from freshrec.io import atomic_write_json
+from freshrec.training.metrics import compute_metrics
 
 
 class BlessingError(ValueError):
@@ -53,122 +37,12 @@ class EvaluationReport:
         return {"metrics": _clean(self.metrics), "slices": {k: _clean(v) for k, v in self.slices.items()}}
 
     def save(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
-        return path
+        return atomic_write_json(path, self.to_dict(), indent=1)
 
 
 def _clean(d: dict[str, float]) -> dict[str, float | None]:
     """JSON has no NaN: undefined metrics (e.g. AUC of a one-class slice) become null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC (rank formulation, ties averaged); NaN when only one class is present."""
-    y = np.asarray(y, dtype=np.float64)
-    n_pos = y.sum()
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = pd.Series(np.asarray(p, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else math.nan
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """ECE over ``bins`` equal-width probability bins, weighted by the share of rows in each bin."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    if len(y) == 0:
-        return math.nan
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    gap = np.abs(np.bincount(idx, weights=p, minlength=bins) - np.bincount(idx, weights=y, minlength=bins))
-    return float(gap.sum() / len(y)) if count.sum() else math.nan
-
-
-def group_auc(users: np.ndarray, y: np.ndarray, p: np.ndarray) -> float:
-    """GAUC: per-user AUC averaged with impression weights, over users who have both classes."""
-    df = pd.DataFrame(
-        {"u": users, "y": np.asarray(y, dtype=np.float64), "p": np.asarray(p, dtype=np.float64)}
-    )
-    df["r"] = df.groupby("u")["p"].rank(method="average")
-    g = df.groupby("u").agg(n=("y", "size"), pos=("y", "sum"))
-    g["rank_pos"] = df[df["y"] == 1].groupby("u")["r"].sum()
-    g = g[(g["pos"] > 0) & (g["pos"] < g["n"])]
-    if g.empty:
-        return math.nan
-    neg = g["n"] - g["pos"]
-    per_user = (g["rank_pos"] - g["pos"] * (g["pos"] + 1) / 2) / (g["pos"] * neg)
-    return float(np.average(per_user, weights=g["n"]))
-
-
-def ranking_at_k(users: np.ndarray, y: np.ndarray, p: np.ndarray, k: int = 10) -> tuple[float, float]:
-    """Mean NDCG@k and Recall@k over users with at least one click in the window.
-
-    Each user's impressions in the window are ranked by score; Recall@k is clicks in the top k divided by
-    the user's clicks in the window.
-    """
-    df = pd.DataFrame(
-        {"u": users, "y": np.asarray(y, dtype=np.float64), "p": np.asarray(p, dtype=np.float64)}
-    )
-    df = df.sort_values(["u", "p"], ascending=[True, False], kind="stable")
-    df["rank"] = df.groupby("u").cumcount()
-    top = df[df["rank"] < k]
-    dcg = (top["y"] / np.log2(top["rank"] + 2)).groupby(top["u"]).sum()
-    hits = top.groupby("u")["y"].sum()
-    pos = df.groupby("u")["y"].sum()
-    pos = pos[pos > 0]
-    if pos.empty:
-        return math.nan, math.nan
-    discounts = np.cumsum(1 / np.log2(np.arange(k) + 2))
-    idcg = discounts[np.minimum(pos.to_numpy(), k).astype(int) - 1]
-    ndcg = dcg.reindex(pos.index).to_numpy() / idcg
-    recall = hits.reindex(pos.index).to_numpy() / pos.to_numpy()
-    return float(ndcg.mean()), float(recall.mean())
-
-
-def compute_metrics(
-    y: np.ndarray, p: np.ndarray, users: np.ndarray | None = None, threshold: float = 0.5
-) -> dict[str, float]:
-    """Every metric of :data:`METRICS` for one set of rows."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    pred = p >= threshold
-    tp = float(np.sum(pred & (y == 1)))
-    fp = float(np.sum(pred & (y == 0)))
-    fn = float(np.sum(~pred & (y == 1)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    out = {
-        "auc": auc(y, p),
-        "gauc": group_auc(users, y, p) if users is not None else math.nan,
-        "logloss": logloss(y, p),
-        "ece": expected_calibration_error(y, p),
-        "mean_prediction": float(p.mean()) if len(p) else math.nan,
-        "ctr": float(y.mean()) if len(y) else math.nan,
-        "accuracy": float(np.mean(pred == (y == 1))) if len(y) else math.nan,
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "n": float(len(y)),
-    }
-    if users is not None:
-        out["ndcg_at_10"], out["recall_at_10"] = ranking_at_k(users, y, p, 10)
-    else:
-        out["ndcg_at_10"] = out["recall_at_10"] = math.nan
-    return out
 
 
 def evaluate(

@@ -10,12 +10,12 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from freshrec.io import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -52,11 +52,7 @@ class RunRecord:
 
     def save(self, path: Path) -> None:
         """Write atomically, so a Ctrl-C never leaves half a record."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2, default=str)
-        os.replace(tmp, path)
+        atomic_write_json(path, asdict(self), indent=2)
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:
@@ -267,10 +263,7 @@ window. That item lag, not the model, is most of the gap between served and the 
 </body></html>
 """
     index = out_dir / "index.html"
-    tmp = out_dir / ".index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, index)
-    return index
+    return atomic_write_text(index, page)
 
 
 def _cell(value: Any) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
+
+from freshrec.io import atomic_write_text
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,6 +27,4 @@ def locked_state(directory: Path, model: type[M]) -> Iterator[M]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = model.model_validate_json(path.read_text()) if path.exists() else model()
         yield state
-        tmp = path.with_name(f".state.json.tmp{os.getpid()}")
-        tmp.write_text(state.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        atomic_write_text(path, state.model_dump_json(indent=2))

@@ -19,6 +19,7 @@ from freshrec.features.activity import (
     activity_defaults,
 )
 from freshrec.features.training_set import build_training_frame
+from freshrec.io import atomic_write_parquet
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -253,8 +254,8 @@ def test_point_in_time_join_never_leaks_later_values(settings):
     )
     users = profile_table(pd.DataFrame({"user_id": ["u", "v"], "user_age": [30, 40]}), events, "user_id")
     items = profile_table(pd.DataFrame({"item_id": ["x", "y"], "item_year": [1999, 2001]}), events, "item_id")
-    store._write_parquet(users, settings.tables_dir / "users.parquet")
-    store._write_parquet(items, settings.tables_dir / "items.parquet")
+    atomic_write_parquet(users, settings.tables_dir / "users.parquet")
+    atomic_write_parquet(items, settings.tables_dir / "items.parquet")
     store.write_activity_tables(settings, events)
     # a value written *after* event "b"/"c" (and before "d"): it must reach neither b nor c
     act_path = settings.tables_dir / "user_activity.parquet"
@@ -262,7 +263,7 @@ def test_point_in_time_join_never_leaks_later_values(settings):
     leak = act[act["user_id"] == "u"].tail(1).copy()
     leak["event_timestamp"] = t0 + pd.Timedelta(hours=2)
     leak["user_events_total"] = np.float32(999.0)
-    store._write_parquet(pd.concat([act, leak], ignore_index=True), act_path)
+    atomic_write_parquet(pd.concat([act, leak], ignore_index=True), act_path)
     store.apply(settings)
 
     got = store.get_training_set(settings, events).set_index("event_id")

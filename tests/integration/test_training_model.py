@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from freshrec.config import ModelSettings, TrainingSettings
-from freshrec.evaluation import logloss
 from freshrec.model import predict
 from freshrec.model.builder import build_model
 from freshrec.model.export import load_spec
 from freshrec.model.infra import check_predictions, infra_check
 from freshrec.model.spec import FeatureSpec
 from freshrec.training import train
+from freshrec.training.metrics import logloss
 from tests.unit.model_frames import DESCRIPTION, tiny_frame
 
 pytestmark = pytest.mark.slow

@@ -11,15 +11,8 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from freshrec.config import BlessingSettings
-from freshrec.evaluation import (
-    BlessingError,
-    bless,
-    compare,
-    evaluate,
-    expected_calibration_error,
-    group_auc,
-    ranking_at_k,
-)
+from freshrec.evaluation import BlessingError, bless, compare, evaluate
+from freshrec.training.metrics import expected_calibration_error, group_auc, ranking_at_k
 
 
 def _frame(n: int = 2000, seed: int = 0) -> pd.DataFrame:

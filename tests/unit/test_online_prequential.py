@@ -9,7 +9,8 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from freshrec.online.guard import GuardPolicy, check_guard, weights_finite
-from freshrec.online.prequential import PrequentialMetrics, auc, logloss
+from freshrec.online.prequential import PrequentialMetrics
+from freshrec.training.metrics import auc, logloss
 
 
 def test_auc_and_logloss_match_sklearn():

@@ -152,3 +152,27 @@ def test_update_metadata_is_merged(tmp_path):
     repo.update_metadata(v, blessing={"blessed": True})
     meta = json.loads((repo.path(v) / "freshrec.json").read_text())
     assert meta["metrics"] == {"auc": 0.7} and meta["blessing"] == {"blessed": True}
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_a_published_version_is_readable_by_other_users(tmp_path, move):
+    """TF Serving runs as its own user: an export made 0700/0600 (mkdtemp, mkstemp) is published 0755/0644."""
+    import os
+    import stat
+    import tempfile
+
+    old = os.umask(0o022)
+    try:
+        src = fake_export(Path(tempfile.mkdtemp(dir=tmp_path)))
+        os.chmod(src / "saved_model.pb", 0o600)
+        os.chmod(src / "variables", 0o700)
+        repo = ModelRepository(tmp_path / "models", "ctr")
+        version = repo.publish(src, {}, move=move)
+        repo.set_label("stable", version)
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    vdir = repo.path(version)
+    assert mode(vdir) == 0o755 and mode(vdir / "variables") == 0o755
+    assert mode(vdir / "saved_model.pb") == 0o644 and mode(vdir / "freshrec.json") == 0o644
+    assert mode(repo.config_path) == 0o644

@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.data.validation import EVENT_COLUMNS
+from freshrec.io import atomic_write_json, publish_file
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +211,13 @@ class EventLog:
                 day, name = tmp.name.split("_", 1)
                 staged.append((tmp, self.root / f"{_PARTITION}{day}" / name))
             for tmp, target in staged:
-                target.parent.mkdir(exist_ok=True)
-                os.replace(tmp, target)
+                publish_file(tmp, target)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return [target for _, target in staged]
 
     def _write_manifest(self, source_id: str, received: int, written: int, files: list[Path]) -> None:
         path = self._manifest_path(source_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {
             "source_id": source_id,
             "rows": received,
@@ -227,9 +225,7 @@ class EventLog:
             "files": [str(f.relative_to(self.root)) for f in files],
             "ingested_at": datetime.now(UTC).isoformat(),
         }
-        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(entry, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(path, entry, indent=1)
 
     # ------------------------------------------------------------------------------------------ reading
 

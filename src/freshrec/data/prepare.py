@@ -12,9 +12,7 @@ Writes, under the settings' workdir:
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,6 +24,7 @@ from freshrec.data.datasets import Dataset, load_dataset, load_description
 from freshrec.data.eventlog import content_hash
 from freshrec.data.ingest import IngestReport, ingest_frame
 from freshrec.data.validation import count_reasons, write_quarantine
+from freshrec.io import atomic_write_parquet
 
 if TYPE_CHECKING:
     from freshrec.config import Settings
@@ -50,21 +49,6 @@ class PrepareReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def profile_table(profiles: pd.DataFrame, events: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -127,8 +111,8 @@ def prepare_dataset(
     tables = settings.tables_dir
     users = profile_table(dataset.users, dataset.events, "user_id")
     items = profile_table(dataset.items, dataset.events, "item_id")
-    users_path = write_parquet_atomic(users, tables / "users.parquet")
-    items_path = write_parquet_atomic(items, tables / "items.parquet")
+    users_path = atomic_write_parquet(users, tables / "users.parquet")
+    items_path = atomic_write_parquet(items, tables / "items.parquet")
     ts = dataset.events["event_timestamp"]
     return PrepareReport(
         dataset=name,

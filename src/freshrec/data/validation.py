@@ -8,8 +8,6 @@ checked on every call, so no row can be lost silently.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from freshrec.io import atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,6 @@ def write_quarantine(
     """
     if quarantined.empty:
         return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     when = ingested_at or datetime.now(UTC)
     table = _as_strings(quarantined.drop(columns=["reasons"]))
@@ -310,15 +308,7 @@ def write_quarantine(
         pd.Timestamp(when).tz_convert("UTC") if pd.Timestamp(when).tzinfo else pd.Timestamp(when, tz="UTC"),
     )
     table.insert(0, "source", source)
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    out = quarantine_dir / f"{name}.parquet"
-    tmp = quarantine_dir / f".tmp-{uuid.uuid4().hex}.parquet"
-    try:
-        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write_parquet(table, quarantine_dir / f"{name}.parquet")
 
 
 def read_quarantine(quarantine_dir: Path) -> pd.DataFrame:

@@ -21,7 +21,6 @@ feature_store.yaml`` too). Reads, tables and teardown are Feast's own.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -36,6 +35,8 @@ from feast.infra.online_stores.sqlite import (
 )
 from feast.infra.registry.file import FileRegistryStore
 from feast.utils import _utc_now, to_naive_utc
+
+from freshrec.io import atomic_write_bytes
 
 TYPE = "freshrec.features.local_store.MonotonicSqliteOnlineStore"
 REGISTRY_STORE_TYPE = "freshrec.features.local_store.AtomicLocalRegistryStore"
@@ -121,14 +122,4 @@ class AtomicLocalRegistryStore(FileRegistryStore):
         registry_proto.version_id = str(uuid.uuid4())
         registry_proto.last_updated.FromDatetime(_utc_now())
         path = self._filepath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(registry_proto.SerializeToString())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, registry_proto.SerializeToString())

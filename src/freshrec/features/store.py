@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -42,6 +41,7 @@ from freshrec.features.activity import (
 )
 from freshrec.features.definitions import PUSH_SOURCES, TABLE_FILES, VIEW_NAMES, make_definitions
 from freshrec.features.training_set import PROFILE_DEFAULTS
+from freshrec.io import atomic_write_parquet
 
 if TYPE_CHECKING:
     from feast import FeatureStore, RepoConfig
@@ -111,14 +111,6 @@ def table_paths(settings: Settings) -> dict[str, Path]:
     return {kind: settings.tables_dir / name for kind, name in TABLE_FILES.items()}
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write atomically: a reader (Feast, a pipeline step) never sees a half-written table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def write_activity_tables(settings: Settings, events: pd.DataFrame | None = None) -> dict[str, int]:
     """Compute the activity rows (from ``events`` or the whole event log) and write both tables.
 
@@ -134,8 +126,9 @@ def write_activity_tables(settings: Settings, events: pd.DataFrame | None = None
         )
     users, items = compute_activity(events)
     paths = table_paths(settings)
-    _write_parquet(users, paths["user_activity"])
-    _write_parquet(items, paths["item_activity"])
+    # atomically: a reader (Feast, a pipeline step) never sees a half-written table
+    atomic_write_parquet(users, paths["user_activity"])
+    atomic_write_parquet(items, paths["item_activity"])
     log.info(
         "activity tables: %d user rows, %d item rows from %d events", len(users), len(items), len(events)
     )

@@ -877,15 +877,11 @@ def served_pairs(
 
 
 def _metrics(prefix: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import log_loss, roc_auc_score
+    from freshrec.training.metrics import auc, logloss
 
     if len(labels) == 0 or len(set(labels.tolist())) < 2:
         return {f"{prefix}_auc": float("nan"), f"{prefix}_logloss": float("nan")}
-    p = np.clip(scores, 1e-7, 1 - 1e-7)
-    return {
-        f"{prefix}_auc": float(roc_auc_score(labels, p)),
-        f"{prefix}_logloss": float(log_loss(labels, p, labels=[0, 1])),
-    }
+    return {f"{prefix}_auc": auc(labels, scores), f"{prefix}_logloss": logloss(labels, scores)}
 
 
 def _span(events: pd.DataFrame) -> str:

@@ -13,8 +13,6 @@ TF Serving ignores the extra files.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.config import ModelSettings
+from freshrec.io import atomic_directory
 from freshrec.model.builder import OUTPUT_NAME
 from freshrec.model.spec import FeatureSpec, frame_to_inputs
 
@@ -69,11 +68,7 @@ def export_model(model: Any, out_dir: Path | str, spec: FeatureSpec | None = Non
 
     spec = spec or spec_of(model)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"export directory {out_dir} already exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         # The serving function is traced once per model and spec: the online learner exports the same
         # model object again and again (a new tf.function would be traced anew each time).
         cached = getattr(model, "_freshrec_export_serve", None)
@@ -98,12 +93,6 @@ def export_model(model: Any, out_dir: Path | str, spec: FeatureSpec | None = Non
         (tmp / SPEC_FILE).write_text(spec.to_json())
         (tmp / SETTINGS_FILE).write_text(settings_of(model).model_dump_json(indent=1))
         model.save_weights(str(tmp / WEIGHTS_FILE))
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+from freshrec.io import atomic_write_json, atomic_write_text, fsync_dir, fsync_tree, make_readable
 
 METADATA_FILE = "freshrec.json"
 CONFIG_FILE = "models.config"
@@ -91,7 +91,7 @@ class ModelRepository:
         """Merge ``fields`` into a version's ``freshrec.json`` (atomic replace)."""
         meta = self.metadata(version)
         meta.update(fields)
-        _write_atomic(self.path(version) / METADATA_FILE, json.dumps(meta, indent=1, default=str))
+        atomic_write_json(self.path(version) / METADATA_FILE, meta, indent=1)
         return meta
 
     def publish(
@@ -117,6 +117,7 @@ class ModelRepository:
                 export_dir.rename(staging)
             else:
                 shutil.copytree(export_dir, staging)
+            make_readable(staging)  # the model server may run as another user
             meta = dict(metadata or {})
             meta.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat())
             meta["name"] = self.name
@@ -124,8 +125,8 @@ class ModelRepository:
             try:
                 meta["version"] = version
                 # freshrec.json last: its presence marks the directory complete.
-                _write_atomic(staging / METADATA_FILE, json.dumps(meta, indent=1, default=str))
-                _fsync_dir(staging)
+                atomic_write_json(staging / METADATA_FILE, meta, indent=1)
+                fsync_tree(staging)
                 os.rename(staging, self.path(version))
             finally:
                 with contextlib.suppress(OSError):
@@ -133,7 +134,7 @@ class ModelRepository:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return version
 
     def _reserve(self) -> int:
@@ -238,8 +239,7 @@ class ModelRepository:
             entry.model_version_policy.specific.versions.extend(sorted(set(labels.values())))
         else:
             entry.model_version_policy.latest.num_versions = 1
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.config_path, text_format.MessageToString(config))
+        atomic_write_text(self.config_path, text_format.MessageToString(config))
 
 
 def read_model_config(path: Path | str) -> Any:
@@ -250,30 +250,3 @@ def read_model_config(path: Path | str) -> Any:
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(Path(path).read_text(), config)
     return config
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:  # pragma: no cover - platforms without directory fds
-        if exc.errno in (errno.EISDIR, errno.EACCES):
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 
 from freshrec.config import Settings
+from freshrec.io import atomic_write_json
 
 console = Console(stderr=True)
 
@@ -113,10 +113,7 @@ def online(
         tracker.wait(30)
         out["freshness"] = tracker.summary()
     path = report or settings.reports_dir / f"online-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_json(path, out, indent=1)
     console.print(
         f"done: {totals.received:,} received ({totals.duplicates} replays dropped, {totals.quarantined} quarantined), "
         f"{totals.learned:,} learned, {totals.exports} versions exported, {totals.guard_failures} guard failures; "

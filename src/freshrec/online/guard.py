@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from freshrec.online.prequential import auc, logloss
+from freshrec.training.metrics import auc, logloss
 
 
 @dataclass

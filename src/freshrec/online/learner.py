@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import shutil
 import time
@@ -38,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.config import OnlineSettings
+from freshrec.io import atomic_directory, atomic_write_text
 from freshrec.online.guard import GuardPolicy, GuardResult, check_guard
 from freshrec.online.prequential import PrequentialMetrics
 from freshrec.online.sources import Batch, EventSource, SeenIds
@@ -608,11 +608,23 @@ class OnlineLearner:
         """Write the learner's state atomically, then commit the positions it includes to ``source``."""
         if self.state_dir is None:
             return None
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint_seq += 1
         name = f"ckpt-{int(time.time() * 1000)}-{self._checkpoint_seq:06d}"
-        tmp = self.state_dir / f".{name}.tmp"
-        tmp.mkdir()
+        with atomic_directory(self.state_dir / name) as tmp:
+            self._write_checkpoint(tmp)
+        atomic_write_text(self.state_dir / CHECKPOINT_POINTER, name)
+        for old in self.state_dir.glob("ckpt-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        # Only now are these events safe: tell the source it may forget them.
+        # Without a source (a checkpoint at export time) the positions wait for the next checkpoint's commit.
+        if source is not None:
+            for positions in self._positions:
+                source.commit(positions)
+            self._positions = []
+        return self.state_dir / name
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         weights = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
         opt_state = self.trainer.state()
         weights.update({f"o{i}": v for i, v in enumerate(opt_state["dense"])})
@@ -641,24 +653,6 @@ class OnlineLearner:
             "newest_entered_at": self._newest_entered_at,
         }
         (tmp / "state.json").write_text(json.dumps(state, default=str))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        final = self.state_dir / name
-        os.rename(tmp, final)
-        pointer_tmp = self.state_dir / f".{CHECKPOINT_POINTER}.{uuid.uuid4().hex}"
-        pointer_tmp.write_text(name)
-        os.replace(pointer_tmp, self.state_dir / CHECKPOINT_POINTER)
-        for old in self.state_dir.glob("ckpt-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        # Only now are these events safe: tell the source it may forget them.
-        # Without a source (a checkpoint at export time) the positions wait for the next checkpoint's commit.
-        if source is not None:
-            for positions in self._positions:
-                source.commit(positions)
-            self._positions = []
-        return final
 
     def restore(self) -> bool:
         """Load the latest checkpoint from ``state_dir``; False when there is none."""

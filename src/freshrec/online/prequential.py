@@ -12,34 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-_EPS = 1e-7
-
-
-def logloss(labels: np.ndarray, preds: np.ndarray) -> float:
-    """Mean binary cross-entropy; predictions are clipped so a confident mistake stays finite."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(preds, dtype=np.float64), _EPS, 1.0 - _EPS)
-    if y.size == 0:
-        return float("nan")
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
-
-
-def auc(labels: np.ndarray, preds: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties get average ranks); NaN when only one class is present."""
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.asarray(preds, dtype=np.float64)
-    n_pos = float(y.sum())
-    n_neg = float(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    sorted_p = p[order]
-    ranks = np.empty(p.size, dtype=np.float64)
-    # Average ranks over ties so that a constant predictor scores exactly 0.5.
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+from freshrec.training.metrics import auc, logloss
 
 
 @dataclass

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+
+from freshrec.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ class EventSource(Protocol):
     def commit(self, positions: Any) -> None:
         """Mark everything up to ``positions`` as durably processed."""
         ...
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------- event log
@@ -175,7 +165,7 @@ class EventLogSource:
             return
         for rel, offset in positions.items():
             self.committed[rel] = max(self.committed.get(rel, 0), int(offset))
-        _atomic_write_text(self.state_path, json.dumps({"files": self.committed}, indent=1, sort_keys=True))
+        atomic_write_text(self.state_path, json.dumps({"files": self.committed}, indent=1, sort_keys=True))
 
     def lag(self) -> int:
         """Events known to the source but not yet handed out."""

@@ -36,11 +36,11 @@ import pandas as pd
 
 from freshrec.config import RolloutSettings
 from freshrec.rollout.plan import ALL_CHECKS
+from freshrec.training.metrics import logloss_rows
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 Status = Literal["pass", "fail", "inconclusive", "skipped"]
 ARMS = ("stable", "canary")
-_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -146,9 +146,7 @@ def ks_2samp(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def _logloss_rows(frame: pd.DataFrame) -> np.ndarray:
-    p = np.clip(frame["score"].to_numpy(dtype=float), _EPS, 1 - _EPS)
-    y = frame["label"].to_numpy(dtype=float)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return logloss_rows(frame["label"].to_numpy(dtype=float), frame["score"].to_numpy(dtype=float))
 
 
 def check_error_rate(stats: dict[str, ArmStats] | None, s: RolloutSettings) -> Check:

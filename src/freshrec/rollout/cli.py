@@ -125,8 +125,9 @@ def analyze_cmd(
     """Compare canary with stable; exit 0 pass, 1 fail, 2 inconclusive (too few clicks)."""
     import pandas as pd
 
+    from freshrec.io import atomic_write_json
     from freshrec.rollout.analysis import analyze, prometheus_arm_stats
-    from freshrec.rollout.controller import HttpTrafficRouter, load_joined, write_json_atomic
+    from freshrec.rollout.controller import HttpTrafficRouter, load_joined
     from freshrec.rollout.plan import ALL_CHECKS
 
     settings: Settings = ctx.obj
@@ -173,7 +174,7 @@ def analyze_cmd(
         time.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
     _print_result(result, as_json)
     if out:
-        write_json_atomic(out, result.to_dict())
+        atomic_write_json(out, result.to_dict())
     raise typer.Exit(EXIT_CODES[result.verdict])
 
 

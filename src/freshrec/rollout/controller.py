@@ -17,10 +17,7 @@ keeps serving.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +28,7 @@ from typing import Any, Literal, Protocol
 import pandas as pd
 
 from freshrec.config import RolloutSettings
+from freshrec.io import atomic_write_json
 from freshrec.rollout.analysis import AnalysisResult, ArmStats, analyze
 from freshrec.rollout.plan import AnalysisStep, CanaryPlan, PauseStep, SetWeightStep
 
@@ -426,24 +424,10 @@ class LocalCanaryController:
         report = RolloutReport(version, stable, outcome, self._timeline)
         if self.report_dir is not None:
             stamp = self.now().strftime("%Y%m%dT%H%M%S")
-            report.path = write_json_atomic(
+            report.path = atomic_write_json(
                 Path(self.report_dir) / f"canary-v{version}-{stamp}.json", report.to_dict()
             )
         return report
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temp file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def local_controller(

@@ -7,9 +7,9 @@ float32 feature) and returns ``probability`` with shape [batch, 1], like
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from freshrec.io import atomic_directory, staging_dir
 
 DEMO_INPUTS = {"user_id": "string", "item_id": "string", "user_age": "int64", "item_ctr_total": "float32"}
 
@@ -53,10 +53,8 @@ def export_demo_model(
     if with_logit:
         outputs["logit"] = logit
     model = keras.Model(named, outputs)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.export(str(tmp), verbose=False)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.export(str(tmp), verbose=False)
     return out_dir
 
 
@@ -69,12 +67,9 @@ def publish_demo_version(
     inputs: dict[str, str] | None = None,
 ) -> int:
     """Export the demo model and publish it to the model repository; returns the new version."""
-    import tempfile
-
     from freshrec.model.repository import ModelRepository
 
     repo = ModelRepository(models_dir, name)
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".demo-export-") as tmp:
+    with staging_dir(models_dir, prefix="demo-export") as tmp:
         export_demo_model(Path(tmp) / "model", bias=bias, seed=seed, with_logit=with_logit, inputs=inputs)
         return repo.publish(Path(tmp) / "model", {"demo": True, "bias": bias}, move=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.config import Settings
+from freshrec.io import atomic_write_json
 from freshrec.serving.httpbase import HttpService, error_body, json_body
 from freshrec.serving.predlog import PredictionLog
 
@@ -291,10 +291,7 @@ class Gateway:
         if version is None and weight > 0:
             raise GatewayError(400, "a canary weight > 0 needs a version")
         self._canary_version, self._canary_weight = version, int(weight)
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_name(f".{self._state_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.canary()))
-        os.replace(tmp, self._state_path)
+        atomic_write_json(self._state_path, self.canary(), indent=None)
         log.info("canary: version %s at weight %d", version, int(weight))
         return self.canary()
 

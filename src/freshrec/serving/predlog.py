@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from freshrec.io import atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,10 @@ class PredictionLog:
             return None
         table = _table(buffer)
         with self._write_lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            path = self.directory / f"predictions-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = self.directory / f".{path.name}.tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
+            path = atomic_write_parquet(
+                table, self.directory / f"predictions-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+            )
             self.files_written += 1
         return path
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from freshrec.config import ModelSettings, TrainingSettings
 from freshrec.model.spec import FeatureSpec, frame_to_inputs, labels_of
+from freshrec.training.metrics import auc, logloss
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +112,6 @@ def _strategy() -> Any:
     if gpus:
         return tf.distribute.MirroredStrategy([g.name for g in gpus])
     return tf.distribute.get_strategy()
-
-
-def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def _callbacks(
@@ -277,8 +267,8 @@ def train(
     p_valid = np.asarray(model.predict(valid_ds, verbose=0), dtype=np.float64).reshape(-1)
     best_values = history.get(monitor, [])
     metrics = {
-        "val_auc": _auc(y_valid, p_valid),
-        "val_logloss": _logloss(y_valid, p_valid),
+        "val_auc": auc(y_valid, p_valid),
+        "val_logloss": logloss(y_valid, p_valid),
         # before any training step (and before a resumed backup is restored): a warm start shows here
         "initial_val_loss": float(initial["loss"]),
         "epochs_run": float(epochs_run),
@@ -359,11 +349,10 @@ def run_training(
         data: an already loaded ``freshrec.data.datasets.Dataset`` (e.g. from the synthetic generator);
             ``dataset`` is then ignored.
     """
-    import tempfile
-
     from freshrec.data.datasets import load_dataset, load_description, split_events
     from freshrec.evaluation import bless, evaluate
     from freshrec.features.training_set import build_training_frame
+    from freshrec.io import staging_dir
     from freshrec.model import predict
     from freshrec.model.export import predict_saved_model
     from freshrec.model.repository import ModelRepository
@@ -443,8 +432,7 @@ def run_training(
 
     # Export beside the versions (same file system, so publish can rename instead of copy); the dot
     # prefix keeps it invisible to readers of the repository and to TF Serving.
-    repo.root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".staging-export-", dir=repo.root) as tmp:
+    with staging_dir(repo.root, prefix="staging-export") as tmp:
         export_dir = result.export(Path(tmp) / "export")
         sample = test_df.head(64)
         check = infra_check(export_dir, sample, predict(result.model, sample, result.spec))
