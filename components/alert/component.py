@@ -27,9 +27,9 @@ def alert(
     import json
     from collections import namedtuple
 
-    from freshrec.alerts import AlertManager
     from freshrec.config import load_settings
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.alerts import AlertManager
+    from freshrec.monitoring.drift import DriftResult
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
     manager = AlertManager(settings.alerts, settings.state_dir)

@@ -31,7 +31,7 @@ from freshrec.config import TriggerSettings
 from freshrec.statefile import locked_state
 
 if TYPE_CHECKING:
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from freshrec.alerts import AlertManager
 from freshrec.config import AlertReceiver, AlertSettings, DriftSettings
-from freshrec.drift import DriftResult, FeatureDrift
+from freshrec.monitoring.alerts import AlertManager
+from freshrec.monitoring.drift import DriftResult, FeatureDrift
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def test_failed_delivery_is_reported_not_raised_and_retried_next_check(tmp_path,
             tmp_path,
             sleep=lambda s: None,
         )
-        with caplog.at_level(logging.ERROR, logger="freshrec.alerts"):
+        with caplog.at_level(logging.ERROR, logger="freshrec.monitoring.alerts"):
             (failed,) = manager.fire("ctr", "drift", "drift found")
         assert not failed.ok and failed.attempts == 3 and failed.status_code == 503
         assert "upstream down" in failed.error

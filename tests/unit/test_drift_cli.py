@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-from freshrec.alerts_cli import app as alerts_app
 from freshrec.config import AlertReceiver
-from freshrec.drift import DriftResult
-from freshrec.drift_cli import app as drift_app
+from freshrec.monitoring.alerts.cli import app as alerts_app
+from freshrec.monitoring.drift import DriftResult
+from freshrec.monitoring.drift.cli import app as drift_app
 
 
 def _windows(tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from freshrec.drift import DriftResult, FeatureDrift, QualityFailure
-from freshrec.metrics import (
+from freshrec.monitoring.drift import DriftResult, FeatureDrift, QualityFailure
+from freshrec.monitoring.prometheus import (
     default_textfile,
     read_last_success,
     record_check,
@@ -115,4 +115,6 @@ def test_prometheus_rule_watches_metrics_that_exist():
     exported |= {f.name for f in record_failure("ctr").collect()}
     for r in rules.values():
         for name in re.findall(r"freshrec_[a-z_]+", r["expr"]):
-            assert name in exported, f"{r['alert']} uses {name}, which freshrec.metrics never exports"
+            assert name in exported, (
+                f"{r['alert']} uses {name}, which freshrec.monitoring.prometheus never exports"
+            )

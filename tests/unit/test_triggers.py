@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 
 from freshrec.config import TriggerSettings
-from freshrec.drift import DriftResult, QualityFailure
+from freshrec.monitoring.drift import DriftResult, QualityFailure
 from freshrec.triggers import Decision, ThreadLauncher, TriggerPolicy
 
 

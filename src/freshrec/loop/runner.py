@@ -327,9 +327,9 @@ class Loop:
         import requests
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from freshrec.alerts import AlertManager
         from freshrec.features.training_set import build_training_frame
         from freshrec.model.export import load_keras_model, spec_of
+        from freshrec.monitoring.alerts import AlertManager
         from freshrec.online.learner import predict
 
         with warnings.catch_warnings():  # Evidently's and its web stack's import-time deprecation noise
@@ -550,7 +550,7 @@ class Loop:
         self._note_version(rec.version, "online learner")
 
     def _drift(self, w: int, current: pd.DataFrame) -> dict[str, Any]:
-        from freshrec.drift import check_drift
+        from freshrec.monitoring.drift import check_drift
 
         out = self.report_dir / "drift"
         result = check_drift(
@@ -786,8 +786,8 @@ PRELOAD_MODULES = (
     "freshrec.serving.gateway",
     "freshrec.model.export",
     "freshrec.online.learner",
-    "freshrec.drift",
-    "freshrec.alerts",
+    "freshrec.monitoring.drift.check",
+    "freshrec.monitoring.alerts.manager",
     "freshrec.rollout.controller",
 )
 
@@ -862,7 +862,7 @@ def _features_summary(run: Any) -> str:
 
 def _drift_columns(spec: Any) -> dict[str, str]:
     """The model's input features as drift columns (ids left out: their drift means nothing)."""
-    from freshrec.drift import resolve_columns
+    from freshrec.monitoring.drift import resolve_columns
 
     return resolve_columns(spec, pd.DataFrame())
 

@@ -780,7 +780,7 @@ def build_learner(
             log.warning("feature store not available, fresh activity will not be pushed: %s", exc)
     on_guard_failure = None
     if alert:
-        from freshrec.alerts import AlertManager
+        from freshrec.monitoring.alerts import AlertManager
 
         manager = AlertManager(settings.alerts, settings.state_dir)
 

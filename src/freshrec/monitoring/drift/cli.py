@@ -17,7 +17,7 @@ from rich.table import Table
 from freshrec.config import Settings
 
 if TYPE_CHECKING:
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
 
 app = typer.Typer(
     help="Drift and data-quality checks (Evidently report + JSON verdict), alerts, metrics, triggers."
@@ -81,7 +81,7 @@ def check(
     strict: bool = typer.Option(False, "--strict", help="Exit 1 unless the verdict is ok (for CI gates)."),
 ) -> None:
     """Compare --current with --reference; print the verdict table and the report path."""
-    from freshrec import metrics as prom
+    from freshrec.monitoring import prometheus as prom
 
     settings: Settings = ctx.obj
     model_name = model or settings.model.name
@@ -119,7 +119,7 @@ def check(
         except OSError as exc:
             console.print(f"[yellow]metrics push to the Pushgateway failed:[/] {exc}")
     if alert:
-        from freshrec.alerts import AlertManager
+        from freshrec.monitoring.alerts import AlertManager
 
         for d in AlertManager(settings.alerts, settings.state_dir).sync_from_drift(result, model_name):
             mark = "[green]delivered[/]" if d.ok else f"[red]not delivered[/] ({d.skipped or d.error})"
@@ -143,7 +143,7 @@ def _run_check(
 ) -> DriftResult:
     import pandas as pd
 
-    from freshrec.drift import check_drift, read_frame
+    from freshrec.monitoring.drift import check_drift, read_frame
 
     cur = read_frame(current)
     if with_features:
@@ -227,13 +227,13 @@ def _table(result: DriftResult) -> Table:
 
 
 def _record_failure(model: str, textfile: Path, gateway: str | None) -> None:
-    from freshrec import metrics
+    from freshrec.monitoring import prometheus as prom
 
-    registry = metrics.record_failure(model, textfile)
-    metrics.write_textfile(registry, textfile)
+    registry = prom.record_failure(model, textfile)
+    prom.write_textfile(registry, textfile)
     if gateway:
         with contextlib.suppress(OSError):  # the check's own error is what the operator needs to see
-            metrics.push(registry, gateway, model)
+            prom.push(registry, gateway, model)
 
 
 def _trigger(settings: Settings, result: DriftResult, kind: str, package: Path | None) -> None:

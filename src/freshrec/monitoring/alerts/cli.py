@@ -21,7 +21,7 @@ def test(
     receiver: list[str] = typer.Option(None, "--receiver", help="Receiver name (repeatable); default: all."),
 ) -> None:
     """Send a test alert to the configured receivers and report each delivery (exit 1 if any failed)."""
-    from freshrec.alerts import AlertManager
+    from freshrec.monitoring.alerts import AlertManager
 
     settings: Settings = ctx.obj
     if not settings.alerts.receivers:
@@ -51,7 +51,7 @@ def test(
 @app.command("list")
 def list_open(ctx: typer.Context) -> None:
     """List the open (firing) alerts kept in the state directory."""
-    from freshrec.alerts import AlertManager
+    from freshrec.monitoring.alerts import AlertManager
 
     settings: Settings = ctx.obj
     open_alerts = AlertManager(settings.alerts, settings.state_dir).open_alerts()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,19 @@
-"""On-call alerts: Alertmanager, Slack, PagerDuty and generic webhooks, deduplicated and rate limited.
+"""On-call alerts: one open alert per (model, reason), deduplicated, rate limited, resolved when it clears.
 
 One open alert per (model, reason) is kept in ``<state_dir>/alerts/open.json`` together with the
 receivers that already got it; a later check re-sends only to receivers that missed it (a failed
 delivery is retried at the next check) and resolves it when the condition clears. Alertmanager is the
 exception by design: it expects firing alerts to be re-posted while they last (it deduplicates by labels
 itself and resolves alerts that stop arriving), so open alerts are refreshed there on every sync.
-
-Secrets (webhook URLs, routing keys, tokens) are read at send time from the environment variable or the
-mounted Kubernetes secret file a receiver names; they never appear in logs, errors or return values.
-A failed delivery is logged and returned as a :class:`Delivery`; nothing here raises out of a check.
+What each receiver is sent, and how, is :mod:`freshrec.monitoring.alerts.receivers`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,52 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from freshrec.config import AlertReceiver, AlertSettings
+from freshrec.monitoring.alerts.receivers import Alert, Delivery, Severity, _name, deliver
 from freshrec.statefile import locked_state
 
 if TYPE_CHECKING:
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
-
-Severity = Literal["critical", "warning", "info"]
-PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
-_RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
-
-
-class Alert(BaseModel):
-    """One alert, in the receiver-neutral form every payload is built from."""
-
-    model: str
-    reason: str
-    severity: Severity = "warning"
-    summary: str
-    description: str = ""
-    details: dict[str, Any] = Field(default_factory=dict)
-    status: Literal["firing", "resolved"] = "firing"
-    starts_at: datetime
-    ends_at: datetime | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}/{self.reason}"
-
-
-class Delivery(BaseModel):
-    """What happened to one alert at one receiver."""
-
-    receiver: str
-    kind: str
-    key: str
-    action: Literal["fire", "resolve", "refresh", "test"]
-    ok: bool
-    attempts: int = 0
-    status_code: int | None = None
-    error: str | None = None  # redacted
-    skipped: str | None = None  # "rate limited", "min interval", ...
-
-
-class SecretError(RuntimeError):
-    """A receiver's secret is missing (the message names where it was looked for, never the value)."""
 
 
 class _OpenAlert(BaseModel):
@@ -299,93 +255,7 @@ class AlertManager:
     # -- delivery -------------------------------------------------------------------------------------
 
     def _deliver(self, receiver: AlertReceiver, alert: Alert, action: str) -> Delivery:
-        """POST with retries and exponential backoff; never raises, never shows the secret."""
-
-        name = _name(receiver)
-        delivery = Delivery(receiver=name, kind=receiver.kind, key=alert.key, action=action, ok=False)  # type: ignore[arg-type]
-        secrets: list[str] = []
-        try:
-            secret = self._secret(receiver)
-            if secret:
-                secrets.append(secret)
-            url, headers, body = build_request(receiver, alert, secret, self.settings.generator_url)
-            if receiver.kind in ("slack", "webhook") and not receiver.url:
-                secrets += _url_parts(url)  # the URL is the secret; errors quote its path separately
-        except (SecretError, ValueError) as exc:
-            delivery.error = _redact(str(exc), secrets)
-            log.error("alert %s to %s not sent: %s", alert.key, name, delivery.error)
-            return delivery
-        with _redacting_logs(secrets):
-            return self._post_with_retries(url, headers, body, delivery, secrets, alert, action)
-
-    def _post_with_retries(
-        self,
-        url: str,
-        headers: dict[str, str],
-        body: Any,
-        delivery: Delivery,
-        secrets: list[str],
-        alert: Alert,
-        action: str,
-    ) -> Delivery:
-        import requests
-
-        name = delivery.receiver
-        attempts = 1 + max(self.settings.max_retries, 0)
-        for attempt in range(1, attempts + 1):
-            delivery.attempts = attempt
-            retry_after: float | None = None
-            try:
-                resp = requests.post(url, json=body, headers=headers, timeout=self.settings.timeout_s)
-                delivery.status_code = resp.status_code
-                if 200 <= resp.status_code < 300:
-                    delivery.ok, delivery.error = True, None
-                    log.info("alert %s %s delivered to %s (attempt %d)", alert.key, action, name, attempt)
-                    return delivery
-                delivery.error = _redact(f"HTTP {resp.status_code}: {resp.text[:200]}", secrets)
-                if resp.status_code not in _RETRYABLE:
-                    break
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-            except requests.RequestException as exc:
-                delivery.status_code = None
-                # The exception text can contain the URL (the secret for Slack): redact it.
-                delivery.error = _redact(f"{type(exc).__name__}: {exc}", secrets)
-            except Exception as exc:  # a bad payload must not crash the drift check that sends it
-                delivery.error = _redact(f"{type(exc).__name__}: {exc}", secrets)
-                break
-            if attempt < attempts:
-                delay = min(self.settings.backoff_s * 2 ** (attempt - 1), self.settings.max_backoff_s)
-                if retry_after is not None:
-                    delay = min(max(delay, retry_after), self.settings.max_backoff_s)
-                log.warning(
-                    "alert %s to %s failed (attempt %d/%d: %s); retrying in %.2f s",
-                    alert.key, name, attempt, attempts, delivery.error, delay,
-                )  # fmt: skip
-                self._sleep(delay)
-        log.error(
-            "alert %s %s to %s failed after %d attempts: %s",
-            alert.key,
-            action,
-            name,
-            delivery.attempts,
-            delivery.error,
-        )
-        return delivery
-
-    def _secret(self, receiver: AlertReceiver) -> str | None:
-        env = os.environ if self._env is None else self._env
-        if receiver.secret_env:
-            value = env.get(receiver.secret_env)
-            if value:
-                return value.strip()
-            if receiver.secret_file is None:
-                raise SecretError(f"environment variable {receiver.secret_env} is not set")
-        if receiver.secret_file is not None:
-            try:
-                return Path(receiver.secret_file).read_text().strip()
-            except OSError as exc:
-                raise SecretError(f"secret file {receiver.secret_file} unreadable: {exc.strerror}") from None
-        return None
+        return deliver(receiver, alert, action, self.settings, env=self._env, sleep=self._sleep)
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -435,154 +305,3 @@ def alerts_from_drift(result: DriftResult) -> dict[str, tuple[Severity, str, dic
     if result.verdict == "not_enough_data":
         out["not_enough_data"] = ("warning", result.reason, base)
     return out
-
-
-def build_request(
-    receiver: AlertReceiver, alert: Alert, secret: str | None, generator_url: str
-) -> tuple[str, dict[str, str], Any]:
-    """(url, headers, JSON body) for one receiver kind, in that service's own format."""
-    headers = {"Content-Type": "application/json"}
-    starts = _iso(alert.starts_at)
-    if receiver.kind == "alertmanager":
-        if not receiver.url:
-            raise ValueError("alertmanager receiver needs url (the Alertmanager base URL)")
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        item: dict[str, Any] = {
-            "labels": {
-                "alertname": "FreshrecDrift" if alert.reason != "test" else "FreshrecTest",
-                "model": alert.model,
-                "reason": alert.reason,
-                "severity": alert.severity,
-                "service": "freshrec",
-            },
-            "annotations": {
-                "summary": alert.summary,
-                "description": alert.description or json.dumps(alert.details, default=str)[:2000],
-            },
-            "startsAt": starts,
-            "generatorURL": generator_url,
-        }
-        if alert.ends_at is not None:
-            item["endsAt"] = _iso(alert.ends_at)
-        return receiver.url.rstrip("/") + "/api/v2/alerts", headers, [item]
-    if receiver.kind == "slack":
-        url = receiver.url or secret
-        if not url:
-            raise ValueError("slack receiver needs the incoming-webhook URL (secret_env/secret_file)")
-        icon = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}[alert.status]
-        text = f"{icon} [{alert.status.upper()}] {alert.key} ({alert.severity}): {alert.summary}"
-        blocks = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": f"since {starts} · <{generator_url}|freshrec drift>"}
-                ],
-            },
-        ]
-        return url, headers, {"text": text, "blocks": blocks}
-    if receiver.kind == "pagerduty":
-        if not secret:
-            raise ValueError("pagerduty receiver needs a routing key (secret_env/secret_file)")
-        body: dict[str, Any] = {
-            "routing_key": secret,
-            "event_action": "resolve" if alert.status == "resolved" else "trigger",
-            "dedup_key": f"freshrec/{alert.key}",
-        }
-        if alert.status == "firing":
-            body["payload"] = {
-                "summary": alert.summary[:1024],
-                "severity": alert.severity if alert.severity != "info" else "info",
-                "source": f"freshrec/{alert.model}",
-                "component": "drift",
-                "class": alert.reason,
-                "timestamp": starts,
-                "custom_details": alert.details,
-            }
-            body["links"] = [{"href": generator_url, "text": "freshrec drift"}]
-        return receiver.url or PAGERDUTY_URL, headers, body
-    if receiver.kind == "webhook":
-        url = receiver.url or secret
-        if not url:
-            raise ValueError("webhook receiver needs url or a secret holding it")
-        if receiver.url and secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        return (
-            url,
-            headers,
-            {
-                "status": alert.status,
-                "key": alert.key,
-                "model": alert.model,
-                "reason": alert.reason,
-                "severity": alert.severity,
-                "summary": alert.summary,
-                "details": alert.details,
-                "startsAt": starts,
-                "endsAt": _iso(alert.ends_at) if alert.ends_at else None,
-                "generatorURL": generator_url,
-            },
-        )
-    raise ValueError(f"unknown receiver kind {receiver.kind!r}")
-
-
-def _name(receiver: AlertReceiver) -> str:
-    return receiver.name or receiver.kind
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _url_parts(url: str) -> list[str]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    out = [url]
-    if len(parts.path) > 1:
-        out.append(parts.path)
-    if parts.query:
-        out.append(parts.query)
-    return out
-
-
-class _RedactFilter(logging.Filter):
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _redact(record.getMessage(), self.secrets)
-        record.args = None
-        return True
-
-
-@contextlib.contextmanager
-def _redacting_logs(secrets: list[str]) -> Iterator[None]:
-    """urllib3 logs request paths at DEBUG; a Slack webhook's path is its secret."""
-    if not secrets:
-        yield
-        return
-    loggers = [logging.getLogger(n) for n in ("urllib3.connectionpool", "urllib3.util.retry", "requests")]
-    filt = _RedactFilter(secrets)
-    for lg in loggers:
-        lg.addFilter(filt)
-    try:
-        yield
-    finally:
-        for lg in loggers:
-            lg.removeFilter(filt)
-
-
-def _redact(text: str, secrets: list[str]) -> str:
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
