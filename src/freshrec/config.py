@@ -184,7 +184,8 @@ class AlertReceiver(BaseModel):
 
     The secret is the webhook URL (slack, webhook: when ``url`` is not set), the routing key (pagerduty),
     or an optional bearer token (alertmanager, webhook with ``url``). ``secret_file`` is a mounted
-    Kubernetes secret key (e.g. ``/etc/freshrec/alerts/slack-url``).
+    Kubernetes secret key (e.g. ``/etc/freshrec/alerts/slack-url``). A receiver that carries a secret must
+    use an ``https://`` URL; redirects are never followed.
     """
 
     kind: Literal["alertmanager", "slack", "pagerduty", "webhook"]
@@ -192,6 +193,8 @@ class AlertReceiver(BaseModel):
     url: str | None = None
     secret_env: str | None = None
     secret_file: Path | None = None
+    # CA bundle that signs the receiver's TLS certificate (a private CA); default: the system's.
+    ca_file: Path | None = None
 
 
 class AlertSettings(BaseModel):

@@ -1,12 +1,19 @@
-"""Alert delivery against real HTTP receivers on loopback that fail the first N deliveries."""
+"""Alert delivery against real HTTP(S) receivers on loopback that fail the first N deliveries.
+
+Receivers that get a secret (a token, a routing key, a secret URL) listen with TLS, on a certificate signed
+by a throwaway CA made here, because delivery refuses to send a secret over plain http.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +24,58 @@ from freshrec.monitoring.drift import DriftResult, FeatureDrift
 pytestmark = pytest.mark.integration
 
 
-class Receiver:
-    """A loopback HTTP server that answers ``fail_status`` to the first ``fail_first`` requests."""
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> tuple[Path, Path]:
+    """(cert+key PEM for 127.0.0.1, the CA file that verifies it), made with ``cryptography``."""
+    import ipaddress
 
-    def __init__(self, fail_first: int = 0, fail_status: int = 503, ok_status: int = 200) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "freshrec-test-receiver")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    out = tmp_path_factory.mktemp("tls")
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (out / "server.pem").write_bytes(cert_pem + key_pem)
+    (out / "ca.pem").write_bytes(cert_pem)
+    return out / "server.pem", out / "ca.pem"
+
+
+class Receiver:
+    """A loopback HTTP(S) server that answers ``fail_status`` to the first ``fail_first`` requests.
+
+    ``headers`` are added to every failing answer (``Retry-After``, ``Location``); ``tls`` is the
+    certificate+key file to serve https with.
+    """
+
+    def __init__(
+        self,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        ok_status: int = 200,
+        headers: dict[str, str] | None = None,
+        tls: Path | None = None,
+    ) -> None:
         self.requests: list[dict] = []
         self.fail_first = fail_first
         outer = self
@@ -33,6 +88,9 @@ class Receiver:
                 )
                 status = fail_status if len(outer.requests) <= outer.fail_first else ok_status
                 self.send_response(status)
+                if status == fail_status:
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(b'{"status":"ok"}' if status < 300 else b"upstream down")
 
@@ -40,7 +98,12 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> Receiver:
@@ -180,15 +243,16 @@ def test_min_interval_stops_flapping(tmp_path):
         assert [r["json"]["status"] for r in hook.requests] == ["firing", "resolved", "firing"]
 
 
-def test_formats_of_alertmanager_slack_pagerduty(tmp_path, monkeypatch):
-    with Receiver() as am, Receiver() as slack, Receiver() as pd:
+def test_formats_of_alertmanager_slack_pagerduty(tmp_path, monkeypatch, tls):
+    cert, ca = tls
+    with Receiver() as am, Receiver(tls=cert) as slack, Receiver(tls=cert) as pd:
         monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", slack.url + "/services/T000/B000/SECRETPATH")
         key_file = tmp_path / "pd-routing-key"
         key_file.write_text("R0UT1NGKEY\n")
         settings = _settings(
             AlertReceiver(kind="alertmanager", url=am.url),
-            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"),
-            AlertReceiver(kind="pagerduty", url=pd.url + "/v2/enqueue", secret_file=key_file),
+            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL", ca_file=ca),
+            AlertReceiver(kind="pagerduty", url=pd.url + "/v2/enqueue", secret_file=key_file, ca_file=ca),
         )
         manager = AlertManager(settings, tmp_path / "state")
         deliveries = manager.sync_from_drift(_drift_result(True), "ctr")
@@ -229,14 +293,15 @@ def test_formats_of_alertmanager_slack_pagerduty(tmp_path, monkeypatch):
         assert am.requests[-1]["json"][0]["endsAt"] <= datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog):
+def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog, tls):
+    cert, ca = tls
     secret_path = "/services/T111/B222/TOPSECRETTOKEN"
-    with Receiver(fail_first=100, fail_status=500) as slack:
+    with Receiver(fail_first=100, fail_status=500, tls=cert) as slack:
         monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", slack.url + secret_path)
         monkeypatch.setenv("FRESHREC_TEST_PD_KEY", "PDKEYSECRET")
         settings = _settings(
-            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"),
-            AlertReceiver(kind="pagerduty", url=slack.url, secret_env="FRESHREC_TEST_PD_KEY"),
+            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL", ca_file=ca),
+            AlertReceiver(kind="pagerduty", url=slack.url, secret_env="FRESHREC_TEST_PD_KEY", ca_file=ca),
             AlertReceiver(kind="webhook", name="missing", secret_env="FRESHREC_NOT_SET"),
             max_retries=1,
         )
@@ -255,7 +320,7 @@ def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog):
 
 def test_unreachable_slack_error_is_redacted(tmp_path, monkeypatch, port_factory):
     monkeypatch.setenv(
-        "FRESHREC_TEST_SLACK_URL", f"http://127.0.0.1:{port_factory()}/services/T9/B9/SECRETXYZ"
+        "FRESHREC_TEST_SLACK_URL", f"https://127.0.0.1:{port_factory()}/services/T9/B9/SECRETXYZ"
     )
     manager = AlertManager(
         _settings(AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"), max_retries=0), tmp_path
@@ -296,3 +361,48 @@ def test_failed_resolve_is_retried_at_the_next_check(tmp_path):
         assert retried.action == "resolve" and retried.ok
         assert manager.sync_from_drift(_drift_result(False), "ctr") == []
         assert [r["json"]["status"] for r in hook.requests] == ["firing", "resolved", "resolved"]
+
+
+def test_secrets_are_never_sent_over_plain_http(tmp_path, monkeypatch):
+    with Receiver() as plain:
+        monkeypatch.setenv("FRESHREC_TEST_TOKEN", "BEARERSECRET")
+        monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", plain.url + "/services/T1/B1/SLACKSECRET")
+        settings = _settings(
+            AlertReceiver(kind="webhook", name="token", url=plain.url, secret_env="FRESHREC_TEST_TOKEN"),
+            AlertReceiver(kind="pagerduty", url=plain.url, secret_env="FRESHREC_TEST_TOKEN"),
+            AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL"),
+            AlertReceiver(kind="webhook", name="open", url=plain.url),  # no secret: http is allowed
+        )
+        deliveries = {d.receiver: d for d in AlertManager(settings, tmp_path).fire("ctr", "x", "y")}
+    assert deliveries["open"].ok
+    for name in ("token", "pagerduty", "slack"):
+        assert not deliveries[name].ok and deliveries[name].attempts == 0
+        assert "https" in deliveries[name].error
+        assert "SLACKSECRET" not in deliveries[name].error and "BEARERSECRET" not in deliveries[name].error
+    assert len(plain.requests) == 1 and "Authorization" not in plain.requests[0]["headers"]
+
+
+def test_redirects_are_not_followed(tmp_path, monkeypatch, tls):
+    cert, ca = tls
+    elsewhere = Receiver(tls=cert)
+    hook = Receiver(fail_first=100, fail_status=307, headers={"Location": elsewhere.url}, tls=cert)
+    monkeypatch.setenv("FRESHREC_TEST_TOKEN", "BEARERSECRET")
+    receiver = AlertReceiver(kind="webhook", url=hook.url, secret_env="FRESHREC_TEST_TOKEN", ca_file=ca)
+    with elsewhere, hook:
+        (d,) = AlertManager(_settings(receiver), tmp_path, sleep=lambda s: None).fire("ctr", "x", "y")
+    assert not d.ok and d.status_code == 307 and d.attempts == 1 and "redirect" in d.error
+    assert len(hook.requests) == 1 and elsewhere.requests == []  # the token never went to the other host
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_is_honoured_in_both_forms(tmp_path, form):
+    # An HTTP date has a resolution of one second: ask for 5 s ahead and accept 3..5.
+    value = (
+        "4" if form == "seconds" else format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
+    )
+    with Receiver(fail_first=1, fail_status=429, headers={"Retry-After": value}) as hook:
+        sleeps: list[float] = []
+        settings = _settings(AlertReceiver(kind="webhook", url=hook.url), backoff_s=0.01, max_backoff_s=30.0)
+        (d,) = AlertManager(settings, tmp_path, sleep=sleeps.append).fire("ctr", "x", "y")
+    assert d.ok and d.attempts == 2
+    assert len(sleeps) == 1 and (sleeps[0] == 4.0 if form == "seconds" else 3.0 <= sleeps[0] <= 5.0)

@@ -84,12 +84,27 @@ def deliver(
         url, headers, body = build_request(receiver, alert, secret, settings.generator_url)
         if receiver.kind in ("slack", "webhook") and not receiver.url:
             secrets += _url_parts(url)  # the URL is the secret; errors quote its path separately
+        if secret:
+            _require_https(url, receiver)
     except (SecretError, ValueError) as exc:
         delivery.error = _redact(str(exc), secrets)
         log.error("alert %s to %s not sent: %s", alert.key, name, delivery.error)
         return delivery
     with _redacting_logs(secrets):
-        return _post_with_retries(url, headers, body, delivery, secrets, alert, action, settings, sleep)
+        return _post_with_retries(
+            url, headers, body, delivery, secrets, alert, action, settings, sleep, receiver.ca_file
+        )
+
+
+def _require_https(url: str, receiver: AlertReceiver) -> None:
+    """Anything that carries a token, routing key or secret URL goes over TLS, or not at all."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).scheme.lower() != "https":
+        raise ValueError(
+            f"refusing to send the {receiver.kind} receiver's secret over plain {urlsplit(url).scheme or 'text'}: "
+            "use an https:// URL (set ca_file for a private CA)"
+        )
 
 
 def _post_with_retries(
@@ -102,6 +117,7 @@ def _post_with_retries(
     action: str,
     settings: AlertSettings,
     sleep: Callable[[float], None],
+    ca_file: Path | None = None,
 ) -> Delivery:
     import requests
 
@@ -111,12 +127,27 @@ def _post_with_retries(
         delivery.attempts = attempt
         retry_after: float | None = None
         try:
-            resp = requests.post(url, json=body, headers=headers, timeout=settings.timeout_s)
+            # No redirects: a 30x could send the bearer token or the routing key to another host, or
+            # downgrade to http; a receiver is configured with its final URL.
+            resp = requests.post(
+                url,
+                json=body,
+                headers=headers,
+                timeout=settings.timeout_s,
+                allow_redirects=False,
+                verify=str(ca_file) if ca_file else True,
+            )
             delivery.status_code = resp.status_code
             if 200 <= resp.status_code < 300:
                 delivery.ok, delivery.error = True, None
                 log.info("alert %s %s delivered to %s (attempt %d)", alert.key, action, name, attempt)
                 return delivery
+            if 300 <= resp.status_code < 400:
+                delivery.error = (
+                    f"HTTP {resp.status_code}: redirect not followed (alerts go only to the configured URL; "
+                    "configure the receiver with its final URL)"
+                )
+                break
             delivery.error = _redact(f"HTTP {resp.status_code}: {resp.text[:200]}", secrets)
             if resp.status_code not in _RETRYABLE:
                 break
@@ -163,9 +194,6 @@ def read_secret(receiver: AlertReceiver, env: Mapping[str, str] | None = None) -
         except OSError as exc:
             raise SecretError(f"secret file {receiver.secret_file} unreadable: {exc.strerror}") from None
     return None
-
-
-# -- state --------------------------------------------------------------------------------------
 
 
 def build_request(
@@ -267,9 +295,15 @@ def _iso(ts: datetime) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header, in either of its forms (seconds or an HTTP date)."""
+    if value is None:
+        return None
+    from urllib3.exceptions import InvalidHeader
+    from urllib3.util.retry import Retry
+
     try:
-        return float(value) if value is not None else None
-    except ValueError:
+        return Retry().parse_retry_after(value)  # a date in the past gives 0
+    except InvalidHeader:
         return None
 
 
