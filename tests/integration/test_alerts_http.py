@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.config import AlertReceiver, AlertSettings, DriftSettings
+from freshrec.config import AlertReceiver, AlertSettings
 from freshrec.monitoring.alerts import AlertManager
-from freshrec.monitoring.drift import DriftResult, FeatureDrift
+from freshrec.monitoring.catalogue import Signal
+from freshrec.monitoring.drift import DriftResult, QualityFailure
+from freshrec.monitoring.monitor import signals_from_drift
 
 pytestmark = pytest.mark.integration
 
@@ -121,24 +123,30 @@ def _settings(*receivers: AlertReceiver, **kw) -> AlertSettings:
     return AlertSettings(receivers=list(receivers), **values)
 
 
-def _drift_result(drifted: bool) -> DriftResult:
-    feats = {
-        n: FeatureDrift(
-            name=n, kind="numeric", method="wasserstein", threshold=0.1, score=s, drifted=s >= 0.1
-        )
-        for n, s in {"user_age": 0.4 if drifted else 0.01, "item_year": 0.3 if drifted else 0.02}.items()
-    }
-    share = sum(f.drifted for f in feats.values()) / 2
-    return DriftResult(
-        verdict="drift" if drifted else "ok",
+def _signals(broken: bool) -> list[Signal]:
+    """What the monitor reports for a window: a page when ``user_age`` went null, a notice either way."""
+    failures = (
+        [
+            QualityFailure(
+                check="missing_share",
+                column="user_age",
+                value=0.9,
+                limit=0.05,
+                message="user_age: 90.0% missing",
+            )
+        ]
+        if broken
+        else []
+    )
+    result = DriftResult(
+        verdict="quality_failure" if broken else "ok",
         reason="test",
         created_at=datetime.now(UTC),
         n_reference=1000,
         n_current=1000,
-        features=feats,
-        drift_share=share,
-        dataset_drift=share >= DriftSettings().drift_share_threshold,
+        quality_failures=failures,
     )
+    return signals_from_drift(result)
 
 
 def test_retry_until_delivered_then_dedupe_then_resolve(tmp_path):
@@ -147,22 +155,24 @@ def test_retry_until_delivered_then_dedupe_then_resolve(tmp_path):
         manager = AlertManager(
             _settings(AlertReceiver(kind="webhook", url=hook.url + "/hook")), tmp_path, sleep=sleeps.append
         )
-        (first,) = manager.sync_from_drift(_drift_result(True), "ctr")
+        (first,) = manager.sync("ctr", _signals(True))
         assert first.ok and first.attempts == 3 and first.status_code == 200
         assert sleeps == [0.01, 0.02]  # exponential backoff
-        assert hook.requests[-1]["json"]["status"] == "firing"
-        assert hook.requests[-1]["json"]["key"] == "ctr/drift"
-        assert "user_age" in hook.requests[-1]["json"]["summary"]
+        sent = hook.requests[-1]["json"]
+        assert sent["status"] == "firing" and sent["severity"] == "critical"
+        assert sent["key"] == "ctr/FreshrecFeatureMissing" and sent["cause"] == "user_age"
+        assert "user_age" in sent["summary"]
+        assert sent["links"]["runbook"].endswith("docs/runbooks/FreshrecFeatureMissing.md")
 
-        # Same drift at the next check: nothing new is sent (one open alert per model + reason).
-        assert manager.sync_from_drift(_drift_result(True), "ctr") == []
+        # Same failure at the next check: nothing new is sent (one open alert per model + alert).
+        assert manager.sync("ctr", _signals(True)) == []
         assert len(hook.requests) == 3
         # A fresh manager over the same state dir (the next CronJob run) also dedupes.
         again = AlertManager(_settings(AlertReceiver(kind="webhook", url=hook.url + "/hook")), tmp_path)
-        assert again.sync_from_drift(_drift_result(True), "ctr") == []
-        assert set(again.open_alerts()) == {"ctr/drift"}
+        assert again.sync("ctr", _signals(True)) == []
+        assert set(again.open_alerts()) == {"ctr/FreshrecFeatureMissing"}
 
-        (resolved,) = again.sync_from_drift(_drift_result(False), "ctr")
+        (resolved,) = again.sync("ctr", _signals(False))
         assert resolved.ok and resolved.action == "resolve"
         assert hook.requests[-1]["json"]["status"] == "resolved"
         assert again.open_alerts() == {}
@@ -243,54 +253,86 @@ def test_min_interval_stops_flapping(tmp_path):
         assert [r["json"]["status"] for r in hook.requests] == ["firing", "resolved", "firing"]
 
 
-def test_formats_of_alertmanager_slack_pagerduty(tmp_path, monkeypatch, tls):
+def test_formats_of_slack_and_pagerduty(tmp_path, monkeypatch, tls):
     cert, ca = tls
-    with Receiver() as am, Receiver(tls=cert) as slack, Receiver(tls=cert) as pd:
+    with Receiver(tls=cert) as slack, Receiver(tls=cert) as pd:
         monkeypatch.setenv("FRESHREC_TEST_SLACK_URL", slack.url + "/services/T000/B000/SECRETPATH")
         key_file = tmp_path / "pd-routing-key"
         key_file.write_text("R0UT1NGKEY\n")
         settings = _settings(
-            AlertReceiver(kind="alertmanager", url=am.url),
             AlertReceiver(kind="slack", secret_env="FRESHREC_TEST_SLACK_URL", ca_file=ca),
-            AlertReceiver(kind="pagerduty", url=pd.url + "/v2/enqueue", secret_file=key_file, ca_file=ca),
+            AlertReceiver(
+                kind="pagerduty",
+                url=pd.url + "/v2/enqueue",
+                secret_file=key_file,
+                ca_file=ca,
+                min_severity="critical",
+            ),
         )
         manager = AlertManager(settings, tmp_path / "state")
-        deliveries = manager.sync_from_drift(_drift_result(True), "ctr")
-        assert all(d.ok for d in deliveries) and len(deliveries) == 3
-
-        (post,) = am.requests
-        assert post["path"] == "/api/v2/alerts"
-        (alert,) = post["json"]
-        assert alert["labels"] == {
-            "alertname": "FreshrecDrift",
-            "model": "ctr",
-            "reason": "drift",
-            "severity": "warning",
-            "service": "freshrec",
-        }
-        assert set(alert) == {"labels", "annotations", "startsAt", "endsAt", "generatorURL"}
-        assert alert["startsAt"].endswith("Z") and alert["endsAt"] > alert["startsAt"]
+        deliveries = manager.sync("ctr", _signals(True))
+        assert all(d.ok for d in deliveries) and len(deliveries) == 2
 
         (msg,) = slack.requests
         assert msg["path"] == "/services/T000/B000/SECRETPATH"
-        assert "FIRING" in msg["json"]["text"] and msg["json"]["blocks"][0]["type"] == "section"
+        assert "[PAGE] FreshrecFeatureMissing" in msg["json"]["text"]
+        assert msg["json"]["blocks"][0]["type"] == "section"
+        assert (
+            "docs/runbooks/FreshrecFeatureMissing.md|runbook>"
+            in msg["json"]["blocks"][1]["elements"][0]["text"]
+        )
 
         (event,) = pd.requests
         assert event["json"]["routing_key"] == "R0UT1NGKEY"
-        assert (
-            event["json"]["event_action"] == "trigger" and event["json"]["dedup_key"] == "freshrec/ctr/drift"
-        )
-        assert set(event["json"]["payload"]) >= {"summary", "severity", "source"}
+        assert event["json"]["event_action"] == "trigger"
+        assert event["json"]["dedup_key"] == "freshrec/ctr/FreshrecFeatureMissing"
+        assert event["json"]["payload"]["severity"] == "critical"
+        assert event["json"]["payload"]["class"] == "FreshrecFeatureMissing"
+        assert event["json"]["links"][0]["text"] == "runbook"
 
-        # Still drifting: Alertmanager gets a refresh (it expires alerts that stop arriving), others not.
-        refresh = manager.sync_from_drift(_drift_result(True), "ctr")
-        assert [(d.kind, d.action) for d in refresh] == [("alertmanager", "refresh")]
-        # Cleared: all three resolve, PagerDuty by dedup key.
-        resolved = manager.sync_from_drift(_drift_result(False), "ctr")
-        assert sorted(d.kind for d in resolved if d.ok) == ["alertmanager", "pagerduty", "slack"]
+        # Still broken: nobody is told twice. Cleared: both resolve, PagerDuty by dedup key.
+        assert manager.sync("ctr", _signals(True)) == []
+        resolved = manager.sync("ctr", _signals(False))
+        assert sorted(d.kind for d in resolved if d.ok) == ["pagerduty", "slack"]
         assert pd.requests[-1]["json"]["event_action"] == "resolve"
-        assert pd.requests[-1]["json"]["dedup_key"] == "freshrec/ctr/drift"
-        assert am.requests[-1]["json"][0]["endsAt"] <= datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        assert pd.requests[-1]["json"]["dedup_key"] == "freshrec/ctr/FreshrecFeatureMissing"
+        assert "RESOLVED" in slack.requests[-1]["json"]["text"]
+
+
+def test_routing_by_severity_and_inhibition(tmp_path):
+    with Receiver() as tickets, Receiver() as pager:
+        settings = _settings(
+            AlertReceiver(kind="webhook", name="tickets", url=tickets.url),  # warning and up (the default)
+            AlertReceiver(kind="webhook", name="pager", url=pager.url, min_severity="critical"),
+        )
+        manager = AlertManager(settings, tmp_path)
+        notice = Signal.of("FreshrecDataDrift", "drift; retraining", "user_age")
+        ticket = Signal.of("FreshrecEstimatedQualityDrop", "estimate up", "predictions")
+        stale = Signal.of("FreshrecStreamFeaturesStale", "stream job 3 days behind", "stream_features")
+        skew = Signal.of("FreshrecFeatureSkew", "served != offline", "user_events_7d")
+        manager.sync("ctr", [notice, ticket, stale, skew])
+        assert [r["json"]["alert"] for r in pager.requests] == ["FreshrecStreamFeaturesStale"]
+        assert sorted(r["json"]["alert"] for r in tickets.requests) == [
+            "FreshrecEstimatedQualityDrop",
+            "FreshrecStreamFeaturesStale",
+        ]  # the notice goes nowhere but the console; the skew is inhibited by the stale stream job
+        assert set(manager.open_alerts()) == {
+            f"ctr/{n}"
+            for n in (
+                "FreshrecDataDrift",
+                "FreshrecEstimatedQualityDrop",
+                "FreshrecStreamFeaturesStale",
+                "FreshrecFeatureSkew",
+            )
+        }
+        manager.sync("ctr", [])
+        assert manager.open_alerts() == {}
+        assert [r["json"]["status"] for r in pager.requests] == ["firing", "resolved"]
+
+
+def test_alertmanager_receivers_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="PrometheusRules"):
+        AlertReceiver(kind="alertmanager", url="https://am.example")
 
 
 def test_secrets_never_reach_logs_or_errors(tmp_path, monkeypatch, caplog, tls):
@@ -338,7 +380,9 @@ def test_alerts_test_selects_receivers(tmp_path):
         )
         manager = AlertManager(settings, tmp_path)
         (d,) = manager.test(["b"])
-        assert d.ok and d.receiver == "b" and not a.requests and b.requests[0]["json"]["reason"] == "test"
+        assert (
+            d.ok and d.receiver == "b" and not a.requests and b.requests[0]["json"]["alert"] == "FreshrecTest"
+        )
         with pytest.raises(ValueError, match="unknown receivers"):
             manager.test(["nope"])
         assert manager.open_alerts() == {}
@@ -351,15 +395,15 @@ def test_failed_resolve_is_retried_at_the_next_check(tmp_path):
             tmp_path,
             sleep=lambda s: None,
         )
-        assert manager.sync_from_drift(_drift_result(True), "ctr")[0].ok
-        hook.fail_first = 100  # the receiver goes down before the drift clears
-        (failed,) = manager.sync_from_drift(_drift_result(False), "ctr")
+        assert manager.sync("ctr", _signals(True))[0].ok
+        hook.fail_first = 100  # the receiver goes down before the failure clears
+        (failed,) = manager.sync("ctr", _signals(False))
         assert failed.action == "resolve" and not failed.ok
         assert manager.open_alerts() == {}  # not firing any more, but the resolve is still owed
         hook.fail_first = 0
-        (retried,) = manager.sync_from_drift(_drift_result(False), "ctr")
+        (retried,) = manager.sync("ctr", _signals(False))
         assert retried.action == "resolve" and retried.ok
-        assert manager.sync_from_drift(_drift_result(False), "ctr") == []
+        assert manager.sync("ctr", _signals(False)) == []
         assert [r["json"]["status"] for r in hook.requests] == ["firing", "resolved", "resolved"]
 
 

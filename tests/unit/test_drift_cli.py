@@ -57,7 +57,7 @@ def test_drift_check_prints_verdict_and_writes_result_metrics_alert(settings, tm
     prom = (settings.state_dir / "metrics" / "freshrec_drift_ctr.prom").read_text()
     assert 'freshrec_drift_share{model="ctr"} 0.666' in prom
     state = json.loads((settings.state_dir / "alerts" / "state.json").read_text())
-    assert list(state["open"]) == ["ctr/drift"]
+    assert list(state["open"]) == ["ctr/FreshrecDataDrift"]  # a notice: drift is not a page
 
 
 def test_drift_check_columns_and_missing_file(settings, tmp_path):
@@ -103,7 +103,7 @@ def test_alerts_test_reports_each_delivery(settings):
         result = runner.invoke(alerts_app, ["test"], obj=settings, catch_exceptions=False)
         assert result.exit_code == 1  # slack has no secret
         assert "hook" in result.output and "is not set" in result.output  # the table may wrap the name
-        assert got and got[0]["reason"] == "test"
+        assert got and got[0]["alert"] == "FreshrecTest"
         only = runner.invoke(alerts_app, ["test", "--receiver", "hook"], obj=settings, catch_exceptions=False)
         assert only.exit_code == 0 and len(got) == 2
         listed = runner.invoke(alerts_app, ["list"], obj=settings, catch_exceptions=False)

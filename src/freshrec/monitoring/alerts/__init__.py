@@ -1,6 +1,6 @@
-"""On-call alerts: Alertmanager, Slack, PagerDuty and generic webhooks, deduplicated and rate limited.
+"""On-call alerts: Slack, PagerDuty and generic webhooks, deduplicated, rate limited, routed by severity.
 
-* :mod:`.manager` — :class:`AlertManager`: one open alert per (model, reason), dedup, rate limits, resolve;
+* :mod:`.manager` — :class:`AlertManager`: one open alert per (model, alert), dedup, inhibition, resolve;
 * :mod:`.receivers` — what each receiver kind is sent, secrets, delivery with retries;
 * :mod:`.cli` — ``freshrec alerts``.
 
@@ -14,11 +14,9 @@ from typing import Any
 
 _WHERE = {
     "AlertManager": "manager",
-    "alerts_from_drift": "manager",
     "Alert": "receivers",
     "Delivery": "receivers",
     "SecretError": "receivers",
-    "Severity": "receivers",
     "build_request": "receivers",
     "deliver": "receivers",
     "read_secret": "receivers",

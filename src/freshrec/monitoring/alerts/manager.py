@@ -1,11 +1,16 @@
-"""On-call alerts: one open alert per (model, reason), deduplicated, rate limited, resolved when it clears.
+"""On-call alerts: one open alert per (model, alert), deduplicated, rate limited, resolved when it clears.
 
-One open alert per (model, reason) is kept in ``<state_dir>/alerts/open.json`` together with the
-receivers that already got it; a later check re-sends only to receivers that missed it (a failed
-delivery is retried at the next check) and resolves it when the condition clears. Alertmanager is the
-exception by design: it expects firing alerts to be re-posted while they last (it deduplicates by labels
-itself and resolves alerts that stop arriving), so open alerts are refreshed there on every sync.
-What each receiver is sent, and how, is :mod:`freshrec.monitoring.alerts.receivers`.
+The monitor hands :meth:`AlertManager.sync` the signals that hold now (see
+:mod:`freshrec.monitoring.catalogue`); the manager opens an alert for each new one, resolves the open ones
+that no longer hold (a resolve message goes to every receiver that got the alert), and keeps the open
+alerts in ``<state_dir>/alerts/open.json`` with the receivers that already have them: a later check re-sends
+only to receivers that missed one (a failed delivery is retried at the next check).
+
+Routing follows the catalogue's severities: every alert gets a console line; a receiver gets the alerts at
+or above its ``min_severity`` (by default pages and tickets, not notices); a signal that another active
+signal inhibits (:data:`~freshrec.monitoring.catalogue.INHIBITIONS`, the same rules as the Alertmanager
+config of the cluster) is kept open but not sent. What each receiver is sent, and how, is
+:mod:`freshrec.monitoring.alerts.receivers`.
 """
 
 from __future__ import annotations
@@ -13,19 +18,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from freshrec.config import AlertReceiver, AlertSettings
-from freshrec.monitoring.alerts.receivers import Alert, Delivery, Severity, _name, deliver
+from freshrec.monitoring.alerts.receivers import Alert, Delivery, _name, deliver
+from freshrec.monitoring.catalogue import ALERTS, SEVERITIES, Severity, Signal, inhibited
 from freshrec.statefile import locked_state
-
-if TYPE_CHECKING:
-    from freshrec.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class _OpenAlert(BaseModel):
     alert: Alert
     delivered: list[str] = Field(default_factory=list)
     last_notified: float = 0.0
+    inhibited_by: str | None = None
 
 
 class _State(BaseModel):
@@ -42,11 +46,15 @@ class _State(BaseModel):
     last_action: dict[str, float] = Field(default_factory=dict)  # key -> last notification time
 
 
+def _rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)  # type: ignore[arg-type]
+
+
 class AlertManager:
     """Fires and resolves alerts at the configured receivers (plus a console line, always).
 
     Args:
-        alert_settings: receivers, retry, timeout and rate limits.
+        alert_settings: receivers, retry, timeout, rate limits, runbook base URL.
         state_dir: where open alerts and rate-limit counters persist between checks.
         env: where ``secret_env`` names are looked up (default ``os.environ``).
         sleep, clock: injectable for tests that check backoff without waiting.
@@ -72,38 +80,67 @@ class AlertManager:
     def fire(
         self,
         model: str,
-        reason: str,
+        name: str,
         summary: str,
         *,
-        severity: Severity = "warning",
+        severity: Severity | None = None,
+        cause: str = "",
         description: str = "",
         details: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> list[Delivery]:
-        """Open an alert for (model, reason); a no-op for receivers that already have it."""
-        with self._locked_state() as state:
-            return self._fire(state, model, reason, summary, severity, description, dict(details or {}))
+        """Open an alert for (model, name); a no-op for receivers that already have it.
 
-    def resolve(self, model: str, reason: str, summary: str | None = None) -> list[Delivery]:
-        """Resolve the open alert for (model, reason) at the receivers that got it."""
+        ``severity`` defaults to the catalogue's for a known ``name`` (else ``warning``).
+        """
+        if severity is None:
+            severity = ALERTS[name].severity if name in ALERTS else "warning"
+        alert = self._alert(model, name, summary, severity, cause, description, details, labels, links)
         with self._locked_state() as state:
-            return self._resolve(state, f"{model}/{reason}", summary)
+            return self._fire(state, alert, None)
+
+    def resolve(self, model: str, name: str, summary: str | None = None) -> list[Delivery]:
+        """Resolve the open alert for (model, name) at the receivers that got it."""
+        with self._locked_state() as state:
+            return self._resolve(state, f"{model}/{name}", summary)
 
     def open_alerts(self) -> dict[str, Alert]:
+        """The firing alerts, by key ``model/name``."""
         with self._locked_state() as state:
             return {k: v.alert for k, v in state.open.items() if v.alert.status == "firing"}
 
-    def sync_from_drift(self, result: DriftResult, model: str) -> list[Delivery]:
-        """Fire what the drift result shows, resolve what it no longer shows, for ``model``."""
-        wanted = alerts_from_drift(result)
+    def sync(
+        self,
+        model: str,
+        signals: Sequence[Signal],
+        *,
+        managed: set[str] | None = None,
+        links: Mapping[str, str] | None = None,
+    ) -> list[Delivery]:
+        """Fire what ``signals`` show, resolve the open alerts of ``model`` they no longer show.
+
+        Args:
+            managed: the alert names this caller owns (default: the monitor's alerts in the catalogue);
+                open alerts outside it (another producer's) are left alone.
+            links: links added to every alert (the window's report).
+        """
+        managed = (
+            managed if managed is not None else {a.name for a in ALERTS.values() if a.source == "monitor"}
+        )
+        quiet = inhibited(list(signals))
         deliveries: list[Delivery] = []
         with self._locked_state() as state:
-            for reason, (severity, summary, details) in wanted.items():
-                deliveries += self._fire(state, model, reason, summary, severity, "", details)
+            for s in signals:
+                alert = self._alert(
+                    model, s.name, s.summary, s.severity, s.cause, "", s.evidence, s.labels, links
+                )
+                deliveries += self._fire(state, alert, quiet.get(s.name))
+            wanted = {s.name for s in signals}
             for key in [k for k, v in state.open.items() if v.alert.model == model]:
-                if state.open[key].alert.reason not in wanted:
-                    deliveries += self._resolve(
-                        state, key, f"{model}: {state.open[key].alert.reason} cleared"
-                    )
+                name = state.open[key].alert.name
+                if name in managed and name not in wanted:
+                    deliveries += self._resolve(state, key, f"{model}: {name} cleared")
         return deliveries
 
     def test(self, receivers: list[str] | None = None) -> list[Delivery]:
@@ -111,7 +148,7 @@ class AlertManager:
         now = datetime.fromtimestamp(self._clock(), UTC)
         alert = Alert(
             model="freshrec",
-            reason="test",
+            name="FreshrecTest",
             severity="info",
             summary="freshrec test alert: delivery check, no action needed",
             starts_at=now,
@@ -128,21 +165,41 @@ class AlertManager:
         self._console(alert, "test")
         return [self._deliver(r, alert, "test") for r in chosen]
 
-    # -- dedup, rate limit ------------------------------------------------------------------------------
+    # -- dedup, rate limit, routing ---------------------------------------------------------------------
 
-    def _fire(
+    def _alert(
         self,
-        state: _State,
         model: str,
-        reason: str,
+        name: str,
         summary: str,
         severity: Severity,
+        cause: str,
         description: str,
-        details: dict[str, Any],
-    ) -> list[Delivery]:
+        details: Mapping[str, Any] | None,
+        labels: Mapping[str, str] | None,
+        links: Mapping[str, str] | None,
+    ) -> Alert:
+        all_links = dict(links or {})
+        if name in ALERTS:
+            all_links.setdefault("runbook", ALERTS[name].runbook_url(self.settings.runbook_base_url))
+        return Alert(
+            model=model,
+            name=name,
+            severity=severity,
+            summary=summary,
+            cause=cause,
+            description=description,
+            details=dict(details or {}),
+            labels=dict(labels or {}),
+            links=all_links,
+            starts_at=datetime.fromtimestamp(self._clock(), UTC),
+        )
+
+    def _fire(self, state: _State, alert: Alert, inhibited_by: str | None) -> list[Delivery]:
         now = self._clock()
-        key = f"{model}/{reason}"
+        key = alert.key
         entry = state.open.get(key)
+        receivers = [r for r in self._receivers() if _rank(alert.severity) <= _rank(r.min_severity)]
         if entry is None:
             last = state.last_action.get(key)
             if last is not None and now - last < self.settings.min_interval_s:
@@ -160,33 +217,24 @@ class AlertManager:
                         ok=False,
                         skipped="min interval",
                     )
-                    for r in self._receivers()
+                    for r in receivers
                 ]
-            alert = Alert(
-                model=model,
-                reason=reason,
-                severity=severity,
-                summary=summary,
-                description=description,
-                details=details,
-                starts_at=datetime.fromtimestamp(now, UTC),
-            )
             entry = _OpenAlert(alert=alert)
             state.open[key] = entry
-            self._console(alert, "fire")
+            self._console(alert, "fire", inhibited_by)
         else:
-            entry.alert.summary, entry.alert.details, entry.alert.severity = summary, details, severity
+            starts = entry.alert.starts_at
+            entry.alert = alert.model_copy(update={"starts_at": starts})
             # A resolve that some receivers never got leaves them firing: back to firing, nothing to resend.
-            entry.alert.status = "firing"
+        entry.inhibited_by = inhibited_by
+        if inhibited_by is not None:
+            return []  # open (and resolved later), but the inhibiting alert is the one people get
         deliveries = []
-        for receiver in self._receivers():
+        for receiver in receivers:
             name = _name(receiver)
-            action: Literal["fire", "refresh"] = "fire"
             if name in entry.delivered:
-                if receiver.kind != "alertmanager":
-                    continue  # already told; one open alert per (model, reason)
-                action = "refresh"
-            elif not self._rate_ok(state, name, now):
+                continue  # already told; one open alert per (model, name)
+            if not self._rate_ok(state, name, now):
                 log.warning(
                     "alert %s not sent to %s: rate limit of %d/h reached",
                     key,
@@ -204,12 +252,9 @@ class AlertManager:
                     )
                 )
                 continue
-            alert = entry.alert.model_copy()
-            if receiver.kind == "alertmanager":
-                alert.ends_at = datetime.fromtimestamp(now + self.settings.alertmanager_ttl_s, UTC)
-            delivery = self._deliver(receiver, alert, action)
+            delivery = self._deliver(receiver, entry.alert, "fire")
             deliveries.append(delivery)
-            if delivery.ok and action == "fire":
+            if delivery.ok:
                 entry.delivered.append(name)
                 state.sent.setdefault(name, []).append(now)
                 entry.last_notified = now
@@ -226,7 +271,8 @@ class AlertManager:
         alert.ends_at = datetime.fromtimestamp(now, UTC)
         if summary:
             alert.summary = summary
-        self._console(alert, "resolve")
+        if entry.alert.status == "firing":
+            self._console(alert, "resolve")
         deliveries = []
         still_open = []
         for receiver in self._receivers():
@@ -254,7 +300,9 @@ class AlertManager:
 
     # -- delivery -------------------------------------------------------------------------------------
 
-    def _deliver(self, receiver: AlertReceiver, alert: Alert, action: str) -> Delivery:
+    def _deliver(
+        self, receiver: AlertReceiver, alert: Alert, action: Literal["fire", "resolve", "test"]
+    ) -> Delivery:
         return deliver(receiver, alert, action, self.settings, env=self._env, sleep=self._sleep)
 
     # -- state --------------------------------------------------------------------------------------
@@ -263,45 +311,21 @@ class AlertManager:
         """Load, yield and save the state under an exclusive file lock (several checks may run at once)."""
         return locked_state(self.dir, _State)
 
-    def _console(self, alert: Alert, action: str) -> None:
+    def _console(self, alert: Alert, action: str, inhibited_by: str | None = None) -> None:
         if not self.settings.console:
             return
         from rich.console import Console
+        from rich.markup import escape
 
-        style = {"fire": "bold red", "resolve": "bold green", "test": "bold cyan"}.get(action, "yellow")
-        label = {"fire": "FIRING", "resolve": "RESOLVED", "test": "TEST"}.get(action, action.upper())
+        if action == "fire":
+            style, label = {
+                "critical": ("bold red", "PAGE"),
+                "warning": ("bold yellow", "TICKET"),
+                "info": ("cyan", "NOTICE"),
+            }[alert.severity]
+        else:
+            style, label = {"resolve": ("bold green", "RESOLVED"), "test": ("bold cyan", "TEST")}[action]
+        quiet = f" [dim](inhibited by {inhibited_by})[/]" if inhibited_by else ""
         Console(stderr=True, highlight=False).print(
-            f"[{style}]{label}[/] [bold]{alert.key}[/] ({alert.severity}) {alert.summary}", markup=True
+            f"[{style}]{label}[/] [bold]{escape(alert.key)}[/] {escape(alert.summary)}{quiet}", markup=True
         )
-
-
-def alerts_from_drift(result: DriftResult) -> dict[str, tuple[Severity, str, dict[str, Any]]]:
-    """The alerts a drift result calls for: ``{reason: (severity, summary, details)}``."""
-    out: dict[str, tuple[Severity, str, dict[str, Any]]] = {}
-    base = {
-        "verdict": result.verdict,
-        "report": str(result.html_path or result.json_path or ""),
-        "drift_share": round(result.drift_share, 4),
-    }
-    if result.dataset_drift or (result.prediction_drift is not None and result.prediction_drift.drifted):
-        feats = result.drifted_features
-        summary = f"data drift: {len(feats)}/{len(result.features)} features drifted ({', '.join(feats[:8])})"
-        if result.prediction_drift is not None and result.prediction_drift.drifted:
-            summary += f"; prediction drift ({result.prediction_drift.score:.3g})"
-        out["drift"] = ("warning", summary, {**base, "drifted_features": feats})
-    if result.target_drift is not None and result.target_drift.drifted:
-        t = result.target_drift
-        out["target_drift"] = (
-            "warning",
-            f"target rate changed {t.reference_rate:.3f} -> {t.current_rate:.3f}",
-            {**base, "reference_rate": t.reference_rate, "current_rate": t.current_rate},
-        )
-    if result.quality_failures:
-        out["data_quality"] = (
-            "critical",
-            "data quality: " + "; ".join(f.message for f in result.quality_failures[:5]),
-            {**base, "failures": [f.model_dump() for f in result.quality_failures[:20]]},
-        )
-    if result.verdict == "not_enough_data":
-        out["not_enough_data"] = ("warning", result.reason, base)
-    return out

@@ -8,7 +8,6 @@ A failed delivery is logged and returned as a :class:`Delivery`; nothing here ra
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -20,30 +19,37 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from freshrec.config import AlertReceiver, AlertSettings
+from freshrec.monitoring.catalogue import Severity
 
 log = logging.getLogger(__name__)
 
-Severity = Literal["critical", "warning", "info"]
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 
 
 class Alert(BaseModel):
-    """One alert, in the receiver-neutral form every payload is built from."""
+    """One alert, in the receiver-neutral form every payload is built from.
+
+    ``name`` is the catalogue's alert name (``FreshrecFeatureMissing``...: the Prometheus ``alertname`` of
+    the same alert in a cluster); ``links`` are the runbook and the report (file URIs locally).
+    """
 
     model: str
-    reason: str
+    name: str
     severity: Severity = "warning"
     summary: str
+    cause: str = ""
     description: str = ""
     details: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict)  # text -> href
     status: Literal["firing", "resolved"] = "firing"
     starts_at: datetime
     ends_at: datetime | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.model}/{self.reason}"
+        return f"{self.model}/{self.name}"
 
 
 class Delivery(BaseModel):
@@ -52,7 +58,7 @@ class Delivery(BaseModel):
     receiver: str
     kind: str
     key: str
-    action: Literal["fire", "resolve", "refresh", "test"]
+    action: Literal["fire", "resolve", "test"]
     ok: bool
     attempts: int = 0
     status_code: int | None = None
@@ -81,7 +87,7 @@ def deliver(
         secret = read_secret(receiver, env)
         if secret:
             secrets.append(secret)
-        url, headers, body = build_request(receiver, alert, secret, settings.generator_url)
+        url, headers, body = build_request(receiver, alert, secret)
         if receiver.kind in ("slack", "webhook") and not receiver.url:
             secrets += _url_parts(url)  # the URL is the secret; errors quote its path separately
         if secret:
@@ -196,50 +202,27 @@ def read_secret(receiver: AlertReceiver, env: Mapping[str, str] | None = None) -
     return None
 
 
+_LABEL = {"critical": "PAGE", "warning": "TICKET", "info": "NOTICE"}
+
+
 def build_request(
-    receiver: AlertReceiver, alert: Alert, secret: str | None, generator_url: str
+    receiver: AlertReceiver, alert: Alert, secret: str | None
 ) -> tuple[str, dict[str, str], Any]:
     """(url, headers, JSON body) for one receiver kind, in that service's own format."""
     headers = {"Content-Type": "application/json"}
     starts = _iso(alert.starts_at)
-    if receiver.kind == "alertmanager":
-        if not receiver.url:
-            raise ValueError("alertmanager receiver needs url (the Alertmanager base URL)")
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        item: dict[str, Any] = {
-            "labels": {
-                "alertname": "FreshrecDrift" if alert.reason != "test" else "FreshrecTest",
-                "model": alert.model,
-                "reason": alert.reason,
-                "severity": alert.severity,
-                "service": "freshrec",
-            },
-            "annotations": {
-                "summary": alert.summary,
-                "description": alert.description or json.dumps(alert.details, default=str)[:2000],
-            },
-            "startsAt": starts,
-            "generatorURL": generator_url,
-        }
-        if alert.ends_at is not None:
-            item["endsAt"] = _iso(alert.ends_at)
-        return receiver.url.rstrip("/") + "/api/v2/alerts", headers, [item]
     if receiver.kind == "slack":
         url = receiver.url or secret
         if not url:
             raise ValueError("slack receiver needs the incoming-webhook URL (secret_env/secret_file)")
         icon = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}[alert.status]
-        text = f"{icon} [{alert.status.upper()}] {alert.key} ({alert.severity}): {alert.summary}"
+        head = "RESOLVED" if alert.status == "resolved" else _LABEL[alert.severity]
+        text = f"{icon} [{head}] {alert.name} ({alert.model}): {alert.summary}"
+        links = " · ".join(f"<{href}|{label}>" for label, href in alert.links.items())
         blocks = [
             {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": f"since {starts} · <{generator_url}|freshrec drift>"}
-                ],
-            },
-        ]
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"since {starts}" + (f" · {links}" if links else "")}]},
+        ]  # fmt: skip
         return url, headers, {"text": text, "blocks": blocks}
     if receiver.kind == "pagerduty":
         if not secret:
@@ -252,14 +235,14 @@ def build_request(
         if alert.status == "firing":
             body["payload"] = {
                 "summary": alert.summary[:1024],
-                "severity": alert.severity if alert.severity != "info" else "info",
+                "severity": alert.severity,
                 "source": f"freshrec/{alert.model}",
-                "component": "drift",
-                "class": alert.reason,
+                "component": alert.cause or "freshrec",
+                "class": alert.name,
                 "timestamp": starts,
                 "custom_details": alert.details,
             }
-            body["links"] = [{"href": generator_url, "text": "freshrec drift"}]
+            body["links"] = [{"href": href, "text": label} for label, href in alert.links.items()]
         return receiver.url or PAGERDUTY_URL, headers, body
     if receiver.kind == "webhook":
         url = receiver.url or secret
@@ -274,13 +257,15 @@ def build_request(
                 "status": alert.status,
                 "key": alert.key,
                 "model": alert.model,
-                "reason": alert.reason,
+                "alert": alert.name,
                 "severity": alert.severity,
                 "summary": alert.summary,
+                "cause": alert.cause,
+                "labels": alert.labels,
                 "details": alert.details,
+                "links": alert.links,
                 "startsAt": starts,
                 "endsAt": _iso(alert.ends_at) if alert.ends_at else None,
-                "generatorURL": generator_url,
             },
         )
     raise ValueError(f"unknown receiver kind {receiver.kind!r}")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,14 +27,18 @@ from freshrec.monitoring.drift.profile import (
     _category_counts,
     _sorted_finite,
     cached_profile,
+    normalise_growth,
     read_frame,
     resolve_columns,
+    type_family,
 )
 from freshrec.monitoring.drift.report import _evidently_report
 from freshrec.monitoring.drift.result import (
+    Calibration,
     ColumnKind,
     ColumnQuality,
     DriftResult,
+    ExpectedLogloss,
     FeatureDrift,
     QualityFailure,
     SkewStat,
@@ -47,6 +51,9 @@ from freshrec.monitoring.drift.statistics import (
     categorical_drift,
     numeric_drift,
 )
+
+if TYPE_CHECKING:
+    from freshrec.monitoring.drift.calibration import DriftCalibration
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,42 @@ def _method_for(name: str, kind: ColumnKind, n_unique: int, settings: DriftSetti
         return method, settings.column_thresholds[name]
     is_cat_method = kind == "categorical" or method == settings.categorical_method
     return method, settings.categorical_threshold if is_cat_method else settings.numeric_threshold
+
+
+def build_reference_profile(
+    reference: pd.DataFrame | Path | str,
+    columns_or_spec: Any,
+    settings: DriftSettings | None = None,
+    *,
+    growth_origin: pd.Timestamp | str | None = None,
+    score_column: str | None = None,
+    target_column: str | None = None,
+    profile_cache_dir: Path | None = None,
+    cache_key: str | None = None,
+) -> ReferenceProfile:
+    """The profile :func:`check_drift` builds from a reference window (cached when a key is given).
+
+    Build it once and pass it to every later check of the same reference (the monitor does).
+    """
+    settings = settings or DriftSettings()
+    score_column = score_column if score_column is not None else settings.score_column
+    target_column = target_column if target_column is not None else settings.target_column
+    origin = None if growth_origin is None else pd.to_datetime(growth_origin, utc=True).isoformat()
+    extras = [c for c in (score_column, target_column) if c]
+    # With no columns named, identifiers and the score/label columns are not features.
+    exclude = [*extras, *settings.ignore_columns]
+    frame = reference if isinstance(reference, pd.DataFrame) else read_frame(reference)
+    frame = normalise_growth(frame, settings.growth_columns, origin)
+    common: dict[str, Any] = dict(
+        extra_columns=extras,
+        sample_rows=settings.max_sample_rows,
+        stratify=target_column,
+        seed=settings.seed,
+        growth_origin=origin,
+    )
+    if profile_cache_dir is not None and cache_key:
+        return cached_profile(frame, columns_or_spec, profile_cache_dir, cache_key, exclude=exclude, **common)
+    return ReferenceProfile.build(frame, resolve_columns(columns_or_spec, frame, exclude=exclude), **common)
 
 
 def check_drift(
@@ -81,6 +124,8 @@ def check_drift(
     html: bool = True,
     stem: str | None = None,
     now: datetime | None = None,
+    calibration: DriftCalibration | None = None,
+    growth_origin: pd.Timestamp | str | None = None,
 ) -> DriftResult:
     """Compare a current window with a reference window; save JSON (+ Evidently HTML) in ``out_dir``.
 
@@ -96,6 +141,12 @@ def check_drift(
         served, offline: the same keys' features as served online and as computed offline (skew check).
         profile_cache_dir, cache_key: cache the reference profile per model version.
         html: render the Evidently HTML report on a bounded sample.
+        calibration: thresholds fitted on the stream's own null windows (:func:`~.calibration.calibrate`);
+            they replace the fixed per-feature thresholds and the drift share, and set how far the expected
+            logloss may move.
+        growth_origin: the stream's first event: columns matching ``settings.growth_columns`` are
+            compared per hour of history (:func:`~.profile.normalise_growth`); a given profile must have
+            been built with the same origin.
     """
     settings = drift_settings or DriftSettings()
     timings: dict[str, float] = {}
@@ -103,35 +154,26 @@ def check_drift(
     score_column = score_column if score_column is not None else settings.score_column
     target_column = target_column if target_column is not None else settings.target_column
     cur = current if isinstance(current, pd.DataFrame) else read_frame(current)
-    extras = [c for c in (score_column, target_column) if c]
-    # With no columns named, identifiers and the score/label columns are not features.
-    exclude = [*extras, *settings.ignore_columns]
-
+    origin = None if growth_origin is None else pd.to_datetime(growth_origin, utc=True).isoformat()
+    cur = normalise_growth(cur, settings.growth_columns, origin)
     if isinstance(reference, ReferenceProfile):
         prof = reference
+        if (prof.growth_origin or None) != origin:
+            raise ValueError(
+                f"the reference profile was built with growth origin {prof.growth_origin}, "
+                f"the check was given {origin}: both windows must be normalised from the same time"
+            )
     else:
-        ref_frame = reference if isinstance(reference, pd.DataFrame) else read_frame(reference)
-        if profile_cache_dir is not None and cache_key:
-            prof = cached_profile(
-                ref_frame,
-                columns_or_spec,
-                profile_cache_dir,
-                cache_key,
-                extra_columns=extras,
-                exclude=exclude,
-                sample_rows=settings.max_sample_rows,
-                stratify=target_column,
-                seed=settings.seed,
-            )
-        else:
-            prof = ReferenceProfile.build(
-                ref_frame,
-                resolve_columns(columns_or_spec, ref_frame, exclude=exclude),
-                extra_columns=extras,
-                sample_rows=settings.max_sample_rows,
-                stratify=target_column,
-                seed=settings.seed,
-            )
+        prof = build_reference_profile(
+            reference,
+            columns_or_spec,
+            settings,
+            growth_origin=origin,
+            score_column=score_column,
+            target_column=target_column,
+            profile_cache_dir=profile_cache_dir,
+            cache_key=cache_key,
+        )
     timings["reference_profile"] = time.perf_counter() - t0
     columns = prof.columns
     result = DriftResult(
@@ -182,7 +224,9 @@ def check_drift(
             cur_missing[name] = len(cur) - len(cur_sorted[name])
         else:
             cur_counts[name], cur_missing[name] = _category_counts(cur[name])
+        _schema(result, name, prof, cur[name])
         _quality(result, name, kind, prof, len(cur), cur_missing[name], cur_sorted, cur_counts, settings)
+    _entity_joins(result, cur, settings)
     timings["quality"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -239,6 +283,18 @@ def check_drift(
                 n_reference=len(ref_v),
                 n_current=len(cur_v),
             )
+            ref_h, cur_h = expected_logloss(ref_v), expected_logloss(cur_v)
+            limit = settings.prediction_logloss_threshold
+            if calibration is not None and calibration.expected_logloss_threshold is not None:
+                limit = calibration.expected_logloss_threshold
+            result.expected_logloss = ExpectedLogloss(
+                reference=ref_h,
+                current=cur_h,
+                shift=cur_h - ref_h,
+                threshold=limit,
+                drifted=abs(cur_h - ref_h) >= limit,
+                calibrated=calibration is not None and calibration.expected_logloss_threshold is not None,
+            )
     if target_column and target_column in prof.extra and target_column in cur.columns:
         ref_v, cur_v = prof.extra[target_column], _sorted_finite(cur[target_column])
         if len(ref_v) and len(cur_v):
@@ -261,11 +317,81 @@ def check_drift(
         _evidently_report(result, prof, cur, columns, evidently_only, settings, out_dir, stem, html)
         timings["evidently_report"] = time.perf_counter() - t3
 
+    if calibration is not None:
+        _apply_calibration(result, calibration)
     scored = list(result.features.values())
     result.drift_share = sum(f.drifted for f in scored) / len(scored) if scored else 0.0
-    result.dataset_drift = bool(scored) and result.drift_share >= settings.drift_share_threshold
+    if result.calibration is not None:
+        result.dataset_drift = result.calibration.dataset_score >= result.calibration.dataset_threshold
+    else:
+        result.dataset_drift = bool(scored) and result.drift_share >= settings.drift_share_threshold
     _verdict(result)
     return _finish(result, out_dir, stem, timings, t0)
+
+
+def expected_logloss(scores: np.ndarray) -> float:
+    """Mean binary entropy of the scores: the logloss they expect if they are calibrated (nats)."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return float(np.mean(-(p * np.log(p) + (1 - p) * np.log1p(-p)))) if len(p) else float("nan")
+
+
+def _apply_calibration(result: DriftResult, calibration: DriftCalibration) -> None:
+    for name, feat in result.features.items():
+        null = calibration.features.get(name)
+        if null is not None:
+            feat.threshold = null.threshold
+            feat.drifted = feat.score >= null.threshold
+            feat.calibrated = True
+    result.calibration = Calibration(
+        false_alarm_rate=calibration.false_alarm_rate,
+        windows=calibration.windows,
+        dataset_score=calibration.dataset_score({n: f.score for n, f in result.features.items()}),
+        dataset_threshold=calibration.dataset_threshold,
+    )
+
+
+def _schema(result: DriftResult, name: str, prof: ReferenceProfile, series: pd.Series) -> None:
+    """A column whose stored type changed (numbers now strings, ...) is a broken producer, not drift."""
+    before = prof.types.get(name)
+    now = type_family(series)
+    if before is None or before == now or series.isna().all():
+        return  # an old profile without types, or an all-null column (the missing-share check's case)
+    example = series.dropna().iloc[0] if series.notna().any() else None
+    result.quality_failures.append(
+        QualityFailure(
+            check="type_change",
+            column=name,
+            value=1.0,
+            limit=0.0,
+            message=f"{name}: type changed from {before} to {now} (e.g. {example!r}, dtype {series.dtype})",
+        )
+    )
+
+
+def _entity_joins(result: DriftResult, cur: pd.DataFrame, settings: DriftSettings) -> None:
+    """Several features of one entity missing on the same rows: its lookup or join stopped matching."""
+    for entity, prefix in settings.entity_prefixes.items():
+        failing = sorted(
+            {
+                f.column
+                for f in result.quality_failures
+                if f.check == "missing_share" and f.column and f.column.startswith(prefix)
+            }
+        )
+        if len(failing) < 2:
+            continue
+        share = float(cur[failing].isna().all(axis=1).mean())
+        if share > settings.max_missing_share:
+            result.quality_failures.append(
+                QualityFailure(
+                    check="entity_join",
+                    column=entity,
+                    value=share,
+                    limit=settings.max_missing_share,
+                    message=f"{entity} join: {share:.1%} of rows have none of {', '.join(failing)} "
+                    f"(the {entity} lookup or profile join stopped matching)",
+                )
+            )
 
 
 def _quality(
@@ -283,6 +409,23 @@ def _quality(
         missing_share_reference=prof.missing.get(name, 0) / max(prof.n_rows, 1),
         missing_share=n_missing / n,
     )
+    n_values = len(cur_sorted[name]) if kind == "numeric" else sum(cur_counts[name].values())
+    distinct = (
+        int(np.count_nonzero(np.diff(cur_sorted[name])) + 1) if kind == "numeric" else len(cur_counts[name])
+    )
+    exempt_constant = any(fnmatch.fnmatch(name, pat) for pat in settings.constant_exempt)
+    if not exempt_constant and n_values >= settings.min_rows and distinct == 1 and prof.n_unique(name) > 1:
+        value = cur_sorted[name][0] if kind == "numeric" else next(iter(cur_counts[name]))
+        result.quality_failures.append(
+            QualityFailure(
+                check="constant",
+                column=name,
+                value=1.0,
+                limit=float(prof.n_unique(name)),
+                message=f"{name}: constant ({value!r} on all {n_values} rows; "
+                f"{prof.n_unique(name)} distinct values in the reference)",
+            )
+        )
     limit = settings.max_missing_share + q.missing_share_reference
     if q.missing_share > limit:
         result.quality_failures.append(
@@ -387,15 +530,26 @@ def _skew(
 
 def _verdict(result: DriftResult) -> None:
     drift_reasons = []
-    if result.dataset_drift:
+    cal = result.calibration
+    if result.dataset_drift and cal is not None:
+        drift_reasons.append(
+            f"dataset drift score {cal.dataset_score:.2f} >= {cal.dataset_threshold:.2f} (calibrated on "
+            f"{cal.windows} earlier windows, false-alarm rate {cal.false_alarm_rate:g}); "
+            f"{len(result.drifted_features)}/{len(result.features)} features past their thresholds: "
+            + ", ".join(result.drifted_features)
+        )
+    elif result.dataset_drift:
         drift_reasons.append(
             f"{len(result.drifted_features)}/{len(result.features)} features drifted "
             f"(share {result.drift_share:.2f} >= {result.drift_share_threshold:.2f}): "
             + ", ".join(result.drifted_features)
         )
-    if result.prediction_drift is not None and result.prediction_drift.drifted:
-        p = result.prediction_drift
-        drift_reasons.append(f"prediction drift on {p.name} ({p.method} {p.score:.3g} >= {p.threshold:.3g})")
+    e = result.expected_logloss
+    if e is not None and e.drifted:
+        drift_reasons.append(
+            f"prediction drift moves the expected logloss {e.reference:.4f} -> {e.current:.4f} "
+            f"({e.shift:+.4f} nats, limit {e.threshold:.4f})"
+        )
     if result.target_drift is not None and result.target_drift.drifted:
         t = result.target_drift
         drift_reasons.append(f"target rate {t.reference_rate:.3f} -> {t.current_rate:.3f}")

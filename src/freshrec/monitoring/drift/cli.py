@@ -120,8 +120,10 @@ def check(
             console.print(f"[yellow]metrics push to the Pushgateway failed:[/] {exc}")
     if alert:
         from freshrec.monitoring.alerts import AlertManager
+        from freshrec.monitoring.monitor import signals_from_drift
 
-        for d in AlertManager(settings.alerts, settings.state_dir).sync_from_drift(result, model_name):
+        manager = AlertManager(settings.alerts, settings.state_dir)
+        for d in manager.sync(model_name, signals_from_drift(result)):
             mark = "[green]delivered[/]" if d.ok else f"[red]not delivered[/] ({d.skipped or d.error})"
             console.print(f"alert {d.action} {d.key} → {d.receiver}: {mark}")
     if trigger != "none":

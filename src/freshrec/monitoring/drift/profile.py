@@ -7,6 +7,7 @@ current window.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -15,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -85,6 +86,8 @@ class ReferenceProfile:
 
     columns: dict[str, ColumnKind]
     n_rows: int
+    types: dict[str, TypeFamily] = field(default_factory=dict)  # stored type of each column (schema check)
+    growth_origin: str | None = None  # ISO time growth columns were normalised from (see normalise_growth)
     sorted_values: dict[str, np.ndarray] = field(default_factory=dict)
     category_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     missing: dict[str, int] = field(default_factory=dict)
@@ -103,12 +106,14 @@ class ReferenceProfile:
         stratify: str | None = None,
         seed: int = 0,
         key: str | None = None,
+        growth_origin: str | None = None,
     ) -> ReferenceProfile:
-        prof = cls(columns=dict(columns), n_rows=len(frame), key=key)
+        prof = cls(columns=dict(columns), n_rows=len(frame), key=key, growth_origin=growth_origin)
         for name, kind in columns.items():
             if name not in frame.columns:
                 raise ValueError(f"column {name!r} is not in the reference data")
             s = frame[name]
+            prof.types[name] = type_family(s)
             if kind == "numeric":
                 prof.sorted_values[name] = _sorted_finite(s)
                 prof.missing[name] = len(s) - len(prof.sorted_values[name])
@@ -135,6 +140,8 @@ class ReferenceProfile:
             "category_counts": self.category_counts,
             "missing": self.missing,
             "key": self.key,
+            "types": self.types,
+            "growth_origin": self.growth_origin,
         }
         (tmp / "profile.json").write_text(json.dumps(meta))
         if self.sample is not None:
@@ -162,7 +169,16 @@ class ReferenceProfile:
             extra={k[7:]: v for k, v in arrays.items() if k.startswith("extra__")},
             sample=pd.read_parquet(sample_path) if sample_path.exists() else None,
             key=meta.get("key"),
+            types=meta.get("types", {}),
+            growth_origin=meta.get("growth_origin"),
         )
+
+    def n_unique(self, name: str) -> int:
+        """Distinct non-missing values of a reference column."""
+        if name in self.sorted_values:
+            v = self.sorted_values[name]
+            return int(np.count_nonzero(v[1:] != v[:-1]) + 1) if len(v) else 0
+        return len(self.category_counts.get(name, {}))
 
 
 def cached_profile(
@@ -181,7 +197,8 @@ def cached_profile(
     columns = resolve_columns(
         columns_or_spec, frame, exclude=[*exclude, *build_kwargs.get("extra_columns", ())]
     )
-    digest = hashlib.sha256(json.dumps(sorted(columns.items())).encode()).hexdigest()[:12]
+    identity = [sorted(columns.items()), build_kwargs.get("growth_origin")]
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
     directory = Path(cache_dir) / f"{_safe(key)}-{digest}"
     if (directory / "profile.json").exists():
         log.info("reference profile %s loaded from cache %s", key, directory)
@@ -190,6 +207,43 @@ def cached_profile(
     prof.save(directory)
     log.info("reference profile %s cached in %s", key, directory)
     return prof
+
+
+TypeFamily = Literal["numeric", "bool", "datetime", "string"]
+
+
+def type_family(series: pd.Series) -> TypeFamily:
+    """The stored type of a column, coarse enough that int32 vs int64 is no change but "1995" vs 1995 is."""
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "datetime"
+    return "string"
+
+
+def normalise_growth(
+    frame: pd.DataFrame, patterns: Sequence[str], origin: pd.Timestamp | str | None
+) -> pd.DataFrame:
+    """Columns that grow with the stream's age (``*_events_total``) divided by that age in hours.
+
+    A counter since the start of the stream is larger in every later window by construction; per hour of
+    history, it is the entity's average rate, which only moves when behaviour does. Needs the rows'
+    ``event_timestamp`` and the stream's first event (``origin``); without either the frame is unchanged.
+    """
+    if origin is None or not patterns or "event_timestamp" not in frame.columns:
+        return frame
+    names = [c for c in frame.columns if any(fnmatch.fnmatch(c, p) for p in patterns)]
+    if not names:
+        return frame
+    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
+    hours = ((ts - pd.to_datetime(origin, utc=True)).dt.total_seconds() / 3600.0).clip(lower=1.0).to_numpy()
+    out = frame.copy()
+    for name in names:
+        if pd.api.types.is_numeric_dtype(out[name]):
+            out[name] = out[name].to_numpy(dtype=np.float64) / hours
+    return out
 
 
 def _safe(text: str) -> str:

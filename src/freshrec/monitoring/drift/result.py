@@ -31,6 +31,7 @@ class FeatureDrift(BaseModel):
     report_score: float | None = None  # Evidently's value on the report sample, for cross-checking
     n_reference: int = 0
     n_current: int = 0
+    calibrated: bool = False  # threshold from the stream's own window-to-window variation
 
 
 class ColumnQuality(BaseModel):
@@ -42,10 +43,24 @@ class ColumnQuality(BaseModel):
     unseen_category_share: float | None = None
 
 
+QualityCheck = Literal[
+    "row_count",
+    "missing_column",
+    "missing_share",
+    "type_change",
+    "constant",
+    "entity_join",
+    "out_of_range",
+    "unseen_categories",
+    "skew",
+]
+QUALITY_CHECKS: tuple[str, ...] = QualityCheck.__args__  # type: ignore[attr-defined]
+
+
 class QualityFailure(BaseModel):
-    check: Literal[
-        "row_count", "missing_column", "missing_share", "out_of_range", "unseen_categories", "skew"
-    ]
+    """One broken data-quality check: what, where, how far past its limit."""
+
+    check: QualityCheck
     column: str | None = None
     value: float
     limit: float
@@ -61,6 +76,31 @@ class TargetDrift(BaseModel):
     abs_change: float
     threshold: float
     drifted: bool
+
+
+class ExpectedLogloss(BaseModel):
+    """Prediction drift weighed by its effect: how far the predictions move the logloss they expect.
+
+    For calibrated scores ``p`` the expected logloss is the mean binary entropy ``-p ln p - (1-p) ln(1-p)``;
+    a shift of the score distribution matters by how much it moves that figure (in nats), not by a distance
+    between distributions that may not change the model's loss at all.
+    """
+
+    reference: float
+    current: float
+    shift: float  # current - reference
+    threshold: float
+    drifted: bool
+    calibrated: bool = False  # threshold from the stream's own window-to-window variation
+
+
+class Calibration(BaseModel):
+    """How the check's thresholds were set, when a :class:`~.calibration.DriftCalibration` was given."""
+
+    false_alarm_rate: float
+    windows: int  # null windows the thresholds were fitted on
+    dataset_score: float  # mean standardised log drift score over the features (0: typical window)
+    dataset_threshold: float
 
 
 class SkewStat(BaseModel):
@@ -88,6 +128,8 @@ class DriftResult(BaseModel):
     quality: dict[str, ColumnQuality] = Field(default_factory=dict)
     quality_failures: list[QualityFailure] = Field(default_factory=list)
     prediction_drift: FeatureDrift | None = None
+    expected_logloss: ExpectedLogloss | None = None
+    calibration: Calibration | None = None
     target_drift: TargetDrift | None = None
     skew: dict[str, SkewStat] = Field(default_factory=dict)
     report_sample_rows: dict[str, int] = Field(default_factory=dict)
@@ -102,12 +144,7 @@ class DriftResult(BaseModel):
 
     def save(self, path: Path) -> Path:
         """Write the result as JSON atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.model_dump_json(indent=2))
-        os.replace(tmp, path)
-        return path
+        return _write_json(path, self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: Path | str) -> DriftResult:
@@ -118,6 +155,17 @@ class DriftResult(BaseModel):
             raise
         except ValueError as exc:
             raise ValueError(f"{path} is not a drift result: {exc}") from exc
+
+
+def _write_json(path: Path | str, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file, then rename)."""
+    # TODO(io): the one atomic-write helper (freshrec/io.py) once it lands.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def _stem(result: DriftResult) -> str:
