@@ -247,7 +247,10 @@ class MonitorSettings(BaseModel):
     # Served quality over delayed labels, against the previous windows (see freshrec.monitoring.served).
     served_baseline_windows: int = 3
     min_labels: int = 200
+    # Label-joined logloss past the baseline by this much (significant at alpha) is a degradation: a
+    # ticket and a retraining reason; by page_logloss_increase a jump: a page.
     max_logloss_increase: float = 0.05
+    page_logloss_increase: float = 0.15
     ctr_collapse_ratio: float = 0.5
     alpha: float = 0.001
     # The label-free estimate (CBPE) may run this far above the served baseline before it opens a ticket.

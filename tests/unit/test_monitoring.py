@@ -229,7 +229,7 @@ def test_drift_retrains_but_broken_data_does_not(stream):
     mon = Monitor(settings, before.iloc[-3000:], kinds)
     drifted = mon.observe(0, after.iloc[:1500])
     assert "FreshrecDataDrift" in {s.name for s in drifted.notices} and drifted.pages == []
-    assert drifted.retrain_reason and drifted.retrain_reason.startswith("drift monitor")
+    assert drifted.retrain_reason and drifted.retrain_reason.startswith("monitor: data drift")
     broken = after.iloc[1500:3000].copy()
     broken["user_age"] = np.nan
     report = mon.observe(1, broken)

@@ -59,7 +59,8 @@ _ALL = [
     AlertSpec("FreshrecEntityJoinBroken", "critical", "data_quality", "the user or item lookup stopped matching: its features are missing together"),
     AlertSpec("FreshrecFeatureSkew", "critical", "data_quality", "served features differ from the offline features of the same keys"),
     # served quality: the model users get is worse
-    AlertSpec("FreshrecServedQualityDrop", "critical", "served_quality", "label-joined logloss of the served scores rose significantly above its baseline"),
+    AlertSpec("FreshrecServedQualityDrop", "critical", "served_quality", "label-joined logloss of the served scores jumped far above its baseline, or the ranking inverted"),
+    AlertSpec("FreshrecServedQualityDegraded", "warning", "served_quality", "label-joined logloss rose significantly above its baseline, less than a jump; retraining is triggered"),
     AlertSpec("FreshrecCTRCollapse", "critical", "served_quality", "the click-through rate fell far below its baseline"),
     AlertSpec("FreshrecEstimatedQualityDrop", "warning", "served_quality", "the label-free (CBPE) estimate of the logloss rose above the baseline before labels arrived"),
     # the loop stopped or is failing
@@ -109,32 +110,43 @@ def spec(name: str) -> AlertSpec:
 
 @dataclass(frozen=True)
 class Inhibition:
-    """While a ``source`` alert fires for a model, ``targets`` of the same labels (``equal``) stay quiet.
+    """While one of the ``sources`` fires for a model, ``targets`` with the same labels (``equal``) stay quiet.
 
     The same rules are the Alertmanager ``inhibit_rules`` in ``manifests/base/monitoring/alertmanager``
     (a test keeps the two equal) and are applied by the local alert manager, so both modes page alike.
     """
 
-    source: str
+    sources: tuple[str, ...]
     targets: tuple[str, ...]
     equal: tuple[str, ...] = ("model",)
     why: str = ""
 
 
+# Pages that name a cause; a served-quality drop at the same time is their symptom.
+_CAUSES = (
+    "FreshrecFeatureMissing", "FreshrecFeatureTypeChanged", "FreshrecFeatureConstant", "FreshrecFeatureOutOfRange",
+    "FreshrecEntityJoinBroken", "FreshrecFeatureSkew", "FreshrecStreamFeaturesStale", "FreshrecOnlineLearnerStalled",
+    "FreshrecServingStaleVersion", "FreshrecCTRCollapse",
+)  # fmt: skip
+
 INHIBITIONS: tuple[Inhibition, ...] = (
-    Inhibition("FreshrecCanaryAborted", ("FreshrecDataDrift", "FreshrecPredictionDrift"), ("model", "version"),
+    Inhibition(("FreshrecCanaryAborted",), ("FreshrecDataDrift", "FreshrecPredictionDrift"), ("model", "version"),
                "the aborted canary is the cause; its drift notices add nothing"),
-    Inhibition("FreshrecStreamFeaturesStale", ("FreshrecFeatureSkew",), ("model",),
-               "stale stream features are what makes served and offline features differ"),
-    Inhibition("FreshrecEntityJoinBroken", ("FreshrecFeatureMissing",), ("model",),
+    Inhibition(("FreshrecStreamFeaturesStale",), ("FreshrecFeatureSkew", "FreshrecFeatureConstant", "FreshrecFeatureOutOfRange"),
+               ("model",), "stale stream features are what makes served features differ, freeze or leave their range"),
+    Inhibition(("FreshrecFeatureMissing", "FreshrecFeatureTypeChanged"), ("FreshrecFeatureSkew",), ("model",),
+               "a feature gone null or retyped differs from its offline value by itself"),
+    Inhibition(("FreshrecEntityJoinBroken",), ("FreshrecFeatureMissing",), ("model",),
                "a broken join is why the entity's features are missing"),
-    Inhibition("FreshrecCTRCollapse", ("FreshrecServedQualityDrop", "FreshrecEstimatedQualityDrop", "FreshrecTargetDrift"),
-               ("model",), "a CTR collapse raises the logloss and moves the target rate by itself"),
-    Inhibition("FreshrecOnlineLearnerStalled", ("FreshrecOnlineGuardFailing",), ("model",),
+    Inhibition(_CAUSES, ("FreshrecServedQualityDrop", "FreshrecServedQualityDegraded", "FreshrecEstimatedQualityDrop"),
+               ("model",), "the named cause explains the quality drop; page for the cause"),
+    Inhibition(("FreshrecCTRCollapse",), ("FreshrecTargetDrift",), ("model",),
+               "a CTR collapse moves the target rate by itself"),
+    Inhibition(("FreshrecOnlineLearnerStalled",), ("FreshrecOnlineGuardFailing",), ("model",),
                "a stalled learner's guard has nothing new to judge"),
-    Inhibition("CtrServingDown", ("CtrServingHighErrorRate", "CtrServingHighLatency", "FreshrecServingStaleVersion"),
+    Inhibition(("CtrServingDown",), ("CtrServingHighErrorRate", "CtrServingHighLatency", "FreshrecServingStaleVersion"),
                ("namespace",), "no server is up: its error rate, latency and version follow"),
-    Inhibition("FreshrecMonitorStale", ("FreshrecMonitorFailing",), ("model",),
+    Inhibition(("FreshrecMonitorStale",), ("FreshrecMonitorFailing",), ("model",),
                "checks that do not complete also fail"),
 )  # fmt: skip
 
@@ -165,12 +177,13 @@ def inhibited(signals: list[Signal], model_labels: dict[str, str] | None = None)
     active = {s.name: {**base, **s.labels} for s in signals}
     out: dict[str, str] = {}
     for rule in INHIBITIONS:
-        if rule.source not in active:
-            continue
-        src = active[rule.source]
-        for s in signals:
-            if s.name in rule.targets and s.name not in out:
-                tgt = {**base, **s.labels}
-                if all(src.get(k) == tgt.get(k) for k in rule.equal):
-                    out[s.name] = rule.source
+        for source in rule.sources:
+            if source not in active:
+                continue
+            src = active[source]
+            for s in signals:
+                if s.name in rule.targets and s.name not in out and s.name != source:
+                    tgt = {**base, **s.labels}
+                    if all(src.get(k) == tgt.get(k) for k in rule.equal):
+                        out[s.name] = source
     return out

@@ -5,9 +5,10 @@ CBPE (as NannyML implements it for binary classifiers) uses them: once the score
 ``q`` *is* the probability of a click, so the expected value of any metric on a window follows from the
 scores alone. Here:
 
-* calibration: an isotonic regression from the served score to the observed click rate, fitted on the
-  latest labelled rows (the reference, then every window once its labels are in); the model's own
-  calibration error is measured (ECE) and reported with it;
+* calibration: a map from the served score to the observed click rate, fitted on the latest labelled
+  rows (every window once its labels are in): Platt scaling (a logistic fit on the score's logit, two
+  parameters: stable on a few thousand rows) by default, or isotonic regression (NannyML's default, which
+  needs more rows than one window gives); the model's own calibration error (ECE) is reported with it;
 * expected logloss of the served scores ``p``: ``-mean(q ln p + (1 - q) ln(1 - p))`` with ``q`` the
   calibrated probability (the loss the scores will turn out to have, if the mapping still holds);
 * expected AUC: the ROC curve whose true/false positives at each threshold are the expected ones
@@ -22,6 +23,7 @@ it was and the realised figures move: a gap between the two is itself evidence o
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -39,6 +41,11 @@ class Estimate(BaseModel):
     mean_score: float
     calibration_rows: int  # labelled rows the calibration was fitted on
     calibration_error: float  # ECE of the raw scores on those rows
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
 
 
 def realised(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
@@ -79,13 +86,16 @@ class PerformanceEstimator:
         min_rows: fewer labelled rows than this and ``estimate`` returns ``None``.
     """
 
-    def __init__(self, max_rows: int = 20_000, min_rows: int = 500) -> None:
+    def __init__(self, max_rows: int = 20_000, min_rows: int = 500, method: str = "platt") -> None:
+        if method not in ("platt", "isotonic"):
+            raise ValueError(f"calibration method must be 'platt' or 'isotonic', got {method!r}")
         self.max_rows = max_rows
         self.min_rows = min_rows
+        self.method = method
         self._scores: deque[np.ndarray] = deque()
         self._labels: deque[np.ndarray] = deque()
         self._rows = 0
-        self._model = None
+        self._model: Any = None
         self._ece = float("nan")
 
     @property
@@ -108,16 +118,21 @@ class PerformanceEstimator:
         self._model = None  # refit on the next estimate
 
     def _fit(self) -> None:
-        from sklearn.isotonic import IsotonicRegression
-
         from freshrec.evaluation import expected_calibration_error
 
         p = np.concatenate(self._scores)[-self.max_rows :]
         y = np.concatenate(self._labels)[-self.max_rows :]
-        model = IsotonicRegression(y_min=_CLIP, y_max=1 - _CLIP, out_of_bounds="clip")
-        model.fit(p, y)
-        self._model = model
         self._ece = float(expected_calibration_error(y, p))
+        if self.method == "isotonic" or len(np.unique(y)) < 2:
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(y_min=_CLIP, y_max=1 - _CLIP, out_of_bounds="clip").fit(p, y)
+            self._model = iso.predict
+            return
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1e4).fit(_logit(p)[:, None], y)
+        self._model = lambda s: lr.predict_proba(_logit(s)[:, None])[:, 1]
 
     def estimate(self, scores: np.ndarray) -> Estimate | None:
         """The expected logloss, AUC and CTR of ``scores``; ``None`` before ``min_rows`` labelled rows."""
@@ -127,7 +142,7 @@ class PerformanceEstimator:
             return None
         if self._model is None:
             self._fit()
-        q = np.clip(self._model.predict(scores), _CLIP, 1 - _CLIP)
+        q = np.clip(self._model(scores), _CLIP, 1 - _CLIP)
         p = np.clip(scores, _CLIP, 1 - _CLIP)
         loss = -np.mean(q * np.log(p) + (1 - q) * np.log1p(-p))
         return Estimate(

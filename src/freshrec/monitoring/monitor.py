@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from freshrec.config import Settings
-from freshrec.monitoring.catalogue import ALERTS, PAGE, QUALITY_ALERTS, Signal, inhibited
+from freshrec.monitoring.catalogue import PAGE, QUALITY_ALERTS, Signal, inhibited
 from freshrec.monitoring.drift.calibration import DriftCalibration
 from freshrec.monitoring.drift.profile import ReferenceProfile
 from freshrec.monitoring.drift.result import DriftResult
@@ -97,6 +97,20 @@ class WindowReport(BaseModel):
     @property
     def tickets(self) -> list[Signal]:
         return [s for s in self.signals if s.severity == "warning"]
+
+
+def served_versions(base_url: str, model: str, timeout_s: float = 2.0) -> list[int]:
+    """Versions the model server reports AVAILABLE (TF Serving's ``GET /v1/models/<name>``); [] if unreachable."""
+    import requests
+
+    try:
+        resp = requests.get(f"{base_url}/v1/models/{model}", timeout=timeout_s)
+        resp.raise_for_status()
+        statuses = resp.json().get("model_version_status", [])
+    except (requests.RequestException, ValueError) as exc:
+        log.warning("model server status unavailable: %s", exc)
+        return []
+    return sorted(int(s["version"]) for s in statuses if s.get("state") == "AVAILABLE")
 
 
 def guard_failures_in_a_row(exports: Sequence[Any]) -> int:
@@ -217,6 +231,17 @@ def served_signals(q: ServedQuality | None, est: Estimate | None, estimate_margi
                 estimated_logloss=est.logloss if est else None,
             )
         )
+    elif q.logloss_degraded:
+        out.append(
+            Signal.of(
+                "FreshrecServedQualityDegraded",
+                f"served logloss {q.logloss:.3f} vs baseline {q.baseline_logloss:.3f} "
+                f"(+{q.logloss_increase:.3f}, p={q.logloss_p_value:.1e}, n={q.n}); retraining",
+                "model",
+                **ev,
+                estimated_logloss=est.logloss if est else None,
+            )
+        )
     if (
         est is not None
         and math.isfinite(q.baseline_logloss)
@@ -282,6 +307,7 @@ class Monitor:
             baseline_windows=m.served_baseline_windows,
             min_labels=m.min_labels,
             max_logloss_increase=m.max_logloss_increase,
+            page_logloss_increase=m.page_logloss_increase,
             ctr_collapse_ratio=m.ctr_collapse_ratio,
             alpha=m.alpha,
         )
@@ -289,6 +315,7 @@ class Monitor:
             self.estimator.observe(seed_scores, seed_labels)
             self.served.seed(seed_scores, seed_labels)
         self.reports: list[WindowReport] = []
+        self._publishes: dict[int, float] = {}  # version -> when it was first seen published
 
     def observe(
         self,
@@ -384,7 +411,9 @@ class Monitor:
                     )
                 )
         if serving is not None:
-            signals += _serving_signals(serving, now, m.serving_publish_grace_s)
+            if serving.published_version is not None and serving.published_at is not None:
+                self._publishes.setdefault(serving.published_version, serving.published_at)
+            signals += _serving_signals(serving, now, m.serving_publish_grace_s, self._publishes)
         if guard_failures_in_a_row >= m.guard_failures_to_page:
             signals.append(
                 Signal.of(
@@ -425,10 +454,14 @@ class Monitor:
             lags_s=lags,
             report=str(result.html_path or result.json_path or ""),
         )
-        data_broken = any(s.is_page and ALERTS[s.name].area == "data_quality" for s in signals)
-        drift_notices = [s for s in signals if s.name in ("FreshrecDataDrift", "FreshrecPredictionDrift")]
-        if drift_notices and not data_broken:  # retraining on broken inputs would learn the breakage
-            report.retrain_reason = "drift monitor: " + "; ".join(s.summary for s in drift_notices)
+        broken = any(s.is_page for s in signals)
+        reasons = [
+            s
+            for s in signals
+            if s.name in ("FreshrecDataDrift", "FreshrecPredictionDrift", "FreshrecServedQualityDegraded")
+        ]
+        if reasons and not broken:  # retraining while something is broken would learn the breakage
+            report.retrain_reason = "monitor: " + "; ".join(s.summary for s in reasons)
         if self.out_dir is not None:
             from freshrec.monitoring.drift.result import _write_json
 
@@ -437,28 +470,40 @@ class Monitor:
         return report
 
 
-def _serving_signals(serving: ServingState, now: float, grace_s: float) -> list[Signal]:
+def _serving_signals(
+    serving: ServingState, now: float, grace_s: float, publishes: Mapping[int, float]
+) -> list[Signal]:
+    """The server is stale when a version published more than ``grace_s`` ago is still not what it serves.
+
+    What it serves is the newest version its answers carried (else the newest it reports AVAILABLE); the
+    clock starts at the *earliest* publish it has not caught up with, so a stream of newer publishes does
+    not keep restarting it.
+    """
     v = serving.published_version
-    if v is None or serving.published_at is None:
+    if v is None:
         return []
-    since = now - serving.published_at
-    answered = set(serving.answered_versions)
-    stale_answers = bool(answered) and v not in answered and max(answered) < v
-    missing = v not in serving.served_versions
-    if since < grace_s or not (missing or stale_answers):
+    # What the server reports AVAILABLE decides (the window's answers may predate the publish); the
+    # versions its answers carried are evidence.
+    answered = sorted(set(serving.answered_versions))
+    current = max(serving.served_versions) if serving.served_versions else 0
+    pending = [p for p, _ in sorted(publishes.items()) if current < p <= v]
+    if not pending:
         return []
-    served = max(serving.served_versions) if serving.served_versions else None
-    old = f"v{served}" if served is not None else "no version"
+    since = now - publishes[pending[0]]
+    if since < grace_s:
+        return []
+    old = f"v{current}" if current else "no version"
     return [
         Signal.of(
             "FreshrecServingStaleVersion",
-            f"v{v} was published {_duration(since)} ago but the model server still serves {old}"
-            + (f" (answers carried {sorted(answered)})" if answered else "")
+            f"v{pending[0]} was published {_duration(since)} ago (newest: v{v}) but the model server still "
+            f"serves {old}"
+            + (f" (answers carried {answered})" if answered else "")
             + (f"; {serving.detail}" if serving.detail else ""),
             f"serving:{old}->v{v}",
             published_version=v,
             served_versions=serving.served_versions,
-            answered_versions=sorted(answered),
+            answered_versions=answered,
             since_publish_s=since,
         )
     ]
@@ -486,3 +531,57 @@ def _duration(seconds: float) -> str:
     if seconds < 172_800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def monitor_for_stream(
+    settings: Settings,
+    history: pd.DataFrame,
+    columns: Any,
+    *,
+    reference_rows: int,
+    window_rows: int,
+    growth_origin: pd.Timestamp | str | None = None,
+    out_dir: Path | None = None,
+    html: bool = False,
+) -> Monitor:
+    """A :class:`Monitor` for the windows that follow ``history`` (the production model's training rows).
+
+    The reference is the last ``reference_rows`` rows of ``history``; the drift thresholds are calibrated on
+    up to ``monitor.calibration_windows`` windows of ``window_rows`` rows before it (the fixed thresholds
+    when the history is too short, with a warning). The estimate and the served baseline start with the
+    first monitored window's labels, not the reference's: those are training rows, scored in-sample, and
+    would make every later window look worse (and the estimate over-confident).
+    """
+    from freshrec.monitoring.drift.calibration import calibrate
+    from freshrec.monitoring.drift.check import build_reference_profile
+
+    m = settings.monitor
+    history = history.reset_index(drop=True)
+    reference = history.iloc[-reference_rows:]
+    earlier = history.iloc[: max(len(history) - reference_rows, 0)]
+    prof = build_reference_profile(reference, columns, settings.drift, growth_origin=growth_origin)
+    score_col = settings.drift.score_column or "score"
+    calibration = None
+    try:
+        calibration = calibrate(
+            prof,
+            earlier,
+            columns,
+            settings.drift,
+            window_rows=window_rows,
+            max_windows=m.calibration_windows,
+            false_alarm_rate=m.false_alarm_rate,
+            score_column=score_col if score_col in history else "",
+            min_windows=m.calibration_min_windows,
+        )
+    except ValueError as exc:
+        log.warning("drift thresholds not calibrated, the fixed ones apply: %s", exc)
+    return Monitor(
+        settings,
+        prof,
+        columns,
+        calibration=calibration,
+        growth_origin=growth_origin,
+        out_dir=out_dir,
+        html=html,
+    )

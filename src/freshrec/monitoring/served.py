@@ -4,7 +4,10 @@ Each window's label-joined logloss, AUC and CTR are compared with the served str
 *baseline*: the previous windows, not a figure from training time, which cold start and seasonality move
 away from). A drop pages only when it is both large (``max_logloss_increase``, ``ctr_collapse_ratio``)
 and statistically clear (one-sided tests at ``alpha`` with ``min_labels`` on each side), so that a window
-of unlucky users does not wake anyone.
+of unlucky users does not wake anyone. Two sizes: an increase past ``max_logloss_increase`` is a
+*degradation* (a ticket and a retraining reason: later windows of a stream do get harder, cold start,
+a moving click rate), one past ``page_logloss_increase`` a *jump* that pages (broken labels, a broken
+model or inputs).
 
 * logloss: Welch's t-test on the per-row losses (window vs baseline);
 * CTR: a two-proportion z-test;
@@ -39,7 +42,8 @@ class ServedQuality(BaseModel):
     ctr_ratio: float
     ctr_p_value: float
     auc_inverted_p_value: float
-    logloss_dropped: bool
+    logloss_dropped: bool  # a jump: pages
+    logloss_degraded: bool  # significant, smaller: a ticket, and retraining
     ctr_collapsed: bool
     ranking_inverted: bool
     enough_labels: bool
@@ -67,7 +71,8 @@ class ServedQualityMonitor:
     Args:
         baseline_windows: windows in the baseline (the most recent ones that did not drop).
         min_labels: labelled rows needed in the window and in the baseline before anything is concluded.
-        max_logloss_increase: an increase smaller than this never pages, however significant.
+        max_logloss_increase: a significant increase past this is a degradation (a ticket).
+        page_logloss_increase: a significant increase past this is a jump (a page).
         ctr_collapse_ratio: a window CTR below this fraction of the baseline CTR is a collapse.
         alpha: one-sided significance level of every test.
     """
@@ -77,12 +82,14 @@ class ServedQualityMonitor:
         baseline_windows: int = 3,
         min_labels: int = 200,
         max_logloss_increase: float = 0.05,
+        page_logloss_increase: float = 0.15,
         ctr_collapse_ratio: float = 0.5,
         alpha: float = 0.001,
     ) -> None:
         self.baseline_windows = baseline_windows
         self.min_labels = min_labels
         self.max_logloss_increase = max_logloss_increase
+        self.page_logloss_increase = page_logloss_increase
         self.ctr_collapse_ratio = ctr_collapse_ratio
         self.alpha = alpha
         self._baseline: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=baseline_windows)
@@ -136,11 +143,12 @@ class ServedQualityMonitor:
             ctr_ratio=ratio,
             ctr_p_value=p_ctr,
             auc_inverted_p_value=p_inv,
-            logloss_dropped=enough and increase > self.max_logloss_increase and p_loss < self.alpha,
+            logloss_dropped=enough and increase > self.page_logloss_increase and p_loss < self.alpha,
+            logloss_degraded=enough and increase > self.max_logloss_increase and p_loss < self.alpha,
             ctr_collapsed=enough and ratio < self.ctr_collapse_ratio and p_ctr < self.alpha,
             ranking_inverted=enough and math.isfinite(auc) and auc < 0.5 and p_inv < self.alpha,
             enough_labels=enough,
         )
         if not (out.logloss_dropped or out.ctr_collapsed or out.ranking_inverted):
-            self._baseline.append((p, y))  # a broken window must not become the new normal
+            self._baseline.append((p, y))  # a broken window must not become the new normal (a slow one may)
         return out

@@ -9,9 +9,11 @@ threshold is set where a window like those would cross it with probability ``fal
 * per feature, the log drift score of the null windows is fitted by a normal distribution (scores are
   positive and right-skewed), and the threshold is its ``1 - false_alarm_rate`` quantile, never below the
   largest null score;
-* for the dataset, each feature's score is standardised by its null fit and averaged (the *dataset
-  score*: about 0 for a typical window, in null standard deviations). Averaging keeps correlated features
-  from counting several times, and the dataset threshold is again the null quantile of that average;
+* for the dataset, each feature's score is standardised by its null fit, and the mean of the largest
+  fifth of them (at least two) is the *dataset score* (in null standard deviations). A real shift moves a group of
+  features together (new users: their age, occupation and the years of what they rate), which a mean over
+  all features would dilute; the mean of the top few stays calm for one noisy feature. Its threshold is
+  again the null quantile of the same statistic, so correlation between features is accounted for;
 * for the predictions, the null shift of the expected logloss sets how far it may move.
 
 Because the null windows are at lags of 1..N windows from the reference, slow changes that the stream
@@ -62,18 +64,22 @@ class DriftCalibration(BaseModel):
     window_rows: int
     windows: int
     features: dict[str, FeatureNull] = Field(default_factory=dict)
+    top_k: int = 1  # the dataset score is the mean of the top_k standardised feature scores
     dataset_mean: float = 0.0
     dataset_sigma: float = 1.0
     dataset_threshold: float = 0.0
     dataset_null_scores: list[float] = Field(default_factory=list)
     expected_logloss_threshold: float | None = None
+    # (min, max) of each numeric feature over the whole history: the range the model was trained on, which
+    # the out-of-range check uses instead of the (shorter) reference window's.
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
     growth_origin: str | None = None
     profile_key: str | None = None
 
     def dataset_score(self, scores: Mapping[str, float]) -> float:
-        """Mean standardised log score over the calibrated features present in ``scores``."""
-        zs = [self.features[n].z(s) for n, s in scores.items() if n in self.features]
-        return float(np.mean(zs)) if zs else 0.0
+        """Mean of the ``top_k`` largest standardised log scores of the calibrated features in ``scores``."""
+        zs = sorted((self.features[n].z(s) for n, s in scores.items() if n in self.features), reverse=True)
+        return float(np.mean(zs[: self.top_k])) if zs else 0.0
 
     def save(self, path: Path | str) -> Path:
         """Write as JSON (temp file, then rename)."""
@@ -118,6 +124,7 @@ def calibrate(
     false_alarm_rate: float = 0.01,
     score_column: str | None = None,
     min_windows: int = 4,
+    top_share: float = 0.2,
 ) -> DriftCalibration:
     """Fit the thresholds on the null windows of ``history`` (rows before the reference, time-ordered).
 
@@ -130,6 +137,7 @@ def calibrate(
         max_windows: at most this many null windows (the most recent ones).
         false_alarm_rate: the chance that a window like the null ones crosses a threshold.
         min_windows: fewer null windows than this is an error (a quantile of three points is a guess).
+        top_share: the share of features whose standardised scores make the dataset score.
 
     Raises:
         ValueError: the history holds fewer than ``min_windows`` windows.
@@ -180,9 +188,19 @@ def calibrate(
         window_rows=window_rows,
         windows=len(windows),
         features=features,
+        top_k=min(len(features), max(2, round(top_share * len(features)))) if features else 1,
         growth_origin=reference.growth_origin,
         profile_key=reference.key,
     )
+    from freshrec.monitoring.drift.profile import _sorted_finite, normalise_growth
+
+    normalised = normalise_growth(history, settings.growth_columns, reference.growth_origin)
+    for name, values in reference.sorted_values.items():
+        if name in normalised.columns and len(values):
+            past = _sorted_finite(normalised[name])
+            lo = min(float(values[0]), float(past[0])) if len(past) else float(values[0])
+            hi = max(float(values[-1]), float(past[-1])) if len(past) else float(values[-1])
+            cal.ranges[name] = (lo, hi)
     null_d = [cal.dataset_score(window_scores) for window_scores in per_window]
     cal.dataset_mean = float(np.mean(null_d))
     cal.dataset_sigma = max(float(np.std(null_d, ddof=1)), _MIN_DATASET_SIGMA)

@@ -225,7 +225,18 @@ def check_drift(
         else:
             cur_counts[name], cur_missing[name] = _category_counts(cur[name])
         _schema(result, name, prof, cur[name])
-        _quality(result, name, kind, prof, len(cur), cur_missing[name], cur_sorted, cur_counts, settings)
+        _quality(
+            result,
+            name,
+            kind,
+            prof,
+            len(cur),
+            cur_missing[name],
+            cur_sorted,
+            cur_counts,
+            settings,
+            calibration,
+        )
     _entity_joins(result, cur, settings)
     timings["quality"] = time.perf_counter() - t1
 
@@ -404,6 +415,7 @@ def _quality(
     cur_sorted: Mapping[str, np.ndarray],
     cur_counts: Mapping[str, Mapping[str, int]],
     settings: DriftSettings,
+    calibration: DriftCalibration | None = None,
 ) -> None:
     q = ColumnQuality(
         missing_share_reference=prof.missing.get(name, 0) / max(prof.n_rows, 1),
@@ -440,9 +452,15 @@ def _quality(
     if kind == "numeric":
         ref_v, cur_v = prof.sorted_values[name], cur_sorted[name]
         if len(ref_v) and len(cur_v):
-            span = ref_v[-1] - ref_v[0]
-            lo = ref_v[0] - settings.out_of_range_margin * span
-            hi = ref_v[-1] + settings.out_of_range_margin * span
+            # The range the model was trained on (whole history) when calibrated, else the reference's.
+            first, last = (
+                calibration.ranges[name]
+                if calibration is not None and name in calibration.ranges
+                else (ref_v[0], ref_v[-1])
+            )
+            span = last - first
+            lo = first - settings.out_of_range_margin * span
+            hi = last + settings.out_of_range_margin * span
             outside = (
                 np.searchsorted(cur_v, lo, side="left") + len(cur_v) - np.searchsorted(cur_v, hi, "right")
             )
@@ -456,7 +474,8 @@ def _quality(
                         value=q.out_of_range_share,
                         limit=settings.max_out_of_range_share,
                         message=f"{name}: {q.out_of_range_share:.1%} of values outside "
-                        f"[{lo:.4g}, {hi:.4g}] (reference range with {settings.out_of_range_margin:.0%} margin)",
+                        f"[{lo:.4g}, {hi:.4g}] ({'training' if calibration is not None and name in calibration.ranges else 'reference'} "
+                        f"range with {settings.out_of_range_margin:.0%} margin)",
                     )
                 )
     else:
