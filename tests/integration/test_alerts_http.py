@@ -307,20 +307,20 @@ def test_routing_by_severity_and_inhibition(tmp_path):
         )
         manager = AlertManager(settings, tmp_path)
         notice = Signal.of("FreshrecDataDrift", "drift; retraining", "user_age")
-        ticket = Signal.of("FreshrecEstimatedQualityDrop", "estimate up", "predictions")
+        ticket = Signal.of("FreshrecNotEnoughData", "12 rows", "rows")
         stale = Signal.of("FreshrecStreamFeaturesStale", "stream job 3 days behind", "stream_features")
         skew = Signal.of("FreshrecFeatureSkew", "served != offline", "user_events_7d")
         manager.sync("ctr", [notice, ticket, stale, skew])
         assert [r["json"]["alert"] for r in pager.requests] == ["FreshrecStreamFeaturesStale"]
         assert sorted(r["json"]["alert"] for r in tickets.requests) == [
-            "FreshrecEstimatedQualityDrop",
+            "FreshrecNotEnoughData",
             "FreshrecStreamFeaturesStale",
         ]  # the notice goes nowhere but the console; the skew is inhibited by the stale stream job
         assert set(manager.open_alerts()) == {
             f"ctr/{n}"
             for n in (
                 "FreshrecDataDrift",
-                "FreshrecEstimatedQualityDrop",
+                "FreshrecNotEnoughData",
                 "FreshrecStreamFeaturesStale",
                 "FreshrecFeatureSkew",
             )

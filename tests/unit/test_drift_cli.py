@@ -56,6 +56,9 @@ def test_drift_check_prints_verdict_and_writes_result_metrics_alert(settings, tm
     assert saved.drifted_features == ["user_age", "user_gender"]
     prom = (settings.state_dir / "metrics" / "freshrec_drift_ctr.prom").read_text()
     assert 'freshrec_drift_share{model="ctr"} 0.666' in prom
+    # the PrometheusRules' input: the notice is a series of freshrec_monitor_alert (severity info)
+    assert 'freshrec_monitor_alert{alertname="FreshrecDataDrift",cause="user_age,user_gender"' in prom
+    assert "NOTICE FreshrecDataDrift" in result.output
     state = json.loads((settings.state_dir / "alerts" / "state.json").read_text())
     assert list(state["open"]) == ["ctr/FreshrecDataDrift"]  # a notice: drift is not a page
 

@@ -188,6 +188,34 @@ def signals_from_drift(result: DriftResult) -> list[Signal]:
     return out
 
 
+def drift_summary(result: DriftResult) -> DriftSummary:
+    """The parts of a drift result a window report keeps."""
+    return DriftSummary(
+        verdict=result.verdict,
+        reason=result.reason,
+        drift_share=result.drift_share,
+        dataset_score=result.calibration.dataset_score if result.calibration else None,
+        dataset_threshold=result.calibration.dataset_threshold if result.calibration else None,
+        drifted=result.drifted_features,
+        expected_logloss_shift=result.expected_logloss.shift if result.expected_logloss else None,
+        quality_failures=[f.message for f in result.quality_failures],
+    )
+
+
+def report_from_drift(result: DriftResult, window: int = 0) -> WindowReport:
+    """A window report with only what a drift check finds (data quality pages, drift notices)."""
+    signals = signals_from_drift(result)
+    return WindowReport(
+        window=window,
+        created_at=result.created_at,
+        n=result.n_current,
+        signals=signals,
+        inhibited=inhibited(signals),
+        drift=drift_summary(result),
+        report=str(result.html_path or result.json_path or ""),
+    )
+
+
 def served_signals(q: ServedQuality | None, est: Estimate | None, estimate_margin: float) -> list[Signal]:
     """Pages for a served-quality drop or a CTR collapse, naming the side that broke."""
     if q is None:
@@ -439,16 +467,7 @@ class Monitor:
             n=len(frame),
             signals=signals,
             inhibited=inhibited(signals),
-            drift=DriftSummary(
-                verdict=result.verdict,
-                reason=result.reason,
-                drift_share=result.drift_share,
-                dataset_score=result.calibration.dataset_score if result.calibration else None,
-                dataset_threshold=result.calibration.dataset_threshold if result.calibration else None,
-                drifted=result.drifted_features,
-                expected_logloss_shift=result.expected_logloss.shift if result.expected_logloss else None,
-                quality_failures=[f.message for f in result.quality_failures],
-            ),
+            drift=drift_summary(result),
             served=served,
             estimate=estimate,
             lags_s=lags,

@@ -111,7 +111,17 @@ def check(
     console.print(f"verdict: [bold {style}]{result.verdict}[/] — {result.reason}")
     console.print(f"report: {result.html_path or '(no HTML)'}\nresult: {result.json_path}")
 
+    from freshrec.monitoring.monitor import report_from_drift
+
+    # What pages and what is a notice: the same signals locally (receivers) and in a cluster, where the
+    # PrometheusRules fire on the freshrec_monitor_alert series pushed here.
+    report = report_from_drift(result)
+    for s in report.signals:
+        label = {"critical": "[bold red]PAGE[/]", "warning": "[yellow]TICKET[/]", "info": "[cyan]NOTICE[/]"}
+        quiet = f" (inhibited by {report.inhibited[s.name]})" if s.name in report.inhibited else ""
+        console.print(f"{label[s.severity]} {s.name}: {s.summary}{quiet}", highlight=False)
     registry = prom.record_check(result, model_name)
+    prom.record_monitor(report, model_name, registry)
     prom.write_textfile(registry, textfile)
     if gateway:
         try:
@@ -120,10 +130,9 @@ def check(
             console.print(f"[yellow]metrics push to the Pushgateway failed:[/] {exc}")
     if alert:
         from freshrec.monitoring.alerts import AlertManager
-        from freshrec.monitoring.monitor import signals_from_drift
 
         manager = AlertManager(settings.alerts, settings.state_dir)
-        for d in manager.sync(model_name, signals_from_drift(result)):
+        for d in manager.sync(model_name, report.signals):
             mark = "[green]delivered[/]" if d.ok else f"[red]not delivered[/] ({d.skipped or d.error})"
             console.print(f"alert {d.action} {d.key} → {d.receiver}: {mark}")
     if trigger != "none":
