@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from freshrec.config import Settings
+from freshrec.config import MonitorSettings, Settings
 from freshrec.monitoring.catalogue import PAGE, QUALITY_ALERTS, Signal, inhibited
 from freshrec.monitoring.drift.calibration import DriftCalibration
 from freshrec.monitoring.drift.profile import ReferenceProfile
@@ -111,6 +111,36 @@ def served_versions(base_url: str, model: str, timeout_s: float = 2.0) -> list[i
         log.warning("model server status unavailable: %s", exc)
         return []
     return sorted(int(s["version"]) for s in statuses if s.get("state") == "AVAILABLE")
+
+
+def lag_signals(
+    progress: Mapping[str, pd.Timestamp | None], head: pd.Timestamp, m: MonitorSettings
+) -> list[Signal]:
+    """A page for each component (``stream_features``, ``online_learner``) further behind than its SLO."""
+    out = []
+    for component, newest in progress.items():
+        if component not in LAG_ALERTS:
+            continue
+        lag = None if newest is None else max((head - pd.Timestamp(newest)).total_seconds(), 0.0)
+        alert, slo_field = LAG_ALERTS[component]
+        slo = float(getattr(m, slo_field))
+        if lag is not None and lag <= slo:
+            continue
+        behind = "has processed nothing" if lag is None else f"is {_duration(lag)} behind the stream"
+        last = "never" if newest is None else pd.Timestamp(newest).isoformat()
+        out.append(
+            Signal.of(
+                alert,
+                f"the {COMPONENT_NAMES[component]} {behind} (newest event it processed: {last}; "
+                f"stream head {head.isoformat()}; SLO {_duration(slo)})",
+                component,
+                lag_s=lag,
+                slo_s=slo,
+                newest_processed=last,
+                head=head.isoformat(),
+            )
+        )
+    return out
 
 
 def guard_failures_in_a_row(exports: Sequence[Any]) -> int:
@@ -415,29 +445,11 @@ class Monitor:
             self.estimator.observe(scores[labelled], labels[labelled])
         signals += served_signals(served, estimate, m.estimate_max_logloss_increase)
 
-        lags: dict[str, float | None] = {}
-        for component, newest in (progress or {}).items():
-            lag = None if newest is None else max((head - pd.Timestamp(newest)).total_seconds(), 0.0)
-            lags[component] = lag
-            if component not in LAG_ALERTS:
-                continue
-            alert, slo_field = LAG_ALERTS[component]
-            slo = float(getattr(m, slo_field))
-            if lag is None or lag > slo:
-                behind = "has processed nothing" if lag is None else f"is {_duration(lag)} behind the stream"
-                last = "never" if newest is None else pd.Timestamp(newest).isoformat()
-                signals.append(
-                    Signal.of(
-                        alert,
-                        f"the {COMPONENT_NAMES[component]} {behind} (newest event it processed: {last}; "
-                        f"stream head {head.isoformat()}; SLO {_duration(slo)})",
-                        component,
-                        lag_s=lag,
-                        slo_s=slo,
-                        newest_processed=last,
-                        head=head.isoformat(),
-                    )
-                )
+        lags = {
+            c: None if t is None else max((head - pd.Timestamp(t)).total_seconds(), 0.0)
+            for c, t in (progress or {}).items()
+        }
+        signals += lag_signals(progress or {}, head, m)
         if serving is not None:
             if serving.published_version is not None and serving.published_at is not None:
                 self._publishes.setdefault(serving.published_version, serving.published_at)
