@@ -211,6 +211,22 @@ def _served_features(
     return frame
 
 
+def _predict(client: Any, frame: pd.DataFrame, batch: int, window: int) -> tuple[int | None, np.ndarray]:
+    """Scores of every row through the server, in requests of at most ``batch`` rows (as pages arrive)."""
+    scores = np.full(len(frame), np.nan)
+    versions: list[int] = []
+    for start in range(0, len(frame), batch):
+        part = frame.iloc[start : start + batch]
+        try:
+            version, got = client.predict(part, None, "stable")
+        except Exception as exc:  # a broken input can make serving fail: those rows get no score
+            log.warning("window %d: predict failed: %s", window, exc)
+            continue
+        scores[start : start + len(part)] = np.asarray(got, dtype=np.float64)
+        versions.append(int(version))
+    return (max(versions) if versions else None), scores
+
+
 def _wait_served(base_url: str, model: str, version: int, timeout_s: float = 20.0) -> bool:
     from freshrec.online.freshness import version_available
 
@@ -314,12 +330,7 @@ def run_scenario(world: World, name: str, workdir: Path) -> ScenarioResult:
                 served["user_occupation"] = None
             if hit and name == "a column changes type":  # an upstream export now writes the year as text
                 served["item_year"] = served["item_year"].map(lambda x: f"{x:.0f}" if pd.notna(x) else None)
-            try:
-                version, scores = client.predict(served, None, "stable")
-                scores = np.asarray(scores, dtype=np.float64)
-            except Exception as exc:  # a broken input can make serving fail: no scores this window
-                log.warning("window %d: predict failed: %s", w, exc)
-                version, scores = None, np.full(len(served), np.nan)
+            version, scores = _predict(client, served, settings.serving.max_batch_size // 2, w)
             served = served.assign(score=scores)
             both = pd.concat([history, events], ignore_index=True)
             offline = build_training_frame(both, world.users, world.items).iloc[len(history) :]

@@ -270,7 +270,8 @@ class TriggerSettings(BaseModel):
 
     cooldown_s: float = 3600.0
     on_drift: bool = True
-    on_quality_failure: bool = True
+    # Retraining on data that fails its quality checks learns the breakage; the monitor pages instead.
+    on_quality_failure: bool = False
     online_logloss_increase: float = 0.05
     schedule_s: float | None = None
 
