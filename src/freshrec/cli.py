@@ -95,7 +95,7 @@ def _register() -> None:
             if not (exc.name and module.startswith(exc.name)):
                 raise  # a missing dependency inside the module, not a missing module
             continue
-        app.command(name)(fn)
+        app.command(name, **getattr(fn, "command_settings", {}))(fn)
 
 
 def main() -> None:
