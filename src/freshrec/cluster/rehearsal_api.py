@@ -325,7 +325,8 @@ class ApiServer:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         auth = h.headers.get("Authorization", "")
-        identity = self.tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        scheme, _, token = auth.partition(" ")
+        identity = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None  # case-insensitive (RFC 7235)
         path, _, query = h.path.partition("?")
         if path == "/version":
             code, out = 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-freshrec-rehearsal"}

@@ -87,6 +87,9 @@ class RolloutController:
         self.error: Broken | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The first timed pause lasts until the rehearsal's users have sent their traffic (release_pause):
+        # what the canary is exposed to in the cluster during that pause, here in fewer seconds.
+        self._pause_gate = threading.Event()
 
     # --- API access --------------------------------------------------------------------------------
     def obj(self) -> dict[str, Any]:
@@ -121,11 +124,16 @@ class RolloutController:
         self.cluster.api.patch("Service", self.ns, service, {"spec": {"selector": {HASH_LABEL: h}}})
 
     # --- lifecycle ---------------------------------------------------------------------------------
-    def start(self, ready_timeout_s: float) -> None:
-        """Bring up the stable revision (the rendered template), then follow the Rollout."""
+    def start(self, ready_timeout_s: float, before_ready: Any = None) -> None:
+        """Bring up the stable revision (the rendered template), then follow the Rollout.
+
+        ``before_ready(pods)`` runs once the pods are started (e.g. to put the first model where they read).
+        """
         obj = self.obj()
         h = template_hash(obj["spec"]["template"])
         self.pods[h] = self._start_pods(obj, h)
+        if before_ready is not None:
+            before_ready(self.pods[h])
         for p in self.pods[h]:
             p.wait(lambda x: x.ready, ready_timeout_s, "ready")
         canary = self._canary(obj)
@@ -141,8 +149,13 @@ class RolloutController:
     def _start_pods(self, obj: dict[str, Any], h: str) -> list[Any]:
         return self.cluster.start_workload(obj, labels={HASH_LABEL: h}, suffix=f"-{h[:5]}")
 
+    def release_pause(self) -> None:
+        """Let timed pauses end (the traffic they stand for has been sent)."""
+        self._pause_gate.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._pause_gate.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -288,7 +301,7 @@ class RolloutController:
             self.status(phase="Paused", pauseConditions=[{"reason": "PausedByStep", "startTime": _now()}])
             self.log(f"pause {pause['duration']} (rehearsed as {seconds:.1f} s)")
             end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end or not self._pause_gate.is_set():
                 if self._aborted():
                     return False
                 if not (self.obj().get("status") or {}).get("pauseConditions"):

@@ -101,6 +101,7 @@ class Cluster:
         self.traversable = self._traversable()
         self._lock = threading.Lock()
         self._externals: dict[tuple[str, str], tuple[str, int, str]] = {}
+        self.network_preludes: dict[str, Any] = {}
 
     @staticmethod
     def _traversable() -> list[str]:
@@ -186,6 +187,7 @@ class Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.network = Network(self.run_id)
         net = self.network
+        net.preludes.update(self.network_preludes)
         api_ip = net.reserve_service_ip(1)
         self.api = ApiServer(
             self.objects, self.schemas, self.root / "apiserver",
@@ -398,8 +400,13 @@ class Cluster:
         name: str,
         timeout_s: float,
         backoff_limit: int | None = None,
+        backoff_s: float = 0.0,
     ) -> Pod:
-        """Run a Job's pod to completion, retrying up to ``backoffLimit`` times; returns the last pod."""
+        """Run a Job's pod to completion, retrying up to ``backoffLimit`` times; returns the last pod.
+
+        ``backoff_s``: the first delay between attempts, doubled each time (the Job controller's 10 s, 20 s,
+        40 s ... shortened by the caller).
+        """
         job_spec = (
             (owner.get("spec") or {}).get("jobTemplate", {}).get("spec")
             if owner.get("kind") == "CronJob"
@@ -420,7 +427,27 @@ class Cluster:
             pod.stop()
             if pod.phase == "Succeeded":
                 return pod
+            if attempt < int(limit):
+                time.sleep(backoff_s * 2**attempt)
         return pod
+
+    def run_job_background(self, owner: dict[str, Any], timeout_s: float, backoff_s: float) -> dict[str, Any]:
+        """Start a rendered Job as ``kubectl apply`` does (now, retrying with backoff); returns a holder
+        whose ``pod`` is set when it has finished (``error`` when it could not run at all)."""
+        holder: dict[str, Any] = {"pod": None, "error": None}
+
+        def run() -> None:
+            self.network.enter_cluster()
+            try:
+                holder["pod"] = self.run_job(
+                    owner, pod_templates(owner), owner["metadata"]["name"], timeout_s, backoff_s=backoff_s
+                )
+            except Broken as exc:
+                holder["error"] = exc
+
+        holder["thread"] = threading.Thread(target=run, name=f"job-{owner['metadata']['name']}", daemon=True)
+        holder["thread"].start()
+        return holder
 
     def trigger_cronjob(self, cronjob: dict[str, Any], timeout_s: float) -> Pod:
         """``kubectl create job --from=cronjob/<name>``: one Job of the CronJob now."""

@@ -114,6 +114,9 @@ class Network:
         self.connections: list[Connection] = []
         self._lock = threading.Lock()
         self._listeners: dict[tuple[str, int], _Listener] = {}
+        # "host:<what>" -> coroutine(client_r, client_w, upstream_r, upstream_w) run before piping:
+        # how the shared local Redis/PostgreSQL are given to this rehearsal alone (see isolate_*).
+        self.preludes: dict[str, Callable[..., Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         # Sockets to this machine's own services must be made in its network namespace: by this pool,
@@ -260,6 +263,9 @@ class Network:
                 loop = asyncio.get_running_loop()
                 sock = await loop.run_in_executor(self.host_pool, _connect, addr, port)
                 up_r, up_w = await asyncio.open_connection(sock=sock)
+                prelude = self.preludes.get(who)
+                if prelude is not None:
+                    await prelude(reader, writer, up_r, up_w)
             else:
                 up_r, up_w = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout=5)
         except (TimeoutError, OSError) as exc:
@@ -326,3 +332,49 @@ def resolv_conf(path: Path, namespace: str) -> Path:
         "options ndots:5 timeout:1 attempts:1\n"
     )
     return path
+
+
+def redis_select(db: int) -> Callable[..., Any]:
+    """A prelude that puts every proxied Redis connection on logical database ``db``.
+
+    The workloads keep their rendered connection strings; their keys and streams land in a database of
+    their own on the shared local Redis (other engineers' tests use database 0), flushed afterwards.
+    """
+
+    async def prelude(_cr: Any, _cw: Any, up_r: asyncio.StreamReader, up_w: asyncio.StreamWriter) -> None:
+        up_w.write(f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n".encode())
+        await up_w.drain()
+        reply = await up_r.readline()
+        if not reply.startswith(b"+OK"):
+            raise OSError(f"redis SELECT {db} failed: {reply!r}")
+
+    return prelude
+
+
+def postgres_database(database: str) -> Callable[..., Any]:
+    """A prelude that sends every proxied PostgreSQL session to ``database`` (created per rehearsal).
+
+    It reads the client's first message(s): an ``SSLRequest`` is refused (``N``, as a server without TLS
+    does), then the ``StartupMessage``'s ``database`` parameter is replaced before it goes upstream.
+    """
+    import struct
+
+    async def prelude(
+        client: asyncio.StreamReader, client_w: asyncio.StreamWriter, _up_r: Any, up_w: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            length, code = struct.unpack("!II", await client.readexactly(8))
+            body = await client.readexactly(length - 8)
+            if code in (80877103, 80877104):  # SSLRequest / GSSENCRequest: "no", then the real startup
+                client_w.write(b"N")
+                await client_w.drain()
+                continue
+            break
+        parts = body.rstrip(b"\0").split(b"\0")
+        params = dict(zip(parts[0::2], parts[1::2], strict=False))
+        params[b"database"] = database.encode()
+        out = b"".join(k + b"\0" + v + b"\0" for k, v in params.items()) + b"\0"
+        up_w.write(struct.pack("!II", len(out) + 8, code) + out)
+        await up_w.drain()
+
+    return prelude

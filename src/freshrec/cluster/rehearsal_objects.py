@@ -373,3 +373,16 @@ def instantiate_pod(
     meta.setdefault("annotations", {}).update(extra_annotations or {})
     meta["ownerReferences"] = [{"kind": owner["kind"], "name": owner["metadata"]["name"]}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": copy.deepcopy(template["spec"])}
+
+
+def mount_for(container: dict[str, Any], path: str) -> tuple[dict[str, Any], str] | None:
+    """The volumeMount of ``container`` that holds ``path`` (the longest mountPath prefix), and the rest."""
+    best: tuple[str, dict[str, Any]] | None = None
+    for m in container.get("volumeMounts") or []:
+        mp = m["mountPath"].rstrip("/") or "/"
+        inside = path == mp or path.startswith(mp.rstrip("/") + "/")
+        if inside and (best is None or len(mp) > len(best[0])):
+            best = (mp, m)
+    if best is None:
+        return None
+    return best[1], path[len(best[0]) :].lstrip("/")

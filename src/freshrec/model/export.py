@@ -16,6 +16,7 @@ TF Serving ignores the other extra files.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -89,6 +90,11 @@ def export_model(
         raise FileExistsError(f"export directory {out_dir} already exists and is not empty")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # mkdtemp makes the folder 0700: a model server running as another user (TF Serving's pods, the
+    # cluster's model volume read by several workloads) could not read the version. Give it the umask's mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         # The serving function is traced once per model and spec: the online learner exports the same
         # model object again and again (a new tf.function would be traced anew each time).
