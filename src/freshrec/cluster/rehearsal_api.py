@@ -326,7 +326,8 @@ class ApiServer:
         body = h.rfile.read(length) if length else b""
         auth = h.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
-        identity = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None  # case-insensitive (RFC 7235)
+        # The scheme is case-insensitive (RFC 7235): the kubernetes client sends "bearer".
+        identity = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         path, _, query = h.path.partition("?")
         if path == "/version":
             code, out = 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-freshrec-rehearsal"}

@@ -240,7 +240,8 @@ def list_versions(base_path: Path) -> dict[int, Path]:
             return {}
         repo = ModelRepository(base_path.parent, base_path.name)
         return {v: repo.path(v) for v in repo.versions()}
-    except OSError as exc:  # e.g. a version written by another user with mode 0700: serve nothing, keep running
+    except OSError as exc:
+        # e.g. a version written by another user with mode 0700: serve nothing, keep running
         log.error("cannot read the versions under %s: %s", base_path, exc)
         return {}
 
