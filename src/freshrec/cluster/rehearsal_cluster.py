@@ -102,6 +102,7 @@ class Cluster:
         self._lock = threading.Lock()
         self._externals: dict[tuple[str, str], tuple[str, int, str]] = {}
         self.network_preludes: dict[str, Any] = {}
+        self.mesh_listeners: dict[tuple[str, int], dict[str, Any]] = {}
 
     @staticmethod
     def _traversable() -> list[str]:
@@ -207,8 +208,11 @@ class Cluster:
         self.api.store.update({k: copy.deepcopy(o) for k, o in self._stored_services().items()})
         net.in_cluster_thread(lambda: self.api.listen(api_ip, 443))
         self._serve_stand_ins()
+        self.mesh_listeners = self._mesh_listeners()
         for svc in self.objects.of_kind("Service"):
             self._expose(svc)
+        if self.mesh_listeners:
+            self._start_mesh()
 
     def _stored_services(self) -> dict[tuple[str, str, str, str], dict[str, Any]]:
         return {
@@ -240,12 +244,135 @@ class Cluster:
         ) in (None, "None"):
             return
         for port in spec.get("ports") or []:
+            if (spec["clusterIP"], int(port["port"])) in self.mesh_listeners:
+                continue  # the mesh's data plane listens here (routes attached to this Service)
             self.network.expose(
                 f"{ns}/{name}",
                 spec["clusterIP"],
                 int(port["port"]),
                 lambda ns=ns, name=name, port=port: self.endpoints(ns, name, port),
             )
+
+    # --- the mesh (GAMMA routes) ---------------------------------------------------------------------
+    def _mesh_listeners(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """(ClusterIP, port) of every Service port an HTTPRoute/GRPCRoute is attached to, with the route."""
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for route in self.objects.of_kind("GRPCRoute", "HTTPRoute"):
+            ns = route["metadata"]["namespace"]
+            for parent in route["spec"].get("parentRefs") or []:
+                if parent.get("kind") != "Service" or parent.get("group", "") not in ("", "core"):
+                    continue
+                svc = self.objects.require(
+                    "Service", parent.get("namespace", ns), parent["name"], ref(route), "parentRefs"
+                )
+                for port in svc["spec"].get("ports") or []:
+                    if parent.get("port") is not None and int(parent["port"]) != int(port["port"]):
+                        continue
+                    grpc_port = "h2c" in str(port.get("appProtocol", "")) or "grpc" in str(
+                        port.get("name", "")
+                    )
+                    if (route["kind"] == "GRPCRoute") != grpc_port and parent.get("port") is None:
+                        continue
+                    out[(svc["spec"]["clusterIP"], int(port["port"]))] = {
+                        "route": (route["kind"], ns, route["metadata"]["name"]),
+                        "service": f"{svc['metadata']['namespace']}/{svc['metadata']['name']}",
+                        "protocol": "grpc" if route["kind"] == "GRPCRoute" else "http",
+                    }
+        return out
+
+    def _start_mesh(self) -> None:
+        import json
+        import subprocess
+
+        folder = self.root / "mesh"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.mesh_log = folder / "calls.jsonl"
+        config = {
+            "routes_file": str(folder / "routes.json"),
+            "log_file": str(self.mesh_log),
+            "ready_file": str(folder / "ready"),
+            "listeners": [
+                {"ip": ip, "port": port, "protocol": m["protocol"]}
+                for (ip, port), m in self.mesh_listeners.items()
+            ],
+        }
+        (folder / "config.json").write_text(json.dumps(config))
+        self._write_routes()
+        log_file = (folder / "mesh.log").open("ab")
+        self.mesh_proc = subprocess.Popen(
+            ["nsenter", f"--net={self.network.cluster_netns_path}", "--", sys.executable, "-m", "freshrec.cluster.rehearsal_mesh", str(folder / "config.json")],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (folder / "ready").exists():
+            if self.mesh_proc.poll() is not None or time.monotonic() > deadline:
+                raise Broken(
+                    "mesh",
+                    "the rehearsal's mesh data plane",
+                    "GAMMA routes",
+                    (folder / "mesh.log").read_text()[-3000:],
+                )
+            time.sleep(0.1)
+        threading.Thread(target=self._routes_loop, name="mesh-routes", daemon=True).start()
+
+    def _routes_loop(self) -> None:
+        while self.mesh_proc.poll() is None:
+            try:
+                self._write_routes()
+            except Exception:  # a transient read of a half-updated object: the next round rewrites it
+                log.exception("mesh routes")
+            time.sleep(0.3)
+
+    def _write_routes(self) -> None:
+        import json
+
+        table: dict[str, list[dict[str, Any]]] = {}
+        for (ip, port), m in self.mesh_listeners.items():
+            kind, ns, name = m["route"]
+            route = self.api.get(kind, ns, name) if self.api else None
+            backends = []
+            for rule in ((route or {}).get("spec") or {}).get("rules") or []:
+                for b in rule.get("backendRefs") or []:
+                    svc = self.api.store.get(("", "services", b.get("namespace", ns), b["name"]))
+                    if svc is None:
+                        continue
+                    sport = next(
+                        (
+                            p
+                            for p in svc["spec"].get("ports") or []
+                            if int(p["port"]) == int(b.get("port", p["port"]))
+                        ),
+                        None,
+                    )
+                    eps = (
+                        [
+                            f"{a}:{n}"
+                            for a, n, _ in self.endpoints(svc["metadata"]["namespace"], b["name"], sport)
+                        ]
+                        if sport
+                        else []
+                    )
+                    backends.append(
+                        {
+                            "service": f"{svc['metadata']['namespace']}/{b['name']}",
+                            "weight": int(b.get("weight", 1)),
+                            "endpoints": eps,
+                        }
+                    )
+            table[f"{ip}:{port}"] = backends
+        path = self.root / "mesh" / "routes.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table))
+        tmp.replace(path)
+
+    def mesh_calls(self) -> list[dict[str, Any]]:
+        """The calls the mesh routed (one JSON object per call)."""
+        import json
+
+        path = getattr(self, "mesh_log", None)
+        if path is None or not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def endpoints(self, namespace: str, name: str, port: dict[str, Any]) -> list[tuple[str, int, str]]:
         """The ready backends of a Service port now (its selector as stored in the API: Argo edits it)."""
@@ -471,6 +598,10 @@ class Cluster:
             except Exception:  # teardown goes on: a stuck pod must not leave namespaces behind
                 log.exception("stopping pod %s", pod.name)
         self.stand_ins.stop()
+        mesh = getattr(self, "mesh_proc", None)
+        if mesh is not None and mesh.poll() is None:
+            mesh.kill()
+            mesh.wait(timeout=10)
         if self.kfp is not None:
             self.kfp.stop()
         if self.api is not None:

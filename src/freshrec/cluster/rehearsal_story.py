@@ -626,7 +626,7 @@ class Story:
             conn.evidence = f"{reference} has {sum(1 for _ in host.rglob('*')) if host.is_dir() else 1} files"
 
     def _static_host_path(self, owner: dict[str, Any], container: dict[str, Any], path: str) -> Path | None:
-        tpl = pod_templates(owner)
+        tpl = pod_templates(owner) or (owner.get("spec") or {}).get("template") or {"spec": {}}
         vols = {v["name"]: v for v in tpl["spec"].get("volumes") or []}
         found = mount_for(container, path)
         if found is None:
