@@ -41,6 +41,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "freshrec.model.cli", "evaluate"),
     ("serve", "freshrec.serving.cli", "serve"),
     ("online", "freshrec.online.cli", "online"),
+    ("rehearse", "freshrec.cluster.rehearsal", "rehearse"),
 ]
 
 

@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from freshrec.cluster.rehearsal_objects import Broken, kustomize, mount_for, pod_templates
 
 log = logging.getLogger(__name__)
@@ -474,13 +476,64 @@ def write_rows(report: Report, path: Path | None = None) -> None:
     )
 
 
+OVERLAYS = ("local", "gpu", "production")
+
+
+def rehearse_overlays(
+    overlays: list[str],
+    *,
+    keep: bool = False,
+    keep_going: bool = False,
+    json_out: Path | None = None,
+    rows: bool = False,
+) -> list[Report]:
+    """Rehearse each overlay in turn, print each report; optionally save JSON and the results rows."""
+    reports = []
+    for overlay in overlays:
+        report = Rehearsal(
+            overlay, keep=keep, keep_going=keep_going, progress=lambda m: print(m, flush=True)
+        ).run()
+        print(report.summary(), flush=True)
+        reports.append(report)
+    if json_out:
+        json_out.write_text(json.dumps([r.to_dict() for r in reports], indent=1, default=str))
+    if rows:
+        write_rows(reports[-1])
+    return reports
+
+
+def rehearse(
+    overlay: list[str] = typer.Option(
+        None, "--overlay", "-o", help="Overlay(s) (default: local, gpu, production)."
+    ),
+    keep: bool = typer.Option(
+        False, "--keep/--no-keep", help="Keep the rehearsal's folders (pods' logs, volumes)."
+    ),
+    keep_going: bool = typer.Option(
+        False, "--keep-going/--stop", help="Go on past broken connections nothing later needs."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the reports as JSON here."),
+    rows: bool = typer.Option(
+        False, "--rows/--no-rows", help="Write the figures into benchmarks/results.md."
+    ),
+) -> None:
+    """Rehearse the rendered overlays and the compiled pipeline on this machine (needs root)."""
+    reports = rehearse_overlays(
+        list(overlay or OVERLAYS), keep=keep, keep_going=keep_going, json_out=json_out, rows=rows
+    )
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m freshrec.cluster.rehearsal [--overlay X ...] [--json F] [--keep] [--keep-going] [--rows]``."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Rehearse an overlay and the compiled pipeline on this machine."
+        description="Rehearse the overlays and the compiled pipeline on this machine."
     )
-    parser.add_argument("--overlay", default="production")
+    parser.add_argument(
+        "--overlay", action="append", default=None, help="local | gpu | production (repeatable)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--keep", action="store_true", help="keep the rehearsal's folders (pods' logs, volumes)"
@@ -490,16 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rows", action="store_true", help="write the figures into benchmarks/results.md")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    report = Rehearsal(
-        args.overlay, keep=args.keep, keep_going=args.keep_going, progress=lambda m: print(m, flush=True)
-    ).run()
-    print(report.summary())
-    if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), indent=1, default=str))
-    if args.rows:
-        write_rows(report)
-    return 0 if report.ok else 1
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    reports = rehearse_overlays(
+        args.overlay or list(OVERLAYS),
+        keep=args.keep,
+        keep_going=args.keep_going,
+        json_out=args.json,
+        rows=args.rows,
+    )
+    return 0 if all(r.ok for r in reports) else 1
 
 
-__all__ = ["ConnectionResult", "Rehearsal", "Report", "main"]
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["ConnectionResult", "Rehearsal", "Report", "main", "rehearse"]

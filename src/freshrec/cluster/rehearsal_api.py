@@ -27,7 +27,6 @@ import json
 import re
 import secrets
 import ssl
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +95,7 @@ class ApiRequest:
     name: str
     code: int
     message: str
+    content_type: str = ""
 
 
 class Tls:
@@ -245,14 +245,23 @@ class ApiServer:
         self,
         objects: Objects,
         schemas: dict[tuple[str, str], dict[str, Any]],
-        folder: Path,
+        folder: Path | None = None,
         *,
-        names: list[str],
-        ips: list[str],
+        names: list[str] = (),  # type: ignore[assignment]
+        ips: list[str] = (),  # type: ignore[assignment]
+        anonymous: str | None = None,
     ) -> None:
+        """Args:
+        objects: the rendered objects (stored at start) and the kinds they may have.
+        schemas: CRD schemas by (apiVersion, kind): writes of those kinds are validated.
+        folder: where the CA and the server certificate go; None serves plain HTTP (tests).
+        names, ips: the server certificate's subject alternative names.
+        anonymous: the identity of requests without a token (None: 401, as the API server answers).
+        """
         self.objects = objects
         self.schemas = schemas
-        self.tls = Tls(names, ips, folder)
+        self.anonymous = anonymous
+        self.tls = Tls(list(names), list(ips), folder) if folder is not None else None
         self.rbac = Rbac(lambda: [o for (_, _, _, _), o in self.store.items()])
         self.lock = threading.RLock()
         self.requests: list[ApiRequest] = []
@@ -311,7 +320,8 @@ class ApiServer:
 
         httpd = ThreadingHTTPServer((host, port), Handler)
         httpd.daemon_threads = True
-        httpd.socket = self.tls.server_context().wrap_socket(httpd.socket, server_side=True)
+        if self.tls is not None:
+            httpd.socket = self.tls.server_context().wrap_socket(httpd.socket, server_side=True)
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="rehearsal-apiserver", daemon=True).start()
         return httpd.server_address[0], httpd.server_address[1]
@@ -327,7 +337,7 @@ class ApiServer:
         auth = h.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         # The scheme is case-insensitive (RFC 7235): the kubernetes client sends "bearer".
-        identity = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        identity = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else self.anonymous
         path, _, query = h.path.partition("?")
         if path == "/version":
             code, out = 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-freshrec-rehearsal"}
@@ -356,10 +366,19 @@ class ApiServer:
         }
 
     def _record(
-        self, identity: str, verb: str, group: str, resource: str, ns: str, name: str, code: int, msg: str
+        self,
+        identity: str,
+        verb: str,
+        group: str,
+        resource: str,
+        ns: str,
+        name: str,
+        code: int,
+        msg: str,
+        ctype: str = "",
     ) -> None:
         with self.lock:
-            self.requests.append(ApiRequest(identity, verb, group, resource, ns, name, code, msg))
+            self.requests.append(ApiRequest(identity, verb, group, resource, ns, name, code, msg, ctype))
 
     # --- the API -----------------------------------------------------------------------------------
     def call(
@@ -400,9 +419,8 @@ class ApiServer:
         else:
             with self.lock:
                 code, out = self._dispatch(verb, kind, group, plural, ns, name, sub, ctype, body)
-        self._record(
-            identity, verb, group, resource, ns, name, code, out.get("message", "") if code >= 400 else what
-        )
+        message = out.get("message", "") if code >= 400 else what
+        self._record(identity, verb, group, resource, ns, name, code, message, ctype)
         return code, out
 
     def _dispatch(
@@ -497,6 +515,27 @@ class ApiServer:
         self.store[key] = obj
         return (201 if created else 200), copy.deepcopy(obj)
 
+    @property
+    def url(self) -> str:
+        """``http(s)://host:port`` once listening."""
+        assert self._httpd is not None, "not listening"
+        host, port = self._httpd.server_address[:2]
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    def obj(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """The stored object (the live one: tests and controllers read it without copying)."""
+        info = self.objects.kinds[kind]
+        return self.store[(info.group, info.plural, namespace if info.namespaced else "", name)]
+
+    def put(self, obj: dict[str, Any]) -> None:
+        """Store an object as if it had been applied (no validation, no RBAC)."""
+        info = self.objects.kinds[obj["kind"]]
+        meta = obj["metadata"]
+        meta.setdefault("generation", 1)
+        self.store[
+            (info.group, info.plural, meta.get("namespace", "") if info.namespaced else "", meta["name"])
+        ] = obj
+
     # --- in-process helpers for the rehearsal's controllers -----------------------------------------
     def path_of(self, kind: str, namespace: str, name: str = "", sub: str = "") -> str:
         info = self.objects.kinds[kind]
@@ -556,7 +595,3 @@ def write_service_account_files(folder: Path, token: str, ca_pem: bytes, namespa
     for p in folder.iterdir():
         p.chmod(0o644)
     return folder
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="freshrec-rehearsal-api-"))

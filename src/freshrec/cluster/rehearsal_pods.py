@@ -76,6 +76,9 @@ class Image:
     files: list[tuple[str, str, bool]] = field(default_factory=list)  # (host path, container path, is file)
     shims: list[tuple[str, str, int]] = field(default_factory=list)  # (container path, content, mode)
     home: str | None = None
+    dirs: list[tuple[str, int, int]] = field(
+        default_factory=list
+    )  # (path, mode, owner uid) made by RUN steps
     note: str = ""
 
 
@@ -83,6 +86,7 @@ def dockerfile_image(dockerfile: Path, context: Path, name: str) -> Image:
     """Read ENV, WORKDIR, USER, ENTRYPOINT, CMD and COPY of a Dockerfile (its last stage)."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     image = Image(name=name, env={"PATH": PYTHON_IMAGE_PATH})
+    users: dict[str, int] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -123,11 +127,20 @@ def dockerfile_image(dockerfile: Path, context: Path, name: str) -> Image:
                         if len(sources) == 1 and not dest.endswith("/")
                         else f"{base.rstrip('/')}/{host.name}"
                     )
-                image.files.append((str(host), target, host.is_file()))
-        elif op == "RUN" and "useradd" in rest and "--create-home" in rest:
-            m = re.search(r"useradd[^&;]*?\s([a-z_][a-z0-9_-]*)\s*(?:&&|;|$)", rest)
-            if m:
-                image.home = f"/home/{m.group(1)}"
+                image.files.append((str(host), os.path.normpath(target), host.is_file()))
+        elif op == "RUN":
+            # The folders a RUN step creates for the image's user (useradd's home, mkdir + chown).
+            m = re.search(r"useradd[^&;]*?--uid\s+(\d+)[^&;]*?\s([a-z_][a-z0-9_-]*)\s*(?:&&|;|$)", rest)
+            if m and "--create-home" in rest:
+                image.home = f"/home/{m.group(2)}"
+                image.dirs.append((image.home, 0o755, int(m.group(1))))
+                users[m.group(2)] = int(m.group(1))
+            for made in re.findall(r"mkdir\s+(?:-p\s+)?(/[^\s&;]+)", rest):
+                owner = re.search(
+                    rf"chown\s+([a-z0-9_-]+)(?::[a-z0-9_-]+)?\s+{re.escape(made)}(?:\s|$|&|;)", rest
+                )
+                uid = users.get(owner.group(1), 0) if owner else 0
+                image.dirs.append((made, 0o755, uid))
     if image.home:
         image.env.setdefault("HOME", image.home)
     return image
@@ -436,7 +449,7 @@ class Pod:
                 src = host / expand(m["subPath"], env)
                 if not src.exists():
                     if host.is_dir() and not ro:
-                        src.mkdir(parents=True, exist_ok=True)  # kubelet creates a missing subPath folder
+                        _make_subpath(host, src)
                     else:
                         raise Broken(
                             "path", self.referrer(c["name"]), f"volume {m['name']} subPath {m['subPath']}",
@@ -447,7 +460,7 @@ class Pod:
             mounts.append([str(self.volumes["__sa__"][0]), SA_MOUNT, True, False])
         sc = {**(c.get("securityContext") or {})}
         cdir = self.root / "containers" / f"{index}-{c['name']}"
-        make_dirs = [[image.home, 0o755]] if image.home else []
+        make_dirs = [list(d) for d in image.dirs]
         spec = {
             "root": str(cdir / "root"),
             "upper": str(cdir / "upper"),
@@ -760,6 +773,21 @@ def _kill(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def _make_subpath(volume: Path, folder: Path) -> None:
+    """kubelet creates a missing subPath folder; it gets the volume root's owner, group and mode (so an
+    fsGroup-owned volume stays writable for the group inside the new folder)."""
+    st = volume.stat()
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        os.chown(d, st.st_uid, st.st_gid)
+        d.chmod(st.st_mode & 0o7777)
 
 
 def _apply_fs_group(path: Path, gid: int) -> None:

@@ -115,11 +115,10 @@ def build(spec: dict) -> None:
         target = _mkdirs(root, dest, is_file)
         _mount("--bind", src, str(target))
         _mount("-o", "remount,bind,ro", str(target))
-    for path, mode in spec.get("make_dirs", []):
+    for path, mode, owner in spec.get("make_dirs", []):
         target = _mkdirs(root, path, False)
         target.chmod(mode)
-        if spec.get("uid") is not None:
-            os.chown(target, spec["uid"], spec.get("gid") or 0)
+        os.chown(target, owner, 0)
     for src, dest, readonly, is_file in spec.get("mounts", []):
         target = _mkdirs(root, dest, is_file)
         _mount("--bind", src, str(target))

@@ -91,6 +91,7 @@ class Story:
             "Prometheus (no data) -> Prometheus analyses",
             "Prometheus stand-in (empty result)",
             ", ".join(sorted({ref(t) for t, _ in prom})) or "no Prometheus analysis",
+            soft=True,
         ) as conn:
             from freshrec.cluster.rehearsal_prom import evaluate_measurement
 
@@ -280,6 +281,15 @@ class Story:
                 "path", owner, f"model repository under {workdir}/models", p.failure + p.logs_summary(25)
             )
         self.day0_log = p.log_text("main")
+        host, where = self.r.host_path(p, "main", f"{workdir}/models")
+        if str(host).startswith("/nonexistent"):
+            raise Broken(
+                "path",
+                f"the pipeline's push task writes {workdir}/models ({where})",
+                f"{ref(self.rollout)} TF Serving reads {self.models_where}",
+                "the compiled pipeline mounts no volume at the model repository: every version it pushes stays "
+                "in the task pod's filesystem and is gone with it",
+            )
 
     def _bootstrap_model(self) -> Path:
         cache = self.r.bootstrap_cache or (self.c.root / "bootstrap")
@@ -300,6 +310,7 @@ class Story:
                 "model v1",
                 proc.stdout[-2000:] + proc.stderr[-3000:],
             )
+        _readable(out)
         return out
 
     def _model_status(self, pod: Any, version: int | None = None, timeout_s: float = 60) -> str:
