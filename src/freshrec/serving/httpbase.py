@@ -30,6 +30,44 @@ JSON = "application/json"
 DRAIN_LIMIT = 64 * 1024 * 1024  # beyond this a too-large body is not read, the connection is closed
 
 
+class BadJson(ValueError):
+    """A request body that is not acceptable JSON (the message says why, never echoing the body)."""
+
+
+def _no_constant(name: str) -> Any:
+    raise BadJson(f"{name} is not a number JSON accepts")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise BadJson(f"number {text[:30]} is too large for a double")
+    return value
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON: no NaN/Infinity, no number beyond a double, bounded nesting.
+
+    Python's parser accepts ``NaN``, ``Infinity`` and ``1e400`` (as inf), and raises RecursionError on
+    deep nesting; each of those is a :class:`BadJson` here.
+
+    Raises:
+        BadJson: empty, not UTF-8, malformed, non-finite numbers or nesting too deep.
+    """
+    if not body:
+        raise BadJson("The document is empty")
+    try:
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise BadJson("the document is nested too deeply") from exc
+    except BadJson:
+        raise
+    except UnicodeDecodeError as exc:
+        raise BadJson(f"the document is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except ValueError as exc:  # json.JSONDecodeError: message + position, never the body itself
+        raise BadJson(str(exc)[:200]) from exc
+
+
 def json_body(status: int, obj: Any) -> tuple[int, bytes, str]:
     return status, json.dumps(obj).encode(), JSON
 
