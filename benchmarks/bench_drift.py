@@ -1,4 +1,4 @@
-"""Drift check at scale: freshrec.drift.check_drift against Evidently's default DataDriftPreset.
+"""Drift check at scale: freshrec.monitoring.drift.check_drift against Evidently's default DataDriftPreset.
 
 Synthetic data: N reference x N current rows x 20 columns (12 numeric, 8 categorical; 8 drifted, one of
 them right at the threshold), N = 1M (100k with --quick). Both run on the same frames in the same
@@ -130,7 +130,7 @@ def _evidently_default(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, Any]:
 
 def _freshrec(ref: pd.DataFrame, cur: pd.DataFrame, out_dir: Path, cache_dir: Path) -> dict[str, Any]:
     from freshrec.config import DriftSettings
-    from freshrec.drift import check_drift
+    from freshrec.monitoring.drift import check_drift
 
     settings = DriftSettings(score_column=None, target_column=None)
     t0 = time.perf_counter()

@@ -27,13 +27,15 @@ def alert(
     import json
     from collections import namedtuple
 
-    from freshrec.alerts import AlertManager
     from freshrec.config import load_settings
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.alerts import AlertManager
+    from freshrec.monitoring.drift import DriftResult
+    from freshrec.monitoring.monitor import signals_from_drift
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
     manager = AlertManager(settings.alerts, settings.state_dir)
-    sent = manager.sync_from_drift(DriftResult.load(drift_result.path), settings.model.name)
+    result = DriftResult.load(drift_result.path)
+    sent = manager.sync(settings.model.name, signals_from_drift(result))
     still_open = manager.open_alerts()
     failed = [d for d in sent if not d.ok and not d.skipped]
     rows = ["| receiver | alert | action | ok | note |", "|---|---|---|---|---|"]

@@ -42,7 +42,7 @@ def data_quality(
     import pandas as pd
 
     from freshrec.config import load_settings
-    from freshrec.drift import check_drift, write_pipeline_outputs
+    from freshrec.monitoring.drift import check_drift, write_pipeline_outputs
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
     ref = pd.read_parquet(reference.path)

@@ -46,9 +46,9 @@ def drift_check(
 
     from freshrec.config import load_settings
     from freshrec.data.eventlog import EventLog
-    from freshrec.drift import check_drift, write_pipeline_outputs
     from freshrec.features.store import table_paths
     from freshrec.features.training_set import build_training_frame
+    from freshrec.monitoring.drift import check_drift, write_pipeline_outputs
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
     events = EventLog(settings.eventlog_dir).read()

@@ -33,7 +33,7 @@ def trigger(
     from collections import namedtuple
 
     from freshrec.config import load_settings
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
     from freshrec.triggers import KfpLauncher, TriggerPolicy
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})

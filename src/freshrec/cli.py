@@ -28,8 +28,8 @@ GROUPS: dict[str, str] = {
     "data": "freshrec.data.cli",
     "features": "freshrec.features.cli",
     "models": "freshrec.model.cli",
-    "drift": "freshrec.drift_cli",
-    "alerts": "freshrec.alerts_cli",
+    "drift": "freshrec.monitoring.drift.cli",
+    "alerts": "freshrec.monitoring.alerts.cli",
     "serving": "freshrec.serving.cli",
     "rollout": "freshrec.rollout.cli",
     "pipeline": "freshrec.pipelines.cli",
@@ -41,6 +41,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "freshrec.model.cli", "evaluate"),
     ("serve", "freshrec.serving.cli", "serve"),
     ("online", "freshrec.online.cli", "online"),
+    ("rehearse", "freshrec.cluster.rehearsal", "rehearse"),
 ]
 
 
@@ -95,7 +96,7 @@ def _register() -> None:
             if not (exc.name and module.startswith(exc.name)):
                 raise  # a missing dependency inside the module, not a missing module
             continue
-        app.command(name)(fn)
+        app.command(name, **getattr(fn, "command_settings", {}))(fn)
 
 
 def main() -> None:

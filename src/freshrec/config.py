@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -196,6 +196,15 @@ class DriftSettings(BaseModel):
     target_column: str | None = "label"
     prediction_method: str = "wasserstein"
     prediction_threshold: float = 0.1
+    # Prediction drift counts by how far it moves the expected logloss (nats) of calibrated scores.
+    prediction_logloss_threshold: float = 0.02
+    # Counters since the start of the stream grow by construction: compared per hour of history when the
+    # check is given the stream's first event (growth_origin).
+    growth_columns: list[str] = Field(default_factory=lambda: ["*_events_total"])
+    # A feature constant in the current window that varied in the reference is a broken producer.
+    constant_exempt: list[str] = Field(default_factory=list)
+    # Column prefixes of each entity: several of its features missing on the same rows is a broken join.
+    entity_prefixes: dict[str, str] = Field(default_factory=lambda: {"user": "user_", "item": "item_"})
     target_rate_threshold: float = 0.05
     skew_atol: float = 1e-4
     skew_rtol: float = 1e-3
@@ -221,15 +230,33 @@ class AlertReceiver(BaseModel):
     """One alert destination. The secret is read from ``secret_env`` or ``secret_file`` at send time.
 
     The secret is the webhook URL (slack, webhook: when ``url`` is not set), the routing key (pagerduty),
-    or an optional bearer token (alertmanager, webhook with ``url``). ``secret_file`` is a mounted
-    Kubernetes secret key (e.g. ``/etc/freshrec/alerts/slack-url``).
+    or an optional bearer token (webhook with ``url``). ``secret_file`` is a mounted Kubernetes secret key
+    (e.g. ``/etc/freshrec/alerts/slack-url``). A receiver that carries a secret must use an ``https://``
+    URL; redirects are never followed. There is no Alertmanager receiver: in a cluster the alerts reach
+    Alertmanager through the PrometheusRules (``manifests/base/monitoring``), from the monitor's metrics.
     """
 
-    kind: Literal["alertmanager", "slack", "pagerduty", "webhook"]
+    kind: Literal["slack", "pagerduty", "webhook"]
     name: str | None = None  # defaults to the kind; used in logs and `freshrec alerts test --receiver`
     url: str | None = None
     secret_env: str | None = None
     secret_file: Path | None = None
+    # CA bundle that signs the receiver's TLS certificate (a private CA); default: the system's.
+    ca_file: Path | None = None
+    # The least severe alert this receiver gets: "critical" (pages only), "warning" (and tickets) or
+    # "info" (and notices of what the loop did by itself).
+    min_severity: Literal["critical", "warning", "info"] = "warning"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_alertmanager(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "alertmanager":
+            raise ValueError(
+                "alerts.receivers: kind 'alertmanager' was removed: in a cluster, freshrec exports the "
+                "monitor's alerts as metrics and the PrometheusRules in manifests/base/monitoring route "
+                "them to Alertmanager (posting them as well would page twice under two names)"
+            )
+        return data
 
 
 class AlertSettings(BaseModel):
@@ -238,14 +265,42 @@ class AlertSettings(BaseModel):
     max_retries: int = 3
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
-    # No second notification for the same (model, reason) within this many seconds (flapping).
+    # No second notification for the same (model, alert) within this many seconds (flapping).
     min_interval_s: float = 60.0
     # At most this many firing notifications per receiver per hour (resolves always go out).
     max_per_hour: int = 30
-    # Alertmanager: firing alerts are re-posted on every check with endsAt = now + this.
-    alertmanager_ttl_s: float = 7200.0
-    generator_url: str = "http://freshrec.local/drift"
+    # Where docs/runbooks/<alert>.md is published (the PrometheusRules' runbook_url use the same base).
+    runbook_base_url: str = "https://github.com/freshrec/freshrec/blob/main/docs/runbooks"
     console: bool = True
+
+
+class MonitorSettings(BaseModel):
+    """What pages, what is a notice: the thresholds of the monitor (see freshrec.monitoring.catalogue)."""
+
+    # Drift thresholds are calibrated on earlier windows of the stream so that a window like those crosses
+    # them with this probability (per window); at least calibration_min_windows such windows are needed.
+    false_alarm_rate: float = 0.01
+    calibration_windows: int = 20
+    calibration_min_windows: int = 4
+    # Served quality over delayed labels, against the previous windows (see freshrec.monitoring.served).
+    served_baseline_windows: int = 3
+    min_labels: int = 200
+    # Label-joined logloss past the baseline by this much (significant at alpha) is a degradation: a
+    # ticket and a retraining reason; by page_logloss_increase a jump: a page.
+    max_logloss_increase: float = 0.05
+    page_logloss_increase: float = 0.15
+    ctr_collapse_ratio: float = 0.5
+    alpha: float = 0.001
+    # The label-free estimate (CBPE) may run this far above the served baseline before it opens a ticket.
+    estimate_max_logloss_increase: float = 0.10
+    estimate_min_rows: int = 500
+    estimate_max_rows: int = 20_000
+    # Freshness SLOs: how far (event time) a component may trail the newest event of the stream.
+    stream_features_slo_s: float = 900.0
+    online_learner_slo_s: float = 900.0
+    # How long after a publish the server may still answer with the previous version.
+    serving_publish_grace_s: float = 60.0
+    guard_failures_to_page: int = 3
 
 
 class TriggerSettings(BaseModel):
@@ -253,7 +308,8 @@ class TriggerSettings(BaseModel):
 
     cooldown_s: float = 3600.0
     on_drift: bool = True
-    on_quality_failure: bool = True
+    # Retraining on data that fails its quality checks learns the breakage; the monitor pages instead.
+    on_quality_failure: bool = False
     online_logloss_increase: float = 0.05
     schedule_s: float | None = None
 
@@ -333,6 +389,7 @@ class Settings(BaseSettings):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)

@@ -41,6 +41,8 @@ class RunRecord:
     stream: list[dict[str, Any]] = field(default_factory=list)
     # One row per drift check: window_end, drift_share, verdict, alerted, report (relative path), drifted.
     drift: list[dict[str, Any]] = field(default_factory=list)
+    # One row per page the monitor opened (window_end, alert, summary): a page asks a person to act.
+    pages: list[dict[str, Any]] = field(default_factory=list)
     # Canary timeline: time (ISO wall clock), step, weight, verdict, reasons; per rollout a "rollout" key.
     canary: list[dict[str, Any]] = field(default_factory=list)
     retrains: list[dict[str, Any]] = field(default_factory=list)
@@ -115,25 +117,31 @@ def _plots(record: RunRecord, out: Path) -> dict[str, str]:
         df = pd.DataFrame(record.drift)
         df["t"] = pd.to_datetime(df["window_end"], utc=True)
         fig, ax = plt.subplots(figsize=(12, 3.2))
-        ax.bar(
-            df["t"], df["drift_share"], width=0.6 * _bar_width(df["t"]), color="#6b8fbf", label="drift share"
-        )
-        alerted = df[df.get("alerted", False) == True]  # noqa: E712 — pandas mask
-        if len(alerted):
-            ax.scatter(
-                alerted["t"],
-                alerted["drift_share"],
-                color="#c0392b",
-                marker="v",
-                s=70,
-                zorder=3,
-                label="alert",
+        calibrated = "drift_score" in df and df["drift_score"].notna().any()
+        y = "drift_score" if calibrated else "drift_share"
+        ax.bar(df["t"], df[y], width=0.6 * _bar_width(df["t"]), color="#6b8fbf", label=y.replace("_", " "))
+        if calibrated:
+            ax.plot(
+                df["t"],
+                df["drift_threshold"],
+                "--",
+                color="#e67e22",
+                lw=1,
+                label="calibrated threshold (notice)",
             )
-        threshold = record.options.get("drift_share_threshold")
-        if threshold is not None:
-            ax.axhline(threshold, color="#c0392b", ls="--", lw=1, label="threshold")
-        ax.set_ylim(0, 1)
-        ax.set_title("Share of drifted features per window")
+        else:
+            threshold = record.options.get("drift_share_threshold")
+            if threshold is not None:
+                ax.axhline(threshold, color="#e67e22", ls="--", lw=1, label="threshold (notice)")
+            ax.set_ylim(0, 1)
+        paged = df[df.get("alerted", False) == True]  # noqa: E712 — pandas mask
+        if len(paged):
+            ax.scatter(paged["t"], paged[y], color="#c0392b", marker="v", s=70, zorder=3, label="page")
+        ax.set_title(
+            "Dataset drift score per window (in null standard deviations; drift is a notice, never a page)"
+            if calibrated
+            else "Share of drifted features per window"
+        )
         ax.legend()
         ax.tick_params(axis="x", rotation=30)
         save(fig, "drift")
@@ -253,8 +261,13 @@ page's clicks land (before the user's next page) but item activity only with the
 window. That item lag, not the model, is most of the gap between served and the others.</p>
 {figure("quality", "AUC and logloss over stream time")}
 {table(record.stream, ["window_end", "n", "static_auc", "online_auc", "served_auc", "static_logloss", "online_logloss", "served_logloss"])}
-<h2>Drift and alerts</h2>{figure("drift", "drift share per window with alert marks")}
-{table(drift_rows, ["window_end", "verdict", "drift_share", "drifted", "alerted", "report"])}
+<h2>Monitor: pages and notices</h2>
+<p>A <b>page</b> asks a person to act (broken data, served quality down, a part of the loop stopped);
+a <b>notice</b> records what the loop saw and did by itself (drift → retraining). Drift thresholds are
+calibrated on the training window's own window-to-window variation.</p>
+{figure("drift", "drift score per window with page marks")}
+{table(record.pages, ["window_end", "alert", "summary"]) if record.pages else "<p>No pages.</p>"}
+{table(drift_rows, ["window_end", "verdict", "drift_score", "drift_threshold", "drifted", "notices", "pages", "served_logloss", "estimated_logloss", "report"])}
 <h2>Retraining and canary</h2>{table(record.retrains, ["time", "reason", "outcome", "version", "seconds", "detail"])}
 {figure("canary", "canary weights and analysis verdicts")}
 {table(record.canary, ["time", "rollout", "step", "weight", "verdict", "reasons"])}

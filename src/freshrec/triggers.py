@@ -31,7 +31,7 @@ from freshrec.config import TriggerSettings
 from freshrec.statefile import locked_state
 
 if TYPE_CHECKING:
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,10 @@ class TriggerPolicy:
         """The signals present now, filtered by the settings."""
         out: list[Signal] = []
         if drift is not None:
-            if self.settings.on_drift and (drift.verdict == "drift" or drift.dataset_drift):
+            # Drift with broken data is not a reason to retrain: the model would learn the breakage (the
+            # monitor pages for the data instead).
+            drifted = drift.verdict == "drift" or drift.dataset_drift
+            if self.settings.on_drift and drifted and not drift.quality_failures:
                 out.append(Signal(kind="drift", detail=drift.reason))
             if self.settings.on_quality_failure and drift.quality_failures:
                 checks = sorted({f"{f.check}:{f.column}" for f in drift.quality_failures})

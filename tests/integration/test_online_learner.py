@@ -88,8 +88,8 @@ def test_online_beats_static_after_drift(bootstrap, settings):
 
 
 def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, settings):
-    from freshrec.alerts import AlertManager
     from freshrec.model.repository import ModelRepository
+    from freshrec.monitoring.alerts import AlertManager
 
     repo = ModelRepository(settings.models_dir, settings.model.name)
     v1 = repo.publish(bootstrap["export"], {"source": "batch"})

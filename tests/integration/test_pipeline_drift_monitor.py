@@ -1,5 +1,6 @@
 """The drift-monitor pipeline through kfp.local on a synthetic stream with a known drift: the drift check
-finds it, the alert reaches a webhook on loopback, and the trigger asks for retraining once (cooldown)."""
+finds it, its notice reaches a webhook on loopback that asked for notices, and the trigger asks for retraining
+once (cooldown). Drift is a notice, not a page: a receiver at the default ``min_severity`` would get nothing."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_drift_is_found_alerted_and_triggers_one_retraining(tmp_path, webhook):
         workdir=tmp_path / "work",
         data={"dataset": "synthetic", "datasets_dir": str(REPO.parent / "shared" / "datasets")},
         features={"repo_dir": str(REPO / "feature_repo")},
-        alerts={"receivers": [{"kind": "webhook", "url": url}], "max_retries": 0},
+        alerts={"receivers": [{"kind": "webhook", "url": url, "min_severity": "info"}], "max_retries": 0},
         triggers={"cooldown_s": 3600.0},
     )
     # Six quiet days, then new items take most impressions and users click more.
@@ -76,6 +77,8 @@ def test_drift_is_found_alerted_and_triggers_one_retraining(tmp_path, webhook):
     assert "<html" in run.tasks["drift-check"].artifacts["report"].read_text().lower()
     assert run.output("alert", "open_alerts") >= 1 and run.output("alert", "failed_deliveries") == 0
     assert received, "the webhook got no alert"
+    assert {r["severity"] for r in received} == {"info"}  # notices: the loop retrains by itself
+    assert {r["alert"] for r in received} & {"FreshrecDataDrift", "FreshrecTargetDrift"}
     assert run.output("trigger", "retrain") is True
     assert run.output("trigger", "run_id").startswith("requested-")
 

@@ -9,7 +9,7 @@ from scipy import stats
 
 from freshrec.config import DriftSettings
 from freshrec.data.synthetic import generate
-from freshrec.drift import (
+from freshrec.monitoring.drift import (
     DriftResult,
     ReferenceProfile,
     check_drift,

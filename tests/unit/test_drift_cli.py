@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
-from freshrec.alerts_cli import app as alerts_app
 from freshrec.config import AlertReceiver
-from freshrec.drift import DriftResult
-from freshrec.drift_cli import app as drift_app
+from freshrec.monitoring.alerts.cli import app as alerts_app
+from freshrec.monitoring.drift import DriftResult
+from freshrec.monitoring.drift.cli import app as drift_app
 
 
 def _windows(tmp_path):
@@ -56,8 +56,11 @@ def test_drift_check_prints_verdict_and_writes_result_metrics_alert(settings, tm
     assert saved.drifted_features == ["user_age", "user_gender"]
     prom = (settings.state_dir / "metrics" / "freshrec_drift_ctr.prom").read_text()
     assert 'freshrec_drift_share{model="ctr"} 0.666' in prom
+    # the PrometheusRules' input: the notice is a series of freshrec_monitor_alert (severity info)
+    assert 'freshrec_monitor_alert{alertname="FreshrecDataDrift",cause="user_age,user_gender"' in prom
+    assert "NOTICE FreshrecDataDrift" in result.output
     state = json.loads((settings.state_dir / "alerts" / "state.json").read_text())
-    assert list(state["open"]) == ["ctr/drift"]
+    assert list(state["open"]) == ["ctr/FreshrecDataDrift"]  # a notice: drift is not a page
 
 
 def test_drift_check_columns_and_missing_file(settings, tmp_path):
@@ -103,7 +106,7 @@ def test_alerts_test_reports_each_delivery(settings):
         result = runner.invoke(alerts_app, ["test"], obj=settings, catch_exceptions=False)
         assert result.exit_code == 1  # slack has no secret
         assert "hook" in result.output and "is not set" in result.output  # the table may wrap the name
-        assert got and got[0]["reason"] == "test"
+        assert got and got[0]["alert"] == "FreshrecTest"
         only = runner.invoke(alerts_app, ["test", "--receiver", "hook"], obj=settings, catch_exceptions=False)
         assert only.exit_code == 0 and len(got) == 2
         listed = runner.invoke(alerts_app, ["list"], obj=settings, catch_exceptions=False)
@@ -147,3 +150,66 @@ def test_drift_check_on_the_event_log_with_features(settings, tmp_path):
     assert {"user_age", "item_genres", "user_events_7d", "item_ctr_total"} <= set(saved.features)
     assert not {"event_id", "date", "user_id"} & set(saved.columns)
     assert 0 < saved.n_current < 6000  # the last 72 hours only
+
+
+def test_drift_check_in_a_cluster_pages_on_served_quality_and_a_stalled_learner(settings, tmp_path):
+    """The CronJob's view: the prediction log joined with the event log's clicks, the learner's checkpoint."""
+    from freshrec.serving.predlog import PredictionLog
+
+    rng = np.random.default_rng(5)
+    n, hours = 6000, 24.0
+    ts = pd.date_range("2024-01-01", periods=n, freq=f"{int(4 * hours * 3600 / n)}s", tz="UTC")
+    score = rng.beta(3, 3, n)
+    label = (rng.random(n) < score).astype("int8")
+    last_day = ts >= ts.max() - pd.Timedelta(hours=hours)
+    label[last_day] = 1 - label[last_day]  # the click join starts pairing the wrong rows: labels flip
+    events = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(n)],
+            "event_timestamp": ts,
+            "user_id": [f"u{i}" for i in range(n)],
+            "item_id": [f"i{i % 50}" for i in range(n)],
+            "label": label,
+            "user_age": rng.normal(35, 8, n),
+        }
+    )
+    log = PredictionLog(tmp_path / "predictions")
+    for i in range(n):  # one ranking request per impression, served a second before it
+        log.add(
+            f"r{i}",
+            f"u{i}",
+            [f"i{i % 50}"],
+            1,
+            "stable",
+            np.array([score[i]]),
+            int((ts[i] - pd.Timedelta(seconds=1)).value),
+        )
+    log.flush()
+    events.to_parquet(tmp_path / "events.parquet")
+    events[~last_day].to_parquet(tmp_path / "ref.parquet")
+    # The learner's checkpoint says it learned nothing after the second day.
+    ckpt = settings.state_dir / "online" / "ctr"
+    (ckpt / "ckpt-1").mkdir(parents=True)
+    learned = ts[n // 2].isoformat()
+    (ckpt / "ckpt-1" / "state.json").write_text(json.dumps({"totals": {"newest_learned_time": learned}}))
+    (ckpt / "CURRENT").write_text("ckpt-1")
+    args = [
+        "check",
+        "-r",
+        str(tmp_path / "ref.parquet"),
+        "-c",
+        str(tmp_path / "events.parquet"),
+        "--columns",
+        "user_age",
+    ]
+    args += ["--last-hours", str(hours), "--events", str(tmp_path / "events.parquet")]
+    args += ["--predictions", str(tmp_path / "predictions"), "--no-html", "--no-alert"]
+    result = CliRunner().invoke(drift_app, args, obj=settings, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "PAGE FreshrecServedQualityDrop" in out and "ranking inverted" in out
+    assert "PAGE FreshrecOnlineLearnerStalled" in out
+    assert "fixed thresholds: the reference (4484 rows) holds fewer than 4 windows" in out
+    prom = (settings.state_dir / "metrics" / "freshrec_drift_ctr.prom").read_text()
+    assert 'freshrec_monitor_alert{alertname="FreshrecServedQualityDrop",cause="labels"' in prom
+    assert "freshrec_monitor_served_logloss" in prom and "freshrec_monitor_estimated_logloss" in prom

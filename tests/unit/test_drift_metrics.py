@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from freshrec.drift import DriftResult, FeatureDrift, QualityFailure
-from freshrec.metrics import (
+from freshrec.monitoring.drift import DriftResult, FeatureDrift, QualityFailure
+from freshrec.monitoring.prometheus import (
     default_textfile,
     read_last_success,
     record_check,
@@ -20,7 +20,9 @@ from freshrec.metrics import (
     write_textfile,
 )
 
-RULE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "monitoring" / "prometheusrule-drift.yaml"
+RULE = (
+    Path(__file__).resolve().parents[2] / "manifests" / "base" / "monitoring" / "prometheusrule-monitor.yaml"
+)
 
 
 def _result() -> DriftResult:
@@ -108,11 +110,30 @@ def test_prometheus_rule_watches_metrics_that_exist():
     rule = yaml.safe_load(RULE.read_text())
     assert rule["kind"] == "PrometheusRule" and rule["apiVersion"] == "monitoring.coreos.com/v1"
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    stale = rules["FreshrecDriftCheckStale"]
+    stale = rules["FreshrecMonitorStale"]
     assert re.search(r"time\(\) - .*freshrec_drift_last_success_timestamp_seconds.*> \d+", stale["expr"])
     assert stale["labels"]["severity"] == "critical"
+    from datetime import UTC, datetime
+
+    from freshrec.monitoring.catalogue import Signal
+    from freshrec.monitoring.monitor import WindowReport
+    from freshrec.monitoring.prometheus import record_monitor
+
     exported = {f.name for f in record_check(_result(), "ctr").collect()}
     exported |= {f.name for f in record_failure("ctr").collect()}
+    report = WindowReport(
+        window=0,
+        created_at=datetime.now(UTC),
+        n=10,
+        signals=[Signal.of("FreshrecFeatureMissing", "x", "user_age")],
+    )
+    monitor = {f.name: f for f in record_monitor(report, "ctr").collect()}
+    (sample,) = monitor["freshrec_monitor_alert"].samples
+    assert sample.value == 1.0 and sample.labels["alertname"] == "FreshrecFeatureMissing"
+    assert sample.labels["severity"] == "critical" and sample.labels["cause"] == "user_age"
+    exported |= set(monitor)
     for r in rules.values():
         for name in re.findall(r"freshrec_[a-z_]+", r["expr"]):
-            assert name in exported, f"{r['alert']} uses {name}, which freshrec.metrics never exports"
+            assert name in exported, (
+                f"{r['alert']} uses {name}, which freshrec.monitoring.prometheus never exports"
+            )

@@ -303,8 +303,8 @@ def test_overlays_differ_where_they_should(built):
 
 
 def test_drift_monitor_schedule(built):
-    # The drift engineer's alerting rules (base/monitoring) are part of every build.
-    assert one(built["base"], "PrometheusRule", "freshrec-drift")["spec"]["groups"]
+    # The monitor's alerting rules (base/monitoring) are part of every build.
+    assert one(built["base"], "PrometheusRule", "freshrec-monitor")["spec"]["groups"]
     cron = one(built["base"], "CronJob", "freshrec-drift-monitor")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]

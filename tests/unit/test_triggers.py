@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 
 from freshrec.config import TriggerSettings
-from freshrec.drift import DriftResult, QualityFailure
+from freshrec.monitoring.drift import DriftResult, QualityFailure
 from freshrec.triggers import Decision, ThreadLauncher, TriggerPolicy
 
 
@@ -177,3 +177,13 @@ def test_concurrent_checks_launch_only_once(tmp_path):
     release.set()
     assert sorted(d.action for d in decisions) == ["launch"] + ["skip"] * 7
     assert len(reasons) == 1
+
+
+def test_drift_on_broken_data_does_not_retrain_by_default(tmp_path):
+    """Retraining on inputs that fail their quality checks would learn the breakage: the monitor pages."""
+    launcher = ThreadLauncher(lambda reason: None)
+    policy = TriggerPolicy(TriggerSettings(), tmp_path)
+    broken = _drift("drift", quality=True)  # drifted because a feature went null
+    d = policy.evaluate(launcher, drift=broken)
+    assert d.action == "skip" and d.reason == "no signal"
+    assert policy.evaluate(launcher, drift=_drift("drift")).action == "launch"

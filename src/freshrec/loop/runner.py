@@ -327,10 +327,8 @@ class Loop:
         import requests
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from freshrec.alerts import AlertManager
-        from freshrec.features.training_set import build_training_frame
-        from freshrec.model.export import load_keras_model, spec_of
-        from freshrec.online.learner import predict
+        from freshrec.model.export import load_keras_model
+        from freshrec.monitoring.alerts import AlertManager
 
         with warnings.catch_warnings():  # Evidently's and its web stack's import-time deprecation noise
             warnings.simplefilter("ignore")
@@ -344,15 +342,7 @@ class Loop:
         )
         self.alerts = AlertManager(self.settings.alerts, self.settings.state_dir)
         self.static = load_keras_model(self.repo.path(self.repo.stable()))
-        # The reference is the most recent part of the production model's training window, with features
-        # computed over the whole history: activity counters grow with time, so the start of a long
-        # training window would flag every later window as drifted.
-        reference = build_training_frame(self.bootstrap_events, self.users, self.items)
-        reference = reference.iloc[-self.options.reference_events :].reset_index(drop=True)
-        # Prediction drift: the production model's scores on its training window vs what was served.
-        reference["score"] = predict(self.static, reference, spec_of(self.static))
-        self.reference = reference
-        self.drift_columns = _drift_columns(spec_of(self.static))
+        self.monitor = self._make_monitor()
         self.history = self.bootstrap_events
         self.learner, self.source = self._make_learner()
         # The click feed: user activity from every event so far, updated as each page's clicks land.
@@ -361,6 +351,7 @@ class Loop:
 
         self._clicks = ActivityState()
         self._clicks.update(self.history)
+        self._clicks_newest = self.history["event_timestamp"].max()  # the click feed's progress
         self._online_features = OnlineFeatures(self.settings)
         # Keras/NumPy 2 deprecation chatter on every micro-batch says nothing to the person watching.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -430,11 +421,11 @@ class Loop:
         row.update(_metrics("served", *served_pairs(window, served)))
         # 4. the online learner: test-then-train on the new events, guarded exports
         row.update(self._learn())
-        # 5. drift monitor → alerts (the served scores give prediction drift)
+        # 5. the monitor: drift (a notice), data and served quality, the loop's parts → pages, notices
         keys = zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
         served_scores = np.array([served.get(k, (np.nan,))[0] for k in keys], dtype=np.float64)
         current = frame.assign(score=np.where(np.isnan(served_scores), static_scores, served_scores))
-        drift_row = self._drift(w, current)
+        drift_row = self._monitor_window(w, current, served)
         self.record.drift.append(drift_row)
         self.record.stream.append(row)
         progress, task = self._progress
@@ -500,6 +491,7 @@ class Loop:
                         out["arm"],
                     )
                 self._clicks.update(part)  # the page's outcomes are known now
+                self._clicks_newest = max(self._clicks_newest, part["event_timestamp"].max())
         self._gateway.predlog.flush()  # the canary analysis reads the log right after the window
         return served
 
@@ -549,30 +541,91 @@ class Loop:
         self.freshness.on_export(rec)
         self._note_version(rec.version, "online learner")
 
-    def _drift(self, w: int, current: pd.DataFrame) -> dict[str, Any]:
-        from freshrec.drift import check_drift
+    def _make_monitor(self) -> Any:
+        """The monitor of the replay: reference, calibrated thresholds, from the production model's data."""
+        from freshrec.features.training_set import build_training_frame
+        from freshrec.model.export import spec_of
+        from freshrec.monitoring.monitor import monitor_for_stream
+        from freshrec.online.learner import predict
 
-        out = self.report_dir / "drift"
-        result = check_drift(
-            self.reference,
-            current,
+        # Features over the whole training history; the reference is its most recent part, the drift
+        # thresholds come from the windows before it (see freshrec.monitoring.drift.calibration).
+        history = build_training_frame(self.bootstrap_events, self.users, self.items)
+        # Prediction drift: the production model's scores on its training window vs what was served.
+        history["score"] = predict(self.static, history, spec_of(self.static))
+        self.drift_columns = _drift_columns(spec_of(self.static))
+        self._published: tuple[int | None, float] = (self.repo.stable(), time.time())
+        self._pages_open: set[str] = set()
+        self._pipeline_events: list[Any] = []  # failures of the automation, reported at the next window
+        return monitor_for_stream(
+            self.settings,
+            history,
             self.drift_columns,
-            self.settings.drift,
-            out,
-            profile_cache_dir=self.settings.state_dir / "drift-profiles",
-            cache_key=f"{self.options.run_id}-bootstrap",  # the reference window never changes in a run
-            stem=f"window-{w:03d}",
+            reference_rows=self.options.reference_events,
+            window_rows=self.options.window_events,
+            growth_origin=self.bootstrap_events["event_timestamp"].min(),
+            out_dir=self.report_dir / "monitor",
             html=True,
         )
-        deliveries = self.alerts.sync_from_drift(result, self.settings.model.name)
+
+    def _monitor_window(
+        self, w: int, current: pd.DataFrame, served: dict[tuple[str, str], tuple[float, int, str]]
+    ) -> dict[str, Any]:
+        """Run the monitor on one window, sync the alerts, and return the window's row of the record."""
+        from freshrec.monitoring.monitor import ServingState, guard_failures_in_a_row, served_versions
+
+        stable = self.repo.stable()
+        if stable != self._published[0]:
+            self._published = (stable, time.time())
+        learned = self.learner.totals.newest_learned_time
+        report = self.monitor.observe(
+            w,
+            current,
+            now=time.time(),
+            progress={
+                "stream_features": self._clicks_newest,
+                "online_learner": pd.Timestamp(learned) if learned else None,
+            },
+            serving=ServingState(
+                published_version=stable,
+                published_at=self._published[1],
+                served_versions=served_versions(self._server.rest_url, self.settings.model.name),
+                answered_versions=sorted({v for _, v, arm in served.values() if arm == "stable"}),
+            ),
+            guard_failures_in_a_row=guard_failures_in_a_row(self.learner.exports),
+            events=self._pipeline_events,
+        )
+        self._pipeline_events = []
+        links = {"report": Path(report.report).resolve().as_uri()} if report.report else {}
+        self.alerts.sync(self.settings.model.name, report.signals, links=links)
+        pages = {s.name for s in report.pages}
+        self.record.pages.extend(
+            {
+                "window_end": current["event_timestamp"].max().isoformat(),
+                "alert": s.name,
+                "summary": s.summary,
+            }
+            for s in report.pages
+            if s.name not in self._pages_open  # a page counts once, when it opens
+        )
+        self._pages_open = pages
+        d = report.drift
         return {
             "window_end": current["event_timestamp"].max().isoformat(),
-            "drift_share": float(result.drift_share),
-            "verdict": result.verdict,
-            "drifted": result.drifted_features,
-            "alerted": any(d.action == "fire" for d in deliveries)
-            or any(a.model == self.settings.model.name for a in self.alerts.open_alerts().values()),
-            "report": str(Path(result.html_path).relative_to(self.report_dir)) if result.html_path else "",
+            "drift_share": float(d.drift_share) if d else 0.0,
+            "drift_score": d.dataset_score if d else None,
+            "drift_threshold": d.dataset_threshold if d else None,
+            "verdict": d.verdict if d else "",
+            "drifted": d.drifted if d else [],
+            "alerted": bool(pages),
+            "pages": ", ".join(sorted(pages)),
+            "notices": ", ".join(s.name for s in report.notices),
+            "retrain_reason": report.retrain_reason,
+            "estimated_logloss": report.estimate.logloss if report.estimate else None,
+            "served_logloss": report.served.logloss if report.served else None,
+            "report": str(Path(report.report).relative_to(self.report_dir))
+            if report.report and Path(report.report).is_relative_to(self.report_dir)
+            else "",
         }
 
     def _retrain_reason(self, drift_row: dict[str, Any]) -> str | None:
@@ -584,15 +637,16 @@ class Loop:
             or self._job is not None
         ):
             return None
-        # Like an alert's `for:` clause: only a verdict that holds for N windows in a row starts a pipeline.
+        # Like an alert's `for:` clause: only a drift notice that holds for N windows in a row starts a
+        # pipeline (the monitor gives no retraining reason for broken data: that pages instead).
         recent = self.record.drift[-self.options.drift_windows_to_retrain :]
-        if len(recent) < self.options.drift_windows_to_retrain or any(
-            d["verdict"] not in ("drift", "quality_failure") for d in recent
+        if len(recent) < self.options.drift_windows_to_retrain or not all(
+            d["retrain_reason"] for d in recent
         ):
             return None
         if not self._windows:
             return None  # no traffic left to run a canary on
-        return f"drift monitor: {drift_row['verdict']} (drift share {drift_row['drift_share']:.2f})"
+        return drift_row["retrain_reason"]
 
     def _start_retrain(self, reason: str) -> None:
         """Start the retraining pipeline in the background (it pushes a candidate, labels untouched)."""
@@ -720,6 +774,15 @@ class Loop:
             self._in_canary = False
         self.record.retrains[-1]["outcome"] = outcome
         self.console.print(f"[bold]canary v{version}: {outcome}[/bold]")
+        if outcome == "rolled_back":  # the analysis failed the candidate (not: the replay ran out)
+            from freshrec.monitoring.monitor import PipelineEvent
+
+            reasons = "; ".join(c["reasons"] for c in self.record.canary[-3:] if c.get("reasons"))
+            self._pipeline_events.append(
+                PipelineEvent(
+                    kind="canary_aborted", detail=f"canary v{version}: {outcome}. {reasons}", version=version
+                )
+            )
         if outcome == "promoted":
             # The learner starts over from the promoted model (its seen-set keeps the counts exact).
             self.learner = self._make_learner()[0]
@@ -759,8 +822,11 @@ class Loop:
                 col = f"{variant}_auc"
                 if col in df:
                     s[f"mean window AUC, {variant}"] = round(float(df[col].mean()), 4)
-        s["windows with drift"] = sum(1 for d in self.record.drift if d["verdict"] == "drift")
-        s["windows with an open alert"] = sum(1 for d in self.record.drift if d.get("alerted"))
+        s["pages"] = len(self.record.pages)
+        s["notices (windows with one)"] = sum(1 for d in self.record.drift if d.get("notices"))
+        s["windows with drift (retraining reason)"] = sum(
+            1 for d in self.record.drift if d.get("retrain_reason")
+        )
         if self.record.freshness_s:
             fresh = np.asarray(self.record.freshness_s)
             s["freshness p50 / p95 (s)"] = f"{np.percentile(fresh, 50):.1f} / {np.percentile(fresh, 95):.1f}"
@@ -786,8 +852,8 @@ PRELOAD_MODULES = (
     "freshrec.serving.gateway",
     "freshrec.model.export",
     "freshrec.online.learner",
-    "freshrec.drift",
-    "freshrec.alerts",
+    "freshrec.monitoring.drift.check",
+    "freshrec.monitoring.alerts.manager",
     "freshrec.rollout.controller",
 )
 
@@ -862,7 +928,7 @@ def _features_summary(run: Any) -> str:
 
 def _drift_columns(spec: Any) -> dict[str, str]:
     """The model's input features as drift columns (ids left out: their drift means nothing)."""
-    from freshrec.drift import resolve_columns
+    from freshrec.monitoring.drift import resolve_columns
 
     return resolve_columns(spec, pd.DataFrame())
 

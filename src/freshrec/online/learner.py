@@ -578,7 +578,9 @@ class OnlineLearner:
         staging_root = Path(self.repository.models_dir) / ".online-exports"
         staging_root.mkdir(parents=True, exist_ok=True)
         out = staging_root / f"export-{uuid.uuid4().hex}"
-        export_model(self.model, out)
+        # TF Serving's warmup records from the newest learned events: what the server is asked next.
+        recent = pd.concat(self._recent_learned).tail(100) if self._recent_learned else None
+        export_model(self.model, out, warmup=recent)
         metadata = {
             "source": "online",
             "parent_version": rec.parent_version,
@@ -780,18 +782,24 @@ def build_learner(
             log.warning("feature store not available, fresh activity will not be pushed: %s", exc)
     on_guard_failure = None
     if alert:
-        from freshrec.alerts import AlertManager
+        from freshrec.monitoring.alerts import AlertManager
+        from freshrec.monitoring.monitor import guard_failures_in_a_row
 
         manager = AlertManager(settings.alerts, settings.state_dir)
 
         def on_guard_failure(result: GuardResult, rec: ExportRecord) -> None:
-            manager.fire(
-                settings.model.name,
-                "online_guard_failed",
-                f"online learner update rejected; version {rec.parent_version} stays",
-                description="; ".join(result.reasons),
-                details=result.to_dict(),
-            )
+            # One rejected update is the guard doing its job; several in a row mean nothing fresh reaches
+            # serving any more, and that needs a person (the catalogue's FreshrecOnlineGuardFailing).
+            n = guard_failures_in_a_row(learner.exports)
+            if n >= settings.monitor.guard_failures_to_page:
+                manager.fire(
+                    settings.model.name,
+                    "FreshrecOnlineGuardFailing",
+                    f"the online learner's export guard failed {n} times in a row; version "
+                    f"{rec.parent_version} stays: " + "; ".join(result.reasons),
+                    cause="online_learner",
+                    details=result.to_dict(),
+                )
 
     learner = OnlineLearner(
         model,

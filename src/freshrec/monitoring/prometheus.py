@@ -1,4 +1,4 @@
-"""Prometheus metrics of the last drift check.
+"""Prometheus metrics of the monitor: the last drift check, and the alerts the monitor found.
 
 The drift check is a short batch job (a CronJob or a pipeline step), so it does not serve ``/metrics``
 itself; it writes its figures where Prometheus can still read them after the job has exited:
@@ -6,6 +6,11 @@ itself; it writes its figures where Prometheus can still read them after the job
 * a **textfile** in the node-exporter textfile-collector format (``write_textfile``, atomic rename;
   default ``<state_dir>/metrics/freshrec_drift_<model>.prom``), or
 * a **Pushgateway** (``push``; grouping key job + model), the usual choice for Kubernetes CronJobs.
+
+:func:`record_monitor` adds the monitor's verdicts: ``freshrec_monitor_alert{alertname, severity, cause}``
+is 1 for each alert of the catalogue whose condition holds (the PrometheusRules in
+``manifests/base/monitoring/prometheusrule-monitor.yaml`` fire on it, so Alertmanager gets the same alerts
+the local console shows), with the evidence beside it (served and estimated logloss, CTR, lags).
 
 ``serve`` exposes a registry over HTTP for a long-running monitor process. ``freshrec_drift_last_success_
 timestamp_seconds`` is what ``manifests/base/monitoring/prometheusrule-drift.yaml`` watches to page when
@@ -23,12 +28,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from freshrec.drift import DriftResult
+    from freshrec.monitoring.drift import DriftResult
+    from freshrec.monitoring.monitor import WindowReport
 
 log = logging.getLogger(__name__)
 
 VERDICTS = ("ok", "drift", "quality_failure", "not_enough_data")
-QUALITY_CHECKS = ("row_count", "missing_column", "missing_share", "out_of_range", "unseen_categories", "skew")
 LAST_SUCCESS = "freshrec_drift_last_success_timestamp_seconds"
 
 
@@ -41,6 +46,8 @@ def record_check(
 ) -> CollectorRegistry:
     """Put the figures of one finished check into ``registry`` (a fresh one when ``None``)."""
     from prometheus_client import CollectorRegistry, Gauge
+
+    from freshrec.monitoring.drift.result import QUALITY_CHECKS
 
     registry = registry or CollectorRegistry()
     now = time.time() if now is None else now
@@ -99,6 +106,72 @@ def record_check(
         **labels
     ).set(now)
     gauge(LAST_SUCCESS, "When a check last completed (any verdict).").labels(**labels).set(now)
+    return registry
+
+
+def record_monitor(
+    report: WindowReport, model: str, registry: CollectorRegistry | None = None
+) -> CollectorRegistry:
+    """Put the monitor's findings of one window into ``registry`` (with :func:`record_check`'s figures).
+
+    Only alerts whose condition holds get a series (value 1); pushing a registry replaces the previous
+    one, so an alert that cleared disappears and Prometheus resolves it.
+    """
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = registry or CollectorRegistry()
+    alert = Gauge(
+        "freshrec_monitor_alert",
+        "1 while the monitor finds the alert's condition (see freshrec.monitoring.catalogue).",
+        ["model", "alertname", "severity", "cause", "version"],
+        registry=registry,
+    )
+    for s in report.signals:
+        alert.labels(
+            model=model,
+            alertname=s.name,
+            severity=s.severity,
+            cause=s.cause[:200],
+            version=s.labels.get("version", ""),
+        ).set(1.0)
+
+    def gauge(name: str, doc: str, value: float | None, **extra: str) -> None:
+        if value is None or value != value:  # NaN: no figure this window
+            return
+        g = Gauge(name, doc, ["model", *extra], registry=registry)
+        g.labels(model=model, **extra).set(float(value))
+
+    q = report.served
+    if q is not None:
+        gauge("freshrec_monitor_served_logloss", "Label-joined logloss of the served scores.", q.logloss)
+        gauge(
+            "freshrec_monitor_served_baseline_logloss",
+            "Served logloss of the baseline windows.",
+            q.baseline_logloss,
+        )
+        gauge("freshrec_monitor_served_auc", "Label-joined AUC of the served scores.", q.auc)
+        gauge("freshrec_monitor_ctr", "Click-through rate of the window.", q.ctr)
+        gauge("freshrec_monitor_baseline_ctr", "Click-through rate of the baseline windows.", q.baseline_ctr)
+        gauge("freshrec_monitor_labelled_rows", "Rows of the window with their label.", float(q.n))
+    if report.estimate is not None:
+        gauge(
+            "freshrec_monitor_estimated_logloss",
+            "Label-free (CBPE) estimate of the served logloss.",
+            report.estimate.logloss,
+        )
+    if report.drift is not None and report.drift.dataset_score is not None:
+        gauge("freshrec_monitor_drift_score", "Calibrated dataset drift score.", report.drift.dataset_score)
+        gauge("freshrec_monitor_drift_threshold", "Its threshold.", report.drift.dataset_threshold)
+    if report.lags_s:
+        g = Gauge(
+            "freshrec_monitor_lag_seconds",
+            "How far (event time) each component trails the stream's newest event.",
+            ["model", "component"],
+            registry=registry,
+        )
+        for component, lag in report.lags_s.items():
+            if lag is not None:
+                g.labels(model=model, component=component).set(lag)
     return registry
 
 

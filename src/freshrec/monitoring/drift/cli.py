@@ -17,7 +17,9 @@ from rich.table import Table
 from freshrec.config import Settings
 
 if TYPE_CHECKING:
-    from freshrec.drift import DriftResult
+    import pandas as pd
+
+    from freshrec.monitoring.drift import DriftResult
 
 app = typer.Typer(
     help="Drift and data-quality checks (Evidently report + JSON verdict), alerts, metrics, triggers."
@@ -79,9 +81,29 @@ def check(
         None, "--pipeline-package", help="Compiled pipeline for --trigger kfp."
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 unless the verdict is ok (for CI gates)."),
+    calibrate: bool = typer.Option(
+        True,
+        "--calibrate/--no-calibrate",
+        help="Calibrate the drift thresholds on the reference's own earlier windows (fixed ones if too short).",
+    ),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", help="Prediction log folder: served quality (joined with the events' clicks)."
+    ),
+    events: Path | None = typer.Option(
+        None,
+        "--events",
+        help="Event log for the click join and the learner's lag (default: --current with --with-features).",
+    ),
+    serving_url: str | None = typer.Option(
+        None, "--serving-url", help="Model server REST URL: page when it does not serve the stable version."
+    ),
 ) -> None:
-    """Compare --current with --reference; print the verdict table and the report path."""
-    from freshrec import metrics as prom
+    """Compare --current with --reference; print the verdict table, the pages and notices, the report path."""
+    import pandas as pd
+
+    from freshrec.monitoring import prometheus as prom
+    from freshrec.monitoring.drift import read_frame
+    from freshrec.monitoring.job import window_report
 
     settings: Settings = ctx.obj
     model_name = model or settings.model.name
@@ -95,8 +117,26 @@ def check(
     cols = [c.strip() for item in (columns or []) for c in item.split(",") if c.strip()] or None
     try:
         with console.status("reading windows and checking drift…"):
-            result = _run_check(
-                settings, reference, current, cols, out_dir, last_hours, cache_key, html, with_features
+            result, notes, raw = _run_check(
+                settings,
+                reference,
+                current,
+                cols,
+                out_dir,
+                last_hours,
+                cache_key,
+                html,
+                with_features,
+                calibrate,
+            )
+            event_frame = read_frame(events) if events is not None else raw
+            report, _ = window_report(
+                settings,
+                result,
+                events=event_frame,
+                predictions_dir=predictions,
+                window=pd.Timedelta(hours=last_hours) if last_hours else None,
+                serving_url=serving_url,
             )
     except (FileNotFoundError, ValueError) as exc:
         _record_failure(model_name, textfile, gateway)
@@ -111,7 +151,16 @@ def check(
     console.print(f"verdict: [bold {style}]{result.verdict}[/] — {result.reason}")
     console.print(f"report: {result.html_path or '(no HTML)'}\nresult: {result.json_path}")
 
+    # What pages and what is a notice: the same signals locally (receivers) and in a cluster, where the
+    # PrometheusRules fire on the freshrec_monitor_alert series pushed here.
+    for note in notes:
+        console.print(f"[dim]{note}[/]")
+    for s in report.signals:
+        label = {"critical": "[bold red]PAGE[/]", "warning": "[yellow]TICKET[/]", "info": "[cyan]NOTICE[/]"}
+        quiet = f" (inhibited by {report.inhibited[s.name]})" if s.name in report.inhibited else ""
+        console.print(f"{label[s.severity]} {s.name}: {s.summary}{quiet}", highlight=False)
     registry = prom.record_check(result, model_name)
+    prom.record_monitor(report, model_name, registry)
     prom.write_textfile(registry, textfile)
     if gateway:
         try:
@@ -119,9 +168,10 @@ def check(
         except OSError as exc:
             console.print(f"[yellow]metrics push to the Pushgateway failed:[/] {exc}")
     if alert:
-        from freshrec.alerts import AlertManager
+        from freshrec.monitoring.alerts import AlertManager
 
-        for d in AlertManager(settings.alerts, settings.state_dir).sync_from_drift(result, model_name):
+        manager = AlertManager(settings.alerts, settings.state_dir)
+        for d in manager.sync(model_name, report.signals):
             mark = "[green]delivered[/]" if d.ok else f"[red]not delivered[/] ({d.skipped or d.error})"
             console.print(f"alert {d.action} {d.key} → {d.receiver}: {mark}")
     if trigger != "none":
@@ -140,12 +190,16 @@ def _run_check(
     cache_key: str | None,
     html: bool,
     with_features: bool = False,
-) -> DriftResult:
+    calibrate: bool = True,
+) -> tuple[DriftResult, list[str], pd.DataFrame | None]:
+    """The check, its notes on how thresholds were set, and the raw events (``--with-features``)."""
     import pandas as pd
 
-    from freshrec.drift import check_drift, read_frame
+    from freshrec.monitoring.drift import read_frame
+    from freshrec.monitoring.job import calibrated_check
 
     cur = read_frame(current)
+    raw = cur if with_features else None
     if with_features:
         from freshrec.features.training_set import build_training_frame
 
@@ -166,16 +220,18 @@ def _run_check(
             raise ValueError(f"{current}: --last-hours needs an event_timestamp column")
         ts = pd.to_datetime(cur["event_timestamp"], utc=True)
         cur = cur[ts >= ts.max() - pd.Timedelta(hours=last_hours)]
-    return check_drift(
+    result, notes = calibrated_check(
+        settings,
         read_frame(reference),
         cur,
         columns,
-        settings.drift,
         out_dir,
+        html=html,
+        calibrate=calibrate,
         profile_cache_dir=settings.state_dir / "drift-profiles" if cache_key else None,
         cache_key=cache_key,
-        html=html,
     )
+    return result, notes, raw
 
 
 def _table(result: DriftResult) -> Table:
@@ -227,13 +283,13 @@ def _table(result: DriftResult) -> Table:
 
 
 def _record_failure(model: str, textfile: Path, gateway: str | None) -> None:
-    from freshrec import metrics
+    from freshrec.monitoring import prometheus as prom
 
-    registry = metrics.record_failure(model, textfile)
-    metrics.write_textfile(registry, textfile)
+    registry = prom.record_failure(model, textfile)
+    prom.write_textfile(registry, textfile)
     if gateway:
         with contextlib.suppress(OSError):  # the check's own error is what the operator needs to see
-            metrics.push(registry, gateway, model)
+            prom.push(registry, gateway, model)
 
 
 def _trigger(settings: Settings, result: DriftResult, kind: str, package: Path | None) -> None:
