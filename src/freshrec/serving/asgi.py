@@ -22,7 +22,6 @@ and admin ports) share one event loop thread.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import threading
@@ -32,37 +31,9 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from freshrec.serving.httpbase import Limits, error_response
+
 log = logging.getLogger(__name__)
-
-REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    503: b"Service Unavailable",
-}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-listener bounds on what one client can hold or send."""
-
-    max_request_bytes: int = 4 * 1024 * 1024
-    max_header_bytes: int = 64 * 1024
-    max_connections: int = 256
-    request_timeout_s: float = 30.0
-    idle_timeout_s: float = 60.0
-
-    @classmethod
-    def from_settings(cls, serving: Any) -> Limits:
-        """The limits of ``serving.*`` settings (``freshrec.config.ServingSettings``)."""
-        return cls(
-            max_request_bytes=serving.max_request_bytes,
-            max_header_bytes=serving.max_header_bytes,
-            max_connections=serving.max_connections,
-            request_timeout_s=serving.request_timeout_s,
-            idle_timeout_s=serving.idle_timeout_s,
-        )
 
 
 class _Reject(Exception):
@@ -72,20 +43,6 @@ class _Reject(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def error_response(status: int, message: str) -> bytes:
-    """A complete HTTP/1.1 response with a JSON error body that closes the connection."""
-    body = json.dumps({"error": message}).encode()
-    return b"".join(
-        [
-            b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")),
-            b"content-type: application/json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-            body,
-        ]
-    )
 
 
 class _LimitedHttp(HttpToolsProtocol):
