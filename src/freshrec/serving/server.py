@@ -152,6 +152,7 @@ class ModelServer:
                     self.max_request_bytes,
                     self.max_batch_size,
                     self.grpc_workers,
+                    max_concurrent_rpcs=self.settings.serving.max_connections,
                 )
         except Exception:
             if self._http is not None:
