@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.results import Row, main_for
+from benchmarks.results import Row
 
 BATCH = 100
 CONCURRENCY = (1, 8, 32)
@@ -216,7 +216,8 @@ def _ms(x: float) -> float:
     return float(x) * 1000
 
 
-def run(quick: bool) -> list[Row]:
+def run(quick: bool, gateway_only: bool = False) -> list[Row]:
+    """Every serving row (``gateway_only``: the gateway's rows only, which skips the model-server runs)."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -226,7 +227,7 @@ def run(quick: bool) -> list[Row]:
     from freshrec.serving.demo import publish_demo_version
 
     total = 200 if quick else 800
-    rows: list[Row] = _http_stack_rows(total)
+    rows: list[Row] = [] if gateway_only else _http_stack_rows(total)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     settings = load_settings(workdir=tmp / "work", serving={"poll_interval_s": 0.2})
     md = settings.models_dir
@@ -239,7 +240,6 @@ def run(quick: bool) -> list[Row]:
         settings.workdir,
         {"FRESHREC_SERVING__POLL_INTERVAL_S": "0.2"},
     )
-    gateway = None
     try:
         # the limit: the same signature in this process, on prebuilt tensors
         cols = _rows(BATCH)
@@ -268,6 +268,10 @@ def run(quick: bool) -> list[Row]:
         for call in (rest, grpc_call):  # warm connections
             for _ in range(20):
                 call()
+        if gateway_only:
+            rows += _gateway_rows(settings, md, rest_port, grpc_port, stub, quick)
+            channel.close()
+            return rows
 
         steady: dict[tuple[str, int], np.ndarray] = {}
         for c in CONCURRENCY:
@@ -347,9 +351,30 @@ def run(quick: bool) -> list[Row]:
         channel.close()
     finally:
         _stop(server)
-        if gateway is not None:
-            _stop(gateway)
     return rows
+
+
+# The gateway before its move to starlette/uvicorn (main at the start of that work): the baseline of the
+# c=8 rows, run from `git archive` of this commit with the same virtual environment.
+BASELINE_GATEWAY_REF = "4cb30c9"
+
+
+def _baseline_gateway_src() -> Path | None:
+    """``src/`` of :data:`BASELINE_GATEWAY_REF` in a temp folder, or None outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    out = Path(tempfile.mkdtemp(prefix="bench-gateway-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", BASELINE_GATEWAY_REF, "src"], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        print(f"no baseline gateway: git archive {BASELINE_GATEWAY_REF} failed: {archive.stderr[:200]!r}")
+        return None
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    return out / "src"
+
+
+def _loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def _gateway_rows(settings, md: Path, rest_port: int, grpc_port: int, stub, quick: bool) -> list[Row]:
@@ -377,10 +402,12 @@ def _gateway_rows(settings, md: Path, rest_port: int, grpc_port: int, stub, quic
     _wait_http(rest_port, f"/v1/models/ctr/versions/{version}")
     user = str(ds.events["user_id"].iloc[-1])
     items = [str(i) for i in ds.events["item_id"].drop_duplicates().iloc[:100]]
-    n = 150 if quick else 500
+    n1 = 150 if quick else 500  # c=1 requests per round
+    n8 = 400 if quick else 1600  # c=8 requests per round
+    rounds = 2
 
-    lookup_lat = [0.0] * n
-    for i in range(n):
+    lookup_lat = [0.0] * n1
+    for i in range(n1):
         t0 = time.perf_counter()
         frame = online.lookup(user, items, as_of=datetime.now(UTC))  # as the gateway asks
         lookup_lat[i] = time.perf_counter() - t0
@@ -389,68 +416,161 @@ def _gateway_rows(settings, md: Path, rest_port: int, grpc_port: int, stub, quic
     req.model_spec.version.value = version
     for key in inputs:
         req.inputs[key].CopyFrom(tf.make_tensor_proto(frame[key].to_numpy()))
-    predict_lat, _, _ = _load(lambda: stub.Predict(req, timeout=30), 1, n)
 
-    port = _free_port()
-    gw = _spawn(
-        ["serving", "gateway", "--port", str(port), "--model-server", f"127.0.0.1:{grpc_port}"],
-        settings.workdir,
-        {},
-    )
+    # both gateways run side by side and are measured in alternating rounds, so both see the same load
+    old_src = _baseline_gateway_src()
+    target = f"127.0.0.1:{grpc_port}"
+    port, admin_port = _free_port(), _free_port()
+    procs = {
+        "new": _spawn(
+            [
+                "serving",
+                "gateway",
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin_port),
+                "--model-server",
+                target,
+            ],
+            settings.workdir,
+            {},
+        )
+    }
+    ports = {"new": (port, admin_port)}
+    if old_src is not None:
+        old_port = _free_port()
+        procs["old"] = _spawn(
+            ["serving", "gateway", "--port", str(old_port), "--model-server", target],
+            settings.workdir,
+            {"PYTHONPATH": str(old_src)},
+        )
+        ports["old"] = (old_port, old_port)  # the old gateway served its admin API on the ranking port
+    body = json.dumps({"user_id": user, "item_ids": items}).encode()
+    lat1: dict[str, list[np.ndarray]] = {k: [] for k in procs}
+    lat8: dict[str, list[np.ndarray]] = {k: [] for k in procs}
+    wall8: dict[str, float] = dict.fromkeys(procs, 0.0)
+    cpu: dict[str, float] = dict.fromkeys(procs, 0.0)
+    failed: dict[str, int] = dict.fromkeys(procs, 0)
+    load_before = _loadavg()
+    predict_lat: list[np.ndarray] = []
     try:
-        _wait_http(port, "/healthz", proc=gw)
-        admin = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        admin.request("PUT", "/v1/admin/canary", json.dumps({"version": version, "weight": 100}))
-        assert admin.getresponse().read()
-        rank = _Rest(port, "/v1/rank", json.dumps({"user_id": user, "item_ids": items}).encode())
-        for _ in range(20):
-            rank()
-        cpu_before = _cpu_seconds(gw.pid)
-        lat, _, failed = _load(rank, 1, n)
-        gateway_cpu = (_cpu_seconds(gw.pid) - cpu_before) / n
+        for kind, proc in procs.items():
+            rank_port, adm = ports[kind]
+            _wait_http(rank_port, "/healthz", proc=proc)
+            admin = http.client.HTTPConnection("127.0.0.1", adm, timeout=30)
+            admin.request("PUT", "/v1/admin/canary", json.dumps({"version": version, "weight": 100}))
+            assert admin.getresponse().status == 200
+        for _ in range(rounds):
+            predict_lat.append(_load(lambda: stub.Predict(req, timeout=30), 1, n1)[0])
+            for kind, proc in procs.items():
+                rank = _Rest(ports[kind][0], "/v1/rank", body)
+                _load(rank, 8, 80)  # warm: connections, the signature cache, the first model calls
+                cpu_before = _cpu_seconds(proc.pid)
+                lat, _, bad = _load(rank, 1, n1)
+                cpu[kind] += _cpu_seconds(proc.pid) - cpu_before
+                lat1[kind].append(lat)
+                lat, wall, bad8 = _load(_Rest(ports[kind][0], "/v1/rank", body), 8, n8)
+                lat8[kind].append(lat)
+                wall8[kind] += wall
+                failed[kind] += bad + bad8
     finally:
-        _stop(gw)
+        for proc in procs.values():
+            _stop(proc)
+    load = f"load avg {load_before} → {_loadavg()} on {os.cpu_count()} cores"
+    one = {k: np.concatenate(v) for k, v in lat1.items()}
+    eight = {k: np.concatenate(v) for k, v in lat8.items()}
+    predict = np.concatenate(predict_lat)
     cond = (
-        f"1 user x {len(items)} items, c=1, {n} requests: Feast online lookup (SQLite) + gRPC Predict ({MODEL} on "
-        f"ids + activity features) + sort + prediction log; gateway and model server in separate processes"
+        f"1 user x {len(items)} items, {rounds * n1} requests: Feast online lookup (SQLite) + gRPC Predict ({MODEL} "
+        f"on ids + activity features) + sort + prediction log; gateway and model server in separate processes; {load}"
     )
-    return [
+    old_note = (
+        f"baseline = the threaded http.server gateway of {BASELINE_GATEWAY_REF}, same run, alternating rounds"
+    )
+    rows = [
         Row(
             "serving/gateway rank p50 (1x100)",
-            _ms(np.percentile(lat, 50)),
-            _ms(np.percentile(predict_lat, 50)),
-            conditions=cond + "; baseline = gRPC Predict alone",
+            _ms(np.percentile(one["new"], 50)),
+            _ms(np.percentile(predict, 50)),
+            conditions=cond + "; c=1; baseline = gRPC Predict alone",
             unit="ms",
         ),
         Row(
             "serving/gateway rank p99 (1x100)",
-            _ms(np.percentile(lat, 99)),
+            _ms(np.percentile(one["new"], 99)),
             25.0,
-            conditions=cond + f"; baseline = the 25 ms target; {failed} failed",
+            conditions=cond + f"; c=1; baseline = the 25 ms target; {failed['new']} failed",
             unit="ms",
         ),
         Row(
             "serving/gateway CPU per rank (1x100)",
-            _ms(gateway_cpu),
-            conditions=cond + "; the gateway process's user + system CPU time over the requests / requests",
+            _ms(cpu["new"] / (rounds * n1)),
+            _ms(cpu["old"] / (rounds * n1)) if "old" in cpu else None,
+            conditions=cond + "; c=1; the gateway process's user + system CPU time over the requests / "
+            "requests; " + (old_note if "old" in cpu else "no baseline (not a git checkout)"),
             unit="ms",
         ),
         Row(
             "serving/feast online lookup p50 (1x100)",
             _ms(np.percentile(lookup_lat, 50)),
-            _ms(np.percentile(lat, 50)),
+            _ms(np.percentile(one["new"], 50)),
             conditions="OnlineFeatures.lookup in-process, SQLite, as_of now; baseline = gateway p50",
             unit="ms",
         ),
         Row(
             "serving/feast online lookup p99 (1x100)",
             _ms(np.percentile(lookup_lat, 99)),
-            _ms(np.percentile(lat, 99)),
+            _ms(np.percentile(one["new"], 99)),
             conditions="OnlineFeatures.lookup in-process, SQLite, as_of now; baseline = gateway p99",
             unit="ms",
         ),
     ]
+    if "old" in procs:
+        cond8 = cond.replace(f"{rounds * n1} requests", f"{rounds * n8} requests, 8 keep-alive clients")
+        rows += [
+            Row(
+                "serving/gateway rank p99 (1x100, c=8)",
+                _ms(np.percentile(eight["new"], 99)),
+                _ms(np.percentile(eight["old"], 99)),
+                conditions=cond8 + f"; {old_note}; {failed['new']} / {failed['old']} failed",
+                unit="ms",
+            ),
+            Row(
+                "serving/gateway rank throughput (1x100, c=8)",
+                len(eight["new"]) / wall8["new"],
+                len(eight["old"]) / wall8["old"],
+                conditions=cond8 + f"; {old_note}; starlette 1.10 on uvicorn 0.54 (httptools, uvloop)",
+                unit="req/s",
+            ),
+            Row(
+                "serving/gateway rank p50 (1x100, c=1, old stack)",
+                _ms(np.percentile(one["old"], 50)),
+                _ms(np.percentile(one["new"], 50)),
+                conditions=cond
+                + f"; c=1; the {BASELINE_GATEWAY_REF} gateway; baseline = the new gateway p50",
+                unit="ms",
+            ),
+        ]
+    return rows
+
+
+def _main() -> None:
+    """``python -m benchmarks.bench_serving [--quick] [--no-write] [--only gateway]``."""
+    import argparse
+
+    from benchmarks.results import print_rows, write_rows
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave results.md alone")
+    parser.add_argument("--only", choices=["all", "gateway"], default="all", help="gateway: its rows only")
+    args = parser.parse_args()
+    rows = run(args.quick, gateway_only=args.only == "gateway")
+    print_rows(rows)
+    if not args.no_write:
+        write_rows(rows)
 
 
 if __name__ == "__main__":
-    main_for(run)
+    _main()

@@ -75,7 +75,10 @@ def rollout(
 
         controller = LocalCanaryController(
             load_plan(settings.rollout.plan_file),
-            HttpTrafficRouter(f"http://{gateway[0]}:{gateway[1]}"),
+            HttpTrafficRouter(
+                f"http://{settings.serving.gateway_admin_host}:{settings.serving.gateway_admin_port}",
+                token=settings.serving.admin_token(),
+            ),
             RepositoryPromoter(repo),
             PredictionLogSource(
                 settings.predictions_dir,

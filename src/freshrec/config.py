@@ -96,9 +96,47 @@ class ServingSettings(BaseModel):
     rest_port: int = 8501
     grpc_port: int = 8500
     gateway_port: int = 8080
+    # The gateway's admin API (canary weight, per-arm stats) listens apart from the ranking port. A
+    # non-loopback admin host needs a token: the gateway refuses to start without one.
+    gateway_admin_host: str = "127.0.0.1"
+    gateway_admin_port: int = 8081
+    # Where the admin bearer token comes from: this environment variable, else this file (a mounted Secret).
+    admin_token_env: str = "FRESHREC_ADMIN_TOKEN"
+    admin_token_file: Path | None = None
+    # Threads of the gateway's blocking work (feature lookup + model call); requests beyond them queue.
+    gateway_threads: int = 8
+    # `as_of` (replayed impression time) is accepted only in replay mode, and never before this time.
+    gateway_replay: bool = False
+    as_of_earliest: str = "1990-01-01T00:00:00Z"
+    max_id_length: int = 256
     poll_interval_s: float = 1.0
     max_batch_size: int = 1000
     max_request_bytes: int = 4 * 1024 * 1024
+    # Bounds per HTTP listener (model server REST and gateway): headers, open connections (one thread
+    # each on the model server), the total time to read one request, and keep-alive idle time.
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 256
+    request_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+
+    def admin_token(self) -> str | None:
+        """The gateway's admin bearer token (``admin_token_env``, else ``admin_token_file``), or None.
+
+        Raises:
+            ValueError: ``admin_token_file`` is set but cannot be read or is empty.
+        """
+        token = os.environ.get(self.admin_token_env, "").strip()
+        if token:
+            return token
+        if self.admin_token_file is None:
+            return None
+        try:
+            token = Path(self.admin_token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"serving.admin_token_file: cannot read {self.admin_token_file}: {exc}") from exc
+        if not token:
+            raise ValueError(f"serving.admin_token_file: {self.admin_token_file} is empty")
+        return token
 
 
 class RolloutSettings(BaseModel):

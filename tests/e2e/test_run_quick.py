@@ -31,6 +31,7 @@ def test_quick_run_completes_and_report_renders(tmp_path, datasets_dir):
         "FRESHREC_SERVING__REST_PORT": str(free_port()),
         "FRESHREC_SERVING__GRPC_PORT": str(free_port()),
         "FRESHREC_SERVING__GATEWAY_PORT": str(free_port()),
+        "FRESHREC_SERVING__GATEWAY_ADMIN_PORT": str(free_port()),
     }
     result = CliRunner().invoke(app, ["--workdir", str(workdir), "run", "--quick"], env=env)
     assert result.exit_code == 0, result.output[-4000:]

@@ -377,3 +377,38 @@ def test_local_registry_is_never_seen_half_written(prepared):
     writer.join()
     assert reads > 10 and not bad, f"{len(bad)} of {reads} reads saw a partial registry"
     assert not list(path.parent.glob(f".{path.name}.*.tmp"))  # no temporary files left behind
+
+
+def test_cached_lookups_see_every_commit_of_any_writer(prepared):
+    """The gateway's lookups keep decoded rows while SQLite's ``data_version`` stands still: a push by
+    another connection (here a second ``OnlineFeatures``, as the stream job in another process) must show
+    on the very next lookup, and cached answers must equal Feast's own ``online_read`` throughout."""
+    settings, events = prepared
+    store.apply(settings)
+    store.materialize(settings)
+    reader = store.OnlineFeatures(settings)
+    writer = store.OnlineFeatures(settings)
+    via_feast = store.OnlineFeatures(settings)
+    via_feast._sqlite = None
+    user = events["user_id"].iloc[-1]
+    items = [*events["item_id"].drop_duplicates().astype(str).iloc[:10], "no-such-item"]
+    when = (events["event_timestamp"].max() + pd.Timedelta(hours=5)).to_pydatetime()
+    first = reader.lookup(user, items, as_of=when)
+    pd.testing.assert_frame_equal(first, via_feast.lookup(user, items, as_of=when))
+    assert reader._cache["item"].pos  # the rows are cached now
+    # a mix of cached and new ids, and another as_of: aged from the cached stamps exactly as a direct read
+    later = (events["event_timestamp"].max() + pd.Timedelta(days=3)).to_pydatetime()
+    more = [*items[:5], *events["item_id"].drop_duplicates().astype(str).iloc[10:15]]
+    pd.testing.assert_frame_equal(
+        reader.lookup(user, more, as_of=later), via_feast.lookup(user, more, as_of=later)
+    )
+
+    state = ActivityState()
+    state.update(events)
+    stamp = events["event_timestamp"].max() + pd.Timedelta(hours=1)
+    rows = state.item_rows([items[0]], stamp)
+    rows["item_events_total"] = np.float32(98765.0)
+    writer.push(item_rows=rows)
+    after = reader.lookup(user, items, as_of=when)
+    assert after["item_events_total"].iloc[0] == 98765.0
+    pd.testing.assert_frame_equal(after, via_feast.lookup(user, items, as_of=when))

@@ -65,7 +65,7 @@ def rank(gateway, user: str, items=ITEMS, **extra) -> requests.Response:
 
 def set_canary(gateway, version, weight) -> requests.Response:
     return requests.put(
-        gateway.url + "/v1/admin/canary", json={"version": version, "weight": weight}, timeout=10
+        gateway.admin_url + "/v1/admin/canary", json={"version": version, "weight": weight}, timeout=10
     )
 
 
@@ -106,10 +106,10 @@ def test_sticky_split_by_weight(stack, weight):
 def test_stats_per_arm(stack):
     _, _, gateway = stack
     set_canary(gateway, 2, 50)
-    assert requests.delete(gateway.url + "/v1/admin/stats", timeout=10).status_code == 200
+    assert requests.delete(gateway.admin_url + "/v1/admin/stats", timeout=10).status_code == 200
     for i in range(30):
         rank(gateway, f"stats-{i}", ITEMS[:10])
-    stats = requests.get(gateway.url + "/v1/admin/stats", timeout=10).json()
+    stats = requests.get(gateway.admin_url + "/v1/admin/stats", timeout=10).json()
     assert set(stats) == {"stable", "canary"}
     assert stats["stable"]["requests"] + stats["canary"]["requests"] == 30
     for arm, version in (("stable", 1), ("canary", 2)):
@@ -144,16 +144,19 @@ def test_admin_validation(stack):
     assert set_canary(gateway, None, 10).status_code == 400
     assert set_canary(gateway, "two", 10).status_code == 400
     assert set_canary(gateway, 2, 20).status_code == 200
-    assert requests.get(gateway.url + "/v1/admin/canary", timeout=10).json() == {"version": 2, "weight": 20}
+    assert requests.get(gateway.admin_url + "/v1/admin/canary", timeout=10).json() == {
+        "version": 2,
+        "weight": 20,
+    }
 
 
 def test_canary_on_missing_version_counts_errors_and_answers_502(stack):
     _, _, gateway = stack
     set_canary(gateway, 99, 100)
-    requests.delete(gateway.url + "/v1/admin/stats", timeout=10)
+    requests.delete(gateway.admin_url + "/v1/admin/stats", timeout=10)
     r = rank(gateway, "bob", ITEMS[:3])
     assert r.status_code == 502 and "NOT_FOUND" in r.json()["error"]
-    assert requests.get(gateway.url + "/v1/admin/stats", timeout=10).json()["canary"]["errors"] == 1
+    assert requests.get(gateway.admin_url + "/v1/admin/stats", timeout=10).json()["canary"]["errors"] == 1
     set_canary(gateway, None, 0)
 
 

@@ -112,7 +112,7 @@ def stack(tmp_path_factory):
     assert repo.publish(repo.path(1), {"copy_of": 1}) == 2  # the same model again
     assert publish_demo_version(settings.models_dir, bias=4.0, seed=0) == 3  # scores near 1
     server = ModelServer(settings, rest_port=free_port(), grpc_port=free_port()).start()
-    gateway = Gateway(settings, lookup=lookup, port=0, model_target=server.grpc_target).start()
+    gateway = Gateway(settings, lookup=lookup, port=0, admin_port=0, model_target=server.grpc_target).start()
     try:
         yield settings, repo, server, gateway
     finally:
@@ -125,7 +125,7 @@ def run(settings, repo, server, gateway, version: int):
     controller = local_controller(
         settings,
         PLAN,
-        gateway_url=gateway.url,
+        gateway_url=gateway.admin_url,
         model_server_url=server.rest_url,
         clock=traffic.clock,
         sleep=traffic.sleep,
@@ -208,7 +208,7 @@ def test_rollout_run_command_against_live_traffic(stack, tmp_path):
             [
                 "run",
                 f"--version={version}",
-                f"--gateway={gateway.url}",
+                f"--gateway={gateway.admin_url}",
                 f"--model-server={server.rest_url}",
                 f"--plan-file={plan_file}",
             ],

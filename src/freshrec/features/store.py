@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -394,12 +394,30 @@ def _decode_column(blobs: Sequence[bytes | None], default: Any, dtype: Any) -> n
     return out
 
 
+EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _aged_hours(hours: float, row_ts: datetime | None, as_of: datetime) -> float:
     """``hours_since_last`` of a row stamped ``row_ts``, moved forward to ``as_of``, *uncapped* (no
     history stays at the cap)."""
     if row_ts is None or hours >= HOURS_SINCE_LAST_CAP:
         return hours
     return hours + max((as_of - row_ts).total_seconds() / 3600.0, 0.0)
+
+
+def _aged_hours_epoch(hours: np.ndarray, rows: np.ndarray, stamps: Any, as_of: datetime) -> np.ndarray | None:
+    """:func:`_aged_hours` of ``rows`` at once, for stamps that are integer epoch seconds (None otherwise).
+
+    The same floats as the scalar path: the elapsed time is exact in integer microseconds, then divided
+    as ``timedelta.total_seconds`` does (one correctly rounded division).
+    """
+    picked = [stamps[k] for k in rows]
+    if not all(type(t) is int for t in picked):
+        return None
+    as_of_us = (as_of - EPOCH_UTC) // timedelta(microseconds=1)
+    elapsed_s = (as_of_us - np.asarray(picked, dtype=np.int64) * 1_000_000).astype(np.float64) / 1e6
+    stored = hours[rows].astype(np.float64)
+    return np.where(stored >= HOURS_SINCE_LAST_CAP, stored, stored + np.maximum(elapsed_s / 3600.0, 0.0))
 
 
 def _age_activity(
@@ -420,7 +438,9 @@ def _age_activity(
     if not len(rows):
         return
     hours = cols[hours_name]
-    aged = np.array([_aged_hours(float(hours[k]), to_datetime(stamps[k]), as_of) for k in rows])
+    aged = _aged_hours_epoch(hours, rows, stamps, as_of) if to_datetime is _sqlite_ts else None
+    if aged is None:
+        aged = np.array([_aged_hours(float(hours[k]), to_datetime(stamps[k]), as_of) for k in rows])
     hours[rows] = np.minimum(aged, HOURS_SINCE_LAST_CAP)
     for days in WINDOWS_DAYS:
         name = f"{entity}_events_{days}d"
@@ -498,6 +518,12 @@ class _SqliteReader:
                     )
             sql = self._sql[shape] = f"WITH {', '.join(keys)} {' UNION ALL '.join(selects)}"
         return sql
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: it changes whenever another connection commits to the file
+        (Feast's writes, a push, a materialize, another process), so equal values mean nothing changed."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def read(self, ids: dict[str, list[str]]) -> dict[str, list[_StoredRows]]:
         """Per entity, per view: the stored rows of ``ids[entity]`` (each list non-empty)."""
@@ -622,6 +648,69 @@ def _sqlite_ts(raw: Any) -> datetime | None:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+class _DecodedCache:
+    """Decoded, not yet aged, stored rows of one entity's ids, valid for one SQLite ``data_version``.
+
+    Rows live in one typed array per feature (and a found mask and raw stamp per view), grown by
+    doubling, so a lookup of cached ids is one fancy index per column. Anything committed to the file
+    by any connection changes ``data_version`` and empties the cache (see :meth:`OnlineFeatures._read`):
+    a cached lookup returns exactly what a direct read would.
+    """
+
+    MAX_IDS = 200_000
+
+    def __init__(self, dtypes: dict[str, Any], n_views: int) -> None:
+        self.dtypes = dtypes
+        self.n_views = n_views
+        self.clear()
+
+    def clear(self) -> None:
+        self.pos: dict[str, int] = {}
+        self._alloc(64)
+
+    def _alloc(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.values = {name: np.empty(capacity, dtype) for name, dtype in self.dtypes.items()}
+        self.found = [np.zeros(capacity, bool) for _ in range(self.n_views)]
+        self.stamps = [np.empty(capacity, object) for _ in range(self.n_views)]
+
+    def _grow(self, need: int) -> None:
+        n = len(self.pos)
+        old = (self.values, self.found, self.stamps)
+        capacity = self.capacity
+        while capacity < need:
+            capacity *= 2
+        self._alloc(capacity)
+        for name, arr in old[0].items():
+            self.values[name][:n] = arr[:n]
+        for new_list, old_list in ((self.found, old[1]), (self.stamps, old[2])):
+            for new_arr, old_arr in zip(new_list, old_list, strict=True):
+                new_arr[:n] = old_arr[:n]
+
+    def add(self, ids: list[str], cols: dict[str, np.ndarray], found: list[Any], stamps: list[Any]) -> None:
+        """Keep the rows of ``ids`` (distinct); ids cached meanwhile by another thread are skipped."""
+        keep = [k for k, i in enumerate(ids) if i not in self.pos]
+        if not keep:
+            return
+        if len(self.pos) + len(keep) > self.MAX_IDS:  # bound memory on endless id streams
+            self.clear()
+            keep = list(range(len(ids)))
+        start = len(self.pos)
+        stop = start + len(keep)
+        if stop > self.capacity:
+            self._grow(stop)
+        take = np.asarray(keep, dtype=np.intp)
+        for name, arr in self.values.items():
+            arr[start:stop] = np.asarray(cols[name])[take]
+        for arr, new in zip(self.found, found, strict=True):
+            arr[start:stop] = np.asarray(new, dtype=bool)[take]
+        for arr, new in zip(self.stamps, stamps, strict=True):
+            for j, k in enumerate(keep):
+                arr[start + j] = new[k]
+        for j, k in enumerate(keep):
+            self.pos[ids[k]] = start + j
+
+
 class OnlineFeatures:
     """Online lookups for ranking (1 user x N candidate items) and pushes from the online learner.
 
@@ -672,6 +761,15 @@ class OnlineFeatures:
         kind = config.online_store.type
         self._sqlite = _SqliteReader(config, self._views) if _is_sqlite(kind) else None
         self._redis = _RedisReader(self._online, config, self._views) if kind == "redis" else None
+        # SQLite only: rows already decoded, until the file changes (Redis has no cheap change counter)
+        self._cache = {
+            entity: _DecodedCache(
+                {n: self._dtypes[n] for n in self._columns[entity]}, len(self._views[entity])
+            )
+            for entity in ("user", "item")
+        }
+        self._cache_version: int | None = None
+        self._cache_lock = threading.Lock()
 
     @property
     def columns(self) -> list[str]:
@@ -713,11 +811,75 @@ class OnlineFeatures:
         }
 
     def _read(self, ids: dict[str, list[str]], as_of: datetime | None) -> dict[str, dict[str, np.ndarray]]:
-        """Per entity: one typed column per feature with a value per id (defaults for unknown ids)."""
+        """Per entity: one typed column per feature with a value per id (defaults for unknown ids).
+
+        With the SQLite reader, decoded rows are kept (:class:`_DecodedCache`) while the file's
+        ``data_version`` stays the same, and only ids not seen since the last change are read.
+        """
+        if self._sqlite is None:
+            return self._read_stored(ids, as_of)
+        try:
+            version = self._sqlite.data_version()
+        except sqlite3.Error:
+            return self._read_stored(ids, as_of)
+        with self._cache_lock:
+            if version != self._cache_version:
+                for cache in self._cache.values():
+                    cache.clear()
+                self._cache_version = version
+            missing = {
+                entity: [i for i in dict.fromkeys(entity_ids) if i not in self._cache[entity].pos]
+                for entity, entity_ids in ids.items()
+            }
+        missing = {entity: m for entity, m in missing.items() if m}
+        if missing:
+            fresh = self._read_stored(missing, None, keep=True)
+            with self._cache_lock:
+                if self._cache_version == version:  # a change meanwhile: these rows may be older than it
+                    for entity, entity_ids in missing.items():
+                        cols, found, stamps = fresh[entity]
+                        self._cache[entity].add(entity_ids, cols, found, stamps)
+                    fresh = {}
+            if fresh:
+                return self._read_stored(ids, as_of)
         out: dict[str, dict[str, np.ndarray]] = {}
+        with self._cache_lock:
+            if self._cache_version != version:  # emptied by a concurrent change: read directly
+                gathered = None
+            else:
+                gathered = {}
+                for entity, entity_ids in ids.items():
+                    cache = self._cache[entity]
+                    idx = np.fromiter(
+                        (cache.pos[i] for i in entity_ids), dtype=np.intp, count=len(entity_ids)
+                    )
+                    gathered[entity] = (
+                        {name: values[idx] for name, values in cache.values.items()},
+                        [f[idx] for f in cache.found],
+                        [t[idx] for t in cache.stamps],
+                    )
+        if gathered is None:
+            return self._read_stored(ids, as_of)
+        for entity, (cols, founds, stamps) in gathered.items():
+            out[entity] = cols
+            if as_of is not None:
+                for k, (_, names) in enumerate(self._views[entity]):
+                    if f"{entity}_hours_since_last" in names:
+                        _age_activity(cols, entity, founds[k], stamps[k], _sqlite_ts, as_of)
+        return out
+
+    def _read_stored(
+        self, ids: dict[str, list[str]], as_of: datetime | None, keep: bool = False
+    ) -> dict[str, Any]:
+        """:meth:`_read` straight from the store; ``keep``: per entity (columns, found, stamps) per view,
+        not aged, for the cache."""
+        out: dict[str, Any] = {}
         for entity, views in self._stored_rows(ids).items():
             defaults = self._defaults[entity]
-            cols = out[entity] = {}
+            cols = {}
+            founds: list[Any] = []
+            stamp_lists: list[Any] = []
+            out[entity] = (cols, founds, stamp_lists) if keep else cols
             for (_, names), rows in zip(self._views[entity], views, strict=True):
                 if isinstance(rows, _StoredRows):
                     for name in names:
@@ -735,12 +897,23 @@ class OnlineFeatures:
                         )
                     found = [vals is not None for _, vals in rows]
                     stamps, to_datetime = [ts for ts, _ in rows], _identity
+                founds.append(found)
+                stamp_lists.append(stamps)
                 if as_of is not None and f"{entity}_hours_since_last" in names:
                     _age_activity(cols, entity, found, stamps, to_datetime, as_of)
         return out
 
     def lookup(self, user_id: str, item_ids: list[str], as_of: datetime | None = None) -> pd.DataFrame:
         """One row per item (in order): ``user_id``, ``item_id``, user and item features; unknown ids get defaults.
+
+        The frame of :meth:`lookup_columns` (see there for ``as_of``).
+        """
+        return pd.DataFrame(self.lookup_columns(user_id, item_ids, as_of), copy=False)
+
+    def lookup_columns(
+        self, user_id: str, item_ids: list[str], as_of: datetime | None = None
+    ) -> dict[str, np.ndarray]:
+        """:meth:`lookup`'s columns as typed numpy arrays, without building a frame (the gateway's path).
 
         Args:
             as_of: the request time. When given, ``*_hours_since_last`` is aged from the stored row's
@@ -770,7 +943,7 @@ class OnlineFeatures:
             cols[name] = np.repeat(read["user"][name], n)
         for name in self._columns["item"]:
             cols[name] = items[name]
-        return pd.DataFrame(cols, copy=False)
+        return cols
 
     def push(self, user_rows: pd.DataFrame | None = None, item_rows: pd.DataFrame | None = None) -> int:
         """Push fresh activity rows (``ActivityState.user_rows``/``item_rows`` frames) to the online store.

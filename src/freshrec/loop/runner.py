@@ -319,7 +319,7 @@ class Loop:
         from freshrec.serving.server import ModelServer
 
         self._server = ModelServer(self.settings).start()
-        self._gateway = Gateway(self.settings).start()
+        self._gateway = Gateway(self.settings, replay=True).start()  # the replay sends as_of (event time)
         self.gateway_url = self._gateway.url
         return f"model server REST {self._server.rest_url}, gRPC {self._server.grpc_target}; gateway {self.gateway_url}"
 
@@ -757,7 +757,7 @@ class Loop:
         controller = local_controller(
             settings,
             plan,
-            gateway_url=self.gateway_url,
+            gateway_url=self._gateway.admin_url,
             model_server_url=self._server.rest_url,
             since=(self._stream_now + pd.Timedelta(microseconds=1)).to_pydatetime(),
             report_dir=self.report_dir / "canary",

@@ -97,7 +97,7 @@ def analyze_cmd(
         None, help="With --canary-version: the stable version (default: any other)."
     ),
     gateway: str | None = typer.Option(
-        None, help="Gateway URL for per-arm request stats (GET /v1/admin/stats)."
+        None, help="Gateway admin URL for per-arm request stats (GET /v1/admin/stats)."
     ),
     prometheus: str | None = typer.Option(
         None, help="Prometheus URL for per-arm request stats of the TF Serving pods."
@@ -156,7 +156,7 @@ def analyze_cmd(
         joined = load_joined(predictions, events, window_s or rs.click_window_s, start)
         stats = None
         if gateway:
-            stats = HttpTrafficRouter(gateway).stats()
+            stats = HttpTrafficRouter(gateway, token=settings.serving.admin_token()).stats()
         elif prometheus:
             stats = prometheus_arm_stats(
                 prometheus,
@@ -183,7 +183,8 @@ def run_cmd(
     ctx: typer.Context,
     version: int = typer.Option(..., help="The model version to roll out (must be in the repository)."),
     gateway: str | None = typer.Option(
-        None, help="Gateway URL (default http://serving.host:serving.gateway_port)."
+        None,
+        help="Gateway admin URL (default http://serving.gateway_admin_host:serving.gateway_admin_port).",
     ),
     plan_file: Path | None = typer.Option(
         None, help="Plan YAML (default rollout.plan_file, else the default plan)."

@@ -63,17 +63,26 @@ class RolloutError(RuntimeError):
 
 
 class HttpTrafficRouter:
-    """The gateway's admin API: ``PUT /v1/admin/canary`` and ``GET /v1/admin/stats``."""
+    """The gateway's admin API (its own listener): ``PUT /v1/admin/canary`` and ``GET /v1/admin/stats``.
 
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+    ``token``: the admin bearer token (``ServingSettings.admin_token()``), sent when given.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def set_canary(self, version: int | None, weight: int) -> None:
         import requests
 
         url = f"{self.base_url}/v1/admin/canary"
-        resp = requests.put(url, json={"version": version, "weight": int(weight)}, timeout=self.timeout_s)
+        resp = requests.put(
+            url,
+            json={"version": version, "weight": int(weight)},
+            headers=self.headers,
+            timeout=self.timeout_s,
+        )
         if resp.status_code >= 400:
             raise RolloutError(f"PUT {url} version={version} weight={weight}: {resp.status_code} {resp.text}")
 
@@ -81,7 +90,7 @@ class HttpTrafficRouter:
         import requests
 
         url = f"{self.base_url}/v1/admin/stats"
-        resp = requests.get(url, timeout=self.timeout_s)
+        resp = requests.get(url, headers=self.headers, timeout=self.timeout_s)
         if resp.status_code >= 400:
             raise RolloutError(f"GET {url}: {resp.status_code} {resp.text}")
         return parse_arm_stats(resp.json())
@@ -441,7 +450,8 @@ def local_controller(
 ) -> LocalCanaryController:
     """The controller ``freshrec rollout run`` uses, wired from the settings.
 
-    The running gateway (``serving.gateway_port``) routes traffic, the model repository's labels are
+    The running gateway's admin API (``gateway_url``, default ``serving.gateway_admin_host:gateway_admin_port``,
+    with the admin token of the settings) routes traffic, the model repository's labels are
     moved once the model server (``serving.rest_port``) has loaded the canary, and predictions logged
     from ``since`` (default: now) are joined with the event log's clicks. Extra keyword arguments go to
     :class:`LocalCanaryController` (``clock``, ``sleep``, ``progress`` ...).
@@ -457,7 +467,10 @@ def local_controller(
     kwargs.setdefault("report_dir", settings.reports_dir / "rollout")
     return LocalCanaryController(
         plan or load_plan(rs.plan_file),
-        HttpTrafficRouter(gateway_url or f"http://{serving.host}:{serving.gateway_port}"),
+        HttpTrafficRouter(
+            gateway_url or f"http://{serving.gateway_admin_host}:{serving.gateway_admin_port}",
+            token=serving.admin_token(),
+        ),
         RepositoryPromoter(
             ModelRepository(settings.models_dir, settings.model.name),
             model_server_url or f"http://{serving.host}:{serving.rest_port}",

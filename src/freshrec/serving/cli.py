@@ -85,22 +85,35 @@ serve.command_settings = {"context_settings": {"allow_extra_args": True, "ignore
 @app.command("gateway")
 def gateway(
     ctx: typer.Context,
-    port: int | None = typer.Option(None, help="Gateway port (default serving.gateway_port, 8080)."),
+    port: int | None = typer.Option(None, help="Ranking port (default serving.gateway_port, 8080)."),
+    admin_port: int | None = typer.Option(
+        None, help="Admin API port (default serving.gateway_admin_port, 8081, on serving.gateway_admin_host)."
+    ),
     model_server: str | None = typer.Option(
         None, help="Model server gRPC target host:port (default serving.host:serving.grpc_port)."
     ),
+    replay: bool | None = typer.Option(
+        None,
+        "--replay/--no-replay",
+        help="Accept as_of (replayed event time); default serving.gateway_replay.",
+    ),
 ) -> None:
-    """Run the ranking gateway: POST /v1/rank, PUT /v1/admin/canary, GET /v1/admin/stats."""
+    """Run the ranking gateway: POST /v1/rank; admin API (canary, stats) on its own port."""
     from freshrec.serving.gateway import Gateway
 
     settings: Settings = ctx.obj
-    gw = Gateway(settings, port=port, model_target=model_server)
+    gw = Gateway(settings, port=port, admin_port=admin_port, model_target=model_server, replay=replay)
     with console.status("connecting to the feature store ..."):
         gw.lookup  # noqa: B018 - open the online store now, not on the first request
-        gw.start()
+        try:
+            gw.start()
+        except (ValueError, OSError) as exc:
+            console.print(f"[red]gateway: {exc}[/red]")
+            raise typer.Exit(2) from exc
     console.print(
-        f"gateway: {gw.url}/v1/rank -> model server {gw.model_target}; canary {gw.canary()}; "
-        f"predictions logged to {gw.predlog.directory}"
+        f"gateway: {gw.url}/v1/rank -> model server {gw.model_target}; admin {gw.admin_url} "
+        f"({'token required' if gw.admin_token_required else 'no token'}); canary {gw.canary()}; "
+        f"replay {'on' if gw.replay else 'off'}; predictions logged to {gw.predlog.directory}"
     )
     try:
         _wait_for_signal()

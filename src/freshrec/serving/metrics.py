@@ -4,7 +4,8 @@ TF Serving exposes ``:tensorflow:serving:request_count`` (counter) and
 ``:tensorflow:serving:request_latency`` (histogram, microseconds) at
 ``/monitoring/prometheus/metrics``; the same names here let one set of PromQL queries (the
 AnalysisTemplates, the PrometheusRule) work locally and in the cluster. Extra labels: ``version``
-and ``API``/``entrypoint`` (predict|metadata|status, REST|GRPC). Written by hand rather than with
+and ``API``/``entrypoint`` (predict|metadata|status, REST|GRPC). Every label is bounded: ``model_name``
+is a served model or :data:`UNKNOWN_MODEL`, ``version`` a served version or empty, the rest fixed sets. Written by hand rather than with
 prometheus_client because its counters always get a ``_total`` suffix, which TF Serving's do not.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 # TF Serving's request latency buckets: 10us * 1.8^k
 BUCKETS_US = [10 * 1.8**k for k in range(30)]
@@ -21,6 +23,16 @@ COUNT = ":tensorflow:serving:request_count"
 LATENCY = ":tensorflow:serving:request_latency"
 LOADED = ":tensorflow:serving:loaded_versions"
 LOAD_FAILURES = ":tensorflow:serving:load_failures"
+
+
+# The model_name label of requests for a model the server does not serve: one series for all of them,
+# so a client asking for endless made-up names cannot grow the exposition (issue 17: 26 KB -> 21.7 MB).
+UNKNOWN_MODEL = "(unknown)"
+
+
+def model_label(manager: Any, name: str) -> str:
+    """``name`` when the manager serves a model of that name, else :data:`UNKNOWN_MODEL`."""
+    return name if name in manager.views() else UNKNOWN_MODEL
 
 
 def _labels(names: Iterable[str], values: Iterable[object]) -> str:

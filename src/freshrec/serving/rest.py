@@ -5,6 +5,17 @@
 ``GET .../metadata`` and ``GET /monitoring/prometheus/metrics``. Errors are ``{"error": "..."}``
 with TF Serving's status codes: 400 bad input or unknown label, 404 unknown model/version;
 413 (too large) comes from the HTTP layer.
+
+``:classify``/``:regress`` answer as TF Serving does on a signature that is not of that kind (every
+Keras export is a predict signature): 400 "Expected classification signature method_name to be ..."
+(``servables/tensorflow/classifier.cc``, ``regressor.cc``; ``http_rest_api_handler.cc`` maps
+INVALID_ARGUMENT to 400); only a real classify/regress signature gets 501 (not run here).
+
+Request JSON is parsed strictly (:func:`freshrec.serving.httpbase.parse_json`): nesting is bounded and
+``1e400`` is refused, as TF Serving's rapidjson refuses it ("Number too big", ``util/json_tensor.cc``).
+Unlike TF Serving, which parses with ``kParseNanAndInfFlag``, ``NaN``/``Infinity`` literals and
+values that overflow the input's dtype (1e39 as float32) are refused with 400: a CTR score of NaN would
+poison the prediction log that the canary analysis reads (issue 17).
 """
 
 from __future__ import annotations
@@ -17,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.serving.httpbase import JSON, error_body, json_body
+from freshrec.serving.httpbase import JSON, BadJson, error_body, json_body, parse_json
 from freshrec.serving.loader import DEFAULT_SIGNATURE, ModelManager, Servable, ServingError
-from freshrec.serving.metrics import ServerMetrics
+from freshrec.serving.metrics import ServerMetrics, model_label
 from freshrec.serving.protos import HTTP_STATUS, model_status, signature_def_map, to_json_dict
 
 MODEL_PATH = re.compile(
@@ -55,7 +66,7 @@ class RestApi:
         if m is None:
             if path.rstrip("/") == "/v1/models":
                 return error_body(400, "Missing model name in request.")
-            return error_body(400, f"Malformed request: {method} {path}")
+            return error_body(400, f"Malformed request: {method} {path[:200]}")
         name, label, verb = m["name"], m["label"], m["verb"]
         version = None
         if m["version"] is not None:
@@ -63,14 +74,16 @@ class RestApi:
             if version >= 2**63:
                 return error_body(400, f"Failed to convert version: {m['version']} to numeric.")
         if (verb and method != "POST") or (not verb and method != "GET"):
-            return error_body(400, f"Malformed request: {method} {path}")
-        if verb in (":classify", ":regress"):
-            return error_body(501, f"{verb[1:]} is not supported by this server; use :predict")
-        api = "predict" if verb else ("metadata" if m["metadata"] else "status")
+            return error_body(400, f"Malformed request: {method} {path[:200]}")
+        api = verb[1:] if verb else ("metadata" if m["metadata"] else "status")
         start = time.perf_counter()
-        served_version: object = version or ""
+        served_version: object = ""  # only a served version is a metrics label (bounded)
         try:
-            if api == "predict":
+            if api in ("classify", "regress"):
+                servable = self.manager.resolve(name, version, label)
+                served_version = servable.version
+                result = self.classify_or_regress(servable, api, body)
+            elif api == "predict":
                 servable = self.manager.resolve(name, version, label)
                 served_version = servable.version
                 result = (200, self.predict(servable, body), JSON)
@@ -84,7 +97,9 @@ class RestApi:
         except ServingError as exc:
             status = exc.code
             result = error_body(HTTP_STATUS.get(exc.code, 500), exc.message)
-        self.metrics.observe(name, served_version, api, "REST", status, time.perf_counter() - start)
+        self.metrics.observe(
+            model_label(self.manager, name), served_version, api, "REST", status, time.perf_counter() - start
+        )
         return result
 
     def render_metrics(self) -> str:
@@ -100,16 +115,29 @@ class RestApi:
             "metadata": {"signature_def": to_json_dict(signature_def_map(servable))},
         }
 
+    def classify_or_regress(self, servable: Servable, api: str, body: bytes) -> tuple[int, bytes, str]:
+        """TF Serving's answer to ``:classify``/``:regress`` (see the module docstring).
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for bad JSON, an unknown signature or one of another kind.
+        """
+        request = _parse_request(body)
+        signature_name = request.get("signature_name", DEFAULT_SIGNATURE)
+        if not isinstance(signature_name, str):
+            raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
+        wanted = f"tensorflow/serving/{api}"
+        method_name = signature_method(servable, signature_name or DEFAULT_SIGNATURE)
+        if method_name != wanted:
+            kind = "classification" if api == "classify" else "regression"
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Expected {kind} signature method_name to be {wanted}. Was: {method_name}",
+            )
+        raise ServingError("UNIMPLEMENTED", f"{api} signatures are not run by this server; use :predict")
+
     def predict(self, servable: Servable, body: bytes) -> bytes:
         """Decode a predict request (row or columnar), run it, encode as TF Serving does."""
-        try:
-            request = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from exc
-        if request is None:
-            raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
-        if not isinstance(request, dict):
-            raise ServingError("INVALID_ARGUMENT", "JSON Value: the request body must be a JSON object")
+        request = _parse_request(body)
         signature_name = request.get("signature_name", DEFAULT_SIGNATURE)
         if not isinstance(signature_name, str):
             raise ServingError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
@@ -190,6 +218,24 @@ class RestApi:
         return columns
 
 
+def _parse_request(body: bytes) -> Any:
+    try:
+        request = parse_json(body)
+    except BadJson as exc:
+        raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from exc
+    if not isinstance(request, dict):
+        raise ServingError("INVALID_ARGUMENT", "JSON Value: the request body must be a JSON object")
+    return request
+
+
+def signature_method(servable: Servable, key: str) -> str:
+    """The ``method_name`` of a servable's signature, or ServingError as classifier.cc words it."""
+    if key not in servable.signatures:
+        raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {key}")
+    defs = servable.signature_defs
+    return defs[key].method_name if key in defs else "tensorflow/serving/predict"
+
+
 def _kind(x: Any) -> str:
     return {list: "list", dict: "object", str: "string"}.get(type(x), type(x).__name__)
 
@@ -198,17 +244,24 @@ def _is_b64(x: Any) -> bool:
     return isinstance(x, dict) and len(x) == 1 and "b64" in x
 
 
-def _strings(values: Any, name: str) -> Any:
+MAX_RANK = 32  # deeper nesting than any tensor a CTR model takes; bounds the recursion below
+
+
+def _strings(values: Any, name: str, depth: int = 0) -> Any:
     if isinstance(values, str):
         return values.encode()
     if isinstance(values, list):
-        return [_strings(v, name) for v in values]
+        if depth >= MAX_RANK:
+            raise ServingError("INVALID_ARGUMENT", f"input {name!r}: nested deeper than {MAX_RANK} levels")
+        return [_strings(v, name, depth + 1) for v in values]
     if _is_b64(values):
         try:
             return base64.b64decode(values["b64"], validate=True)
         except (ValueError, TypeError) as exc:
             raise ServingError("INVALID_ARGUMENT", f"input {name!r}: bad base64 value: {exc}") from exc
-    raise ServingError("INVALID_ARGUMENT", f"input {name!r}: {values!r} is not of expected type: string")
+    raise ServingError(
+        "INVALID_ARGUMENT", f"input {name!r}: a {_kind(values)} is not of expected type: string"
+    )
 
 
 def to_array(values: Any, spec: Any, name: str) -> np.ndarray:
@@ -240,7 +293,19 @@ def to_array(values: Any, spec: Any, name: str) -> np.ndarray:
         raise ServingError(
             "INVALID_ARGUMENT", f"input {name!r}: JSON value is not of expected type: {dtype.name}"
         )
-    return arr.astype(np_dtype, copy=False)
+    if np_dtype.kind in "iu" and arr.size:
+        info = np.iinfo(np_dtype)
+        if int(arr.min()) < info.min or int(arr.max()) > info.max:  # astype would wrap silently
+            raise ServingError(
+                "INVALID_ARGUMENT", f"input {name!r}: a value is out of range for {dtype.name}"
+            )
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow becomes inf, refused just below
+        out = arr.astype(np_dtype, copy=False)
+    if np_dtype.kind in "fc" and not np.isfinite(out).all():
+        raise ServingError(
+            "INVALID_ARGUMENT", f"input {name!r}: a value is not a finite number in the range of {dtype.name}"
+        )
+    return out
 
 
 def _to_py(arr: np.ndarray, name: str) -> Any:

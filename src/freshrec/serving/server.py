@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freshrec.config import Settings
-from freshrec.serving.httpbase import HttpService
+from freshrec.serving.httpbase import HttpService, Limits
 from freshrec.serving.loader import ModelManager
 from freshrec.serving.metrics import ServerMetrics
 from freshrec.serving.tfs_config import DEFAULT_PROMETHEUS_PATH as METRICS_PATH
@@ -134,7 +134,14 @@ class ModelServer:
         tfs = self.manager.tf_semantics
         if not (tfs and self.rest_port == 0):
             rest = RestApi(self.manager, self.metrics, self.max_batch_size, metrics_path=self.metrics_path)
-            self._http = HttpService(self.host, self.rest_port, rest, self.max_request_bytes, name="rest")
+            self._http = HttpService(
+                self.host,
+                self.rest_port,
+                rest,
+                self.max_request_bytes,
+                name="rest",
+                limits=Limits.from_settings(self.settings.serving),
+            )
             self.rest_port = self._http.port
         try:
             if not (tfs and self.grpc_port == 0):
@@ -145,6 +152,7 @@ class ModelServer:
                     self.max_request_bytes,
                     self.max_batch_size,
                     self.grpc_workers,
+                    max_concurrent_rpcs=self.settings.serving.max_connections,
                 )
         except Exception:
             if self._http is not None:
