@@ -1,0 +1,1 @@
+"""The cluster mode: its layout and the rehearsal that runs the rendered workloads on one machine."""
