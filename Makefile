@@ -46,8 +46,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-compile: $(STAMP) ## recompile the pipelines' YAML
+compile: $(STAMP) ## recompile the pipelines' YAML and re-render the base manifests from the cluster layout
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec pipeline compile
+	$(BIN)/freshrec cluster render
 
 bench: $(STAMP) ## run every benchmark and rewrite benchmarks/results.md
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m benchmarks.run_all

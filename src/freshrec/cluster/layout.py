@@ -162,7 +162,7 @@ class Images(_Strict):
     tfserving: str = "tensorflow/serving:2.21.0"
     tfserving_gpu: str = "tensorflow/serving:2.21.0-gpu"
     redis: str = "redis:7.4.1-alpine"
-    postgres: str = "postgres:16.6-alpine"
+    postgres: str = "postgres:16.6-bookworm"
 
 
 class ClusterLayout(_Strict):
@@ -277,6 +277,14 @@ class ClusterLayout(_Strict):
             "FRESHREC_PIPELINE__SERVICE_ACCOUNT": self.service_accounts.pipeline,
             "FRESHREC_DRIFT__PUSHGATEWAY_URL": s.pushgateway.url(),
         }
+
+    def external_secrets(self) -> dict[str, list[str]]:
+        """Secrets the workloads need that an overlay may leave to the operator (name -> keys).
+
+        The local and gpu overlays generate them with development values; production expects them
+        created beforehand (``kubectl create secret generic ...``, or a secret manager).
+        """
+        return {self.postgres_secret: ["password"]}
 
     def serving_url(self, service: str | None = None) -> str:
         """TF Serving's REST URL through ``service`` (default: the stable Service)."""
