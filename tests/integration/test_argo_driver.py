@@ -159,7 +159,8 @@ def schemas():
 
 @pytest.fixture
 def api(schemas):
-    rollout = yaml.safe_load((REPO / "manifests" / "base" / "serving" / "rollout.yaml").read_text())
+    docs = yaml.safe_load_all((REPO / "manifests" / "base" / "serving" / "generated.yaml").read_text())
+    rollout = next(d for d in docs if d and d["kind"] == "Rollout")
     rollout["metadata"].update(namespace=NS, generation=1)
     rollout["status"] = {
         "phase": "Healthy",
@@ -371,11 +372,11 @@ def test_another_deploy_meanwhile_ends_the_wait(api):
 
 
 def test_driver_stays_within_the_deployer_role(api):
-    """Every request the driver makes is allowed by the Role in manifests/base/rbac/deployer.yaml."""
+    """Every request the driver makes is allowed by the Role in manifests/base/rbac/generated.yaml."""
     role = next(
         d
-        for d in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "deployer.yaml").read_text())
-        if d["kind"] == "Role"
+        for d in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "generated.yaml").read_text())
+        if d["kind"] == "Role" and d["metadata"]["name"] == "freshrec-deployer"
     )
     allowed = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
     api.objects[("analysisruns", NS, "ctr-serving-abc-2")] = {

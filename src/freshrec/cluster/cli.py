@@ -10,7 +10,9 @@ from rich.console import Console
 
 from freshrec.config import Settings
 
-app = typer.Typer(help="Cluster mode: the layout and the base manifests rendered from it.", no_args_is_help=True)
+app = typer.Typer(
+    help="Cluster mode: the layout and the base manifests rendered from it.", no_args_is_help=True
+)
 console = Console(stderr=True)
 BASE = Path(__file__).resolve().parents[3] / "manifests" / "base"
 
