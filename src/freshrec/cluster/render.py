@@ -443,7 +443,7 @@ def _model_config_args(layout: ClusterLayout, model: str, watch: bool) -> list[s
         f"--base-path={layout.serving_base_path(model)}",
         "--out=/config/models.config",
     ]
-    return [*args, "--watch-s=15"] if watch else args
+    return [*args, "--watch-s=15", f"--heartbeat={HEARTBEAT}"] if watch else args
 
 
 def serving_objects(layout: ClusterLayout, model: str, plan: CanaryPlan) -> list[dict[str, Any]]:
@@ -485,6 +485,8 @@ def serving_objects(layout: ClusterLayout, model: str, plan: CanaryPlan) -> list
         **renderer,
         "name": "model-config",
         "args": [*_model_config_args(layout, model, True), "--version=$(MODEL_VERSION)"],
+        "livenessProbe": _heartbeat_probe(120),
+        "readinessProbe": {**_heartbeat_probe(120), "initialDelaySeconds": 5, "periodSeconds": 10},
     }
     probe = {"httpGet": {"path": f"/v1/models/{model}", "port": "http"}}
     tfserving = {

@@ -30,6 +30,9 @@ def online(
     report: Path = typer.Option(
         None, "--report", help="Write the run's JSON report here (default: reports dir)."
     ),
+    heartbeat: Path = typer.Option(
+        None, "--heartbeat", help="Touch this file on every poll, idle ones too (a Deployment's liveness probe)."
+    ),
 ) -> None:
     """Learn online from new events: test-then-train, checkpoint, guarded export of new versions."""
     import pandas as pd
@@ -103,7 +106,7 @@ def online(
             until_idle=until_idle,
             idle_timeout_s=idle_timeout_s,
             progress=progress,
-            should_stop=lambda: stop["flag"],
+            should_stop=lambda: _beat(heartbeat) or stop["flag"],
         )
     elapsed = time.monotonic() - started
     out = learner.report()
@@ -123,3 +126,10 @@ def online(
         f"report {path}",
         highlight=False,
     )
+
+
+def _beat(path: Path | None) -> bool:
+    """Touch the heartbeat file (when one is given); always False, so it composes with a stop test."""
+    if path is not None:
+        path.touch()
+    return False
