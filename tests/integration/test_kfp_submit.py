@@ -297,3 +297,25 @@ def test_cli_submit_runs_in_the_layouts_namespace_as_its_account_and_waits(kfp_a
     assert result.output.rstrip().endswith("failed")
     state.run_script = [("SUCCEEDED", {"ingest": "SUCCEEDED"})]
     assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def test_drift_trigger_authenticates_with_the_pods_projected_token(kfp_api, tmp_path, monkeypatch):
+    """KfpLauncher in a pod: the bearer token is the mounted service-account token (re-read per request)."""
+    from freshrec.config import load_settings
+    from freshrec.pipelines.build import package_path
+    from freshrec.triggers import KfpLauncher
+
+    url, state = kfp_api
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    settings = load_settings(workdir=tmp_path / "w", pipeline={"host": url})
+    launcher = KfpLauncher.from_settings(settings.pipeline, package_path("continuous_training"))
+    run_id = launcher.launch("drift on 12 of 20 features")
+    assert state.errors == []
+    run = state.runs[0]
+    assert run["run_id"] == run_id and run["service_account"] == settings.cluster.service_accounts.pipeline
+    assert launcher.is_running(run_id) is False  # the fake answers SUCCEEDED
+    token.write_text("rotated")  # kubelet rotates the file; the next request carries the new token
+    with pytest.raises(Exception, match="401|Unauthorized"):
+        launcher.launch("again")
