@@ -7,9 +7,10 @@ UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 RUN_ARGS ?=
+REHEARSE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run run-quick test test-fast lint format compile bench lock clean
+.PHONY: help setup run run-quick test test-fast lint format compile bench rehearse lock clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +53,9 @@ compile: $(STAMP) ## recompile the pipelines' YAML and re-render the base manife
 
 bench: $(STAMP) ## run every benchmark and rewrite benchmarks/results.md
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m benchmarks.run_all
+
+rehearse: $(STAMP) ## run every overlay + the compiled pipeline as rendered on this machine (root; ~3 min each)
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec rehearse --rows $(REHEARSE_ARGS)
 
 lock: ## re-resolve requirements.in into requirements.lock
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==0.13.9"; }

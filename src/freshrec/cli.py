@@ -42,6 +42,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "freshrec.model.cli", "evaluate"),
     ("serve", "freshrec.serving.cli", "serve"),
     ("online", "freshrec.online.cli", "online"),
+    ("rehearse", "freshrec.cluster.rehearsal", "rehearse"),
 ]
 
 
@@ -96,7 +97,7 @@ def _register() -> None:
             if not (exc.name and module.startswith(exc.name)):
                 raise  # a missing dependency inside the module, not a missing module
             continue
-        app.command(name)(fn)
+        app.command(name, **getattr(fn, "command_settings", {}))(fn)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 Frame = pd.DataFrame | str | Path
 # progress(epoch_done, epochs, logs) — e.g. a rich progress bar in the CLI
 ProgressFn = Callable[[int, int, dict[str, float]], None]
+WARMUP_ROWS = 100
 
 
 @dataclass
@@ -42,10 +43,11 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def export(self, out_dir: Path | str) -> Path:
-        """Write the SavedModel (+ spec and Keras weights) with :func:`freshrec.model.export.export_model`."""
+        """Write the SavedModel (+ spec, Keras weights and TF Serving warmup records of validation rows)
+        with :func:`freshrec.model.export.export_model`."""
         from freshrec.model.export import export_model
 
-        return export_model(self.model, out_dir, self.spec)
+        return export_model(self.model, out_dir, self.spec, warmup=self.extra.get("warmup_inputs"))
 
 
 def load_columns(source: Frame, spec: FeatureSpec) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -306,6 +308,8 @@ def train(
         model_settings=model_settings,
         parent=str(parent) if parent is not None else None,
         warm_started=parent is not None,
+        # Real rows for TF Serving's warmup records: the newest (validation) window is what serving sees next.
+        extra={"warmup_inputs": {k: v[:WARMUP_ROWS] for k, v in x_valid.items()}},
     )
 
 

@@ -1,6 +1,7 @@
-"""ArgoRolloutDriver against a loopback Kubernetes API server.
+"""ArgoRolloutDriver against the loopback Kubernetes API server of the cluster rehearsal.
 
-No cluster runs here. This test starts a small HTTP server (``http.server`` in a thread) that serves the
+No cluster runs here. ``freshrec.cluster.rehearsal_api.ApiServer`` (plain HTTP here, every request as an
+admin; the rehearsal serves it over TLS with per-service-account tokens and the rendered RBAC) serves the
 Kubernetes API paths the driver uses — ``GET``/``PATCH`` of ``argoproj.io/v1alpha1`` rollouts, ``PATCH`` of
 their ``status`` subresource, ``GET`` of analysisruns — stores the objects, applies JSON merge patches
 as the API server does (``metadata.generation`` bumps on spec changes; the main resource ignores status,
@@ -9,21 +10,22 @@ the status subresource ignores spec), and validates **every object written** aga
 rejected), answering 422 like the API server when it does not match. The Rollout it starts from is the
 one in ``manifests/base``. The Argo Rollouts controller is played by the test: it writes status through
 the same API (also validated). The driver talks to the server through the official ``kubernetes``
-client, unchanged.
+client, unchanged. The RBAC test runs the driver with the deployer's own token against the Role in
+``manifests/base``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
+from freshrec.cluster.rehearsal_api import ADMIN, ApiServer
+from freshrec.cluster.rehearsal_objects import Objects
 from freshrec.rollout.k8s import (
     MODEL_VERSION_ANNOTATION,
     ArgoRolloutDriver,
@@ -37,124 +39,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / ".." / "shared" / "schemas" / "crds"
+CRD_FILES = [CRDS / "argo-rollouts_rollout-crd.yaml", CRDS / "argo-rollouts_analysis-run-crd.yaml"]
 NS, NAME = "freshrec", "ctr-serving"
-PATH = re.compile(
-    r"^/apis/argoproj\.io/v1alpha1/namespaces/([^/]+)/(rollouts|analysisruns)/([^/]+)(/status)?$"
-)
 
 
-def merge_patch(target, patch):
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
+def stored(api, plural="rollouts", name=NAME):
+    return api.obj({"rollouts": "Rollout", "analysisruns": "AnalysisRun"}[plural], NS, name)
 
 
-class FakeApiServer:
-    """Objects by (plural, namespace, name); every write validated against the CRD schema."""
-
-    def __init__(self, schemas):
-        self.schemas = schemas
-        self.objects: dict[tuple[str, str, str], dict] = {}
-        self.requests: list[tuple[str, str, str]] = []  # (verb, resource, content type)
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.handle(self, "GET")
-
-            def do_PATCH(self):
-                server.handle(self, "PATCH")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def status(self, code, reason, message):
-        return code, {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "status": "Failure",
-            "reason": reason,
-            "message": message,
-            "code": code,
-        }
-
-    def handle(self, h, method):
-        m = PATH.match(h.path.split("?")[0])
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
-        if not m:
-            code, out = self.status(404, "NotFound", f"no route {h.path}")
-        else:
-            ns, plural, name, sub = m.groups()
-            resource = plural + ("/status" if sub else "")
-            self.requests.append(
-                ({"GET": "get", "PATCH": "patch"}[method], resource, h.headers.get("Content-Type", ""))
-            )
-            with self.lock:
-                code, out = self.dispatch(
-                    method, (plural, ns, name), bool(sub), h.headers.get("Content-Type", ""), body
-                )
-        data = json.dumps(out).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
-    def dispatch(self, method, key, status_sub, ctype, body):
-        obj = self.objects.get(key)
-        if obj is None:
-            return self.status(404, "NotFound", f'{key[0]} "{key[2]}" not found')
-        if method == "GET":
-            return 200, obj
-        if ctype.split(";")[0] != "application/merge-patch+json":
-            return self.status(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
-        patch = json.loads(body)
-        obj = copy.deepcopy(obj)  # a rejected write must leave the stored object as it was
-        if status_sub:
-            new = merge_patch(obj, {"status": patch.get("status")} if "status" in patch else {})
-            new["spec"] = obj["spec"]
-        else:
-            patch = {k: v for k, v in patch.items() if k != "status"}
-            new = merge_patch(obj, patch)
-            if "status" in obj:
-                new["status"] = obj["status"]
-            if new.get("spec") != obj.get("spec"):
-                new["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
-        try:
-            validate_custom_object(new, self.schemas)
-        except ValueError as exc:
-            return self.status(422, "Invalid", str(exc))
-        self.objects[key] = new
-        return 200, new
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def calls(api, exclude_identity=None):
+    """(verb, resource, content type) of the requests the server answered."""
+    return [(r.verb, r.resource, r.content_type) for r in api.requests if r.identity != exclude_identity]
 
 
 @pytest.fixture(scope="module")
 def schemas():
-    path = CRDS / "argo-rollouts_rollout-crd.yaml"
-    if not path.is_file():
-        pytest.fail(f"Rollout CRD not found at {path.resolve()}")
-    return load_crd_schemas([path, CRDS / "argo-rollouts_analysis-run-crd.yaml"])
+    if not CRD_FILES[0].is_file():
+        pytest.fail(f"Rollout CRD not found at {CRD_FILES[0].resolve()}")
+    return load_crd_schemas(CRD_FILES)
 
 
 @pytest.fixture
@@ -169,15 +71,18 @@ def api(schemas):
         "currentPodHash": "aaa",
     }
     validate_custom_object(rollout, schemas)
-    with FakeApiServer(schemas) as server:
-        server.objects[("rollouts", NS, NAME)] = rollout
+    server = ApiServer(Objects([rollout], CRD_FILES), schemas, anonymous=ADMIN)
+    server.listen("127.0.0.1", 0)
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 class ArgoController:
     """Plays the Argo Rollouts controller: on each tick, writes the next status of a script."""
 
-    def __init__(self, api: FakeApiServer, script: list[dict]):
+    def __init__(self, api: ApiServer, script: list[dict]):
         from kubernetes import client
 
         self.api = client.CustomObjectsApi(make_api_client(host=api.url))
@@ -213,16 +118,16 @@ def analysis(status):
 
 
 def test_deploy_sets_the_model_version_and_keeps_the_template(api):
-    before = copy.deepcopy(api.objects[("rollouts", NS, NAME)])
+    before = copy.deepcopy(stored(api))
     st = driver_for(api).deploy(7)
-    after = api.objects[("rollouts", NS, NAME)]
+    after = stored(api)
     assert after["spec"]["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "7"
     assert st.model_version == "7" and st.generation == 2 and not st.observed
     # Only the annotation changed: containers, steps and traffic routing are as in the manifest.
     expected = copy.deepcopy(before["spec"])
     expected["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] = "7"
     assert after["spec"] == expected
-    assert api.requests == [("patch", "rollouts", "application/merge-patch+json")]
+    assert calls(api) == [("patch", "rollouts", "application/merge-patch+json")]
     with pytest.raises(ValueError, match="positive"):
         driver_for(api).deploy(0)
 
@@ -233,7 +138,7 @@ def test_server_rejects_objects_that_do_not_match_the_crd(api):
     from kubernetes.client.rest import ApiException
 
     custom = client.CustomObjectsApi(make_api_client(host=api.url))
-    before = copy.deepcopy(api.objects[("rollouts", NS, NAME)])
+    before = copy.deepcopy(stored(api))
     with pytest.raises(ApiException) as info:
         custom.patch_namespaced_custom_object(
             "argoproj.io",
@@ -249,7 +154,7 @@ def test_server_rejects_objects_that_do_not_match_the_crd(api):
             "argoproj.io", "v1alpha1", NS, "rollouts", NAME, {"status": {"currentStepIndex": "two"}}
         )
     assert info.value.status == 422
-    assert api.objects[("rollouts", NS, NAME)] == before
+    assert stored(api) == before
 
 
 def test_deploy_and_wait_follows_the_canary_to_promotion(api):
@@ -337,7 +242,7 @@ def test_timeout_aborts_the_canary(api):
     driver = driver_for(api, ArgoController(api, script))
     with pytest.raises(RolloutTimeout, match="phase=Paused"):
         driver.deploy_and_wait(4, timeout_s=60, poll_s=10)
-    assert api.objects[("rollouts", NS, NAME)]["status"]["abort"] is True
+    assert stored(api)["status"]["abort"] is True
 
 
 def test_stop_on_pause_then_promote_and_abort(api):
@@ -355,12 +260,12 @@ def test_stop_on_pause_then_promote_and_abort(api):
     outcome, st = driver.wait(5, timeout_s=600, poll_s=5, stop_on_pause=True)
     assert outcome == "paused" and st.paused
     driver.promote()
-    obj = api.objects[("rollouts", NS, NAME)]
+    obj = stored(api)
     assert "pauseConditions" not in obj["status"] and obj["spec"]["paused"] is False
     driver.promote(full=True)
-    assert api.objects[("rollouts", NS, NAME)]["status"]["promoteFull"] is True
+    assert stored(api)["status"]["promoteFull"] is True
     driver.abort()
-    assert api.objects[("rollouts", NS, NAME)]["status"]["abort"] is True
+    assert stored(api)["status"]["abort"] is True
 
 
 def test_another_deploy_meanwhile_ends_the_wait(api):
@@ -372,31 +277,63 @@ def test_another_deploy_meanwhile_ends_the_wait(api):
 
 
 def test_driver_stays_within_the_deployer_role(api):
-    """Every request the driver makes is allowed by the Role in manifests/base/rbac/generated.yaml."""
-    role = next(
-        d
+    """The driver, with the deployer's own token, against the Role and RoleBinding in
+    manifests/base/rbac/generated.yaml as the API server's RBAC authoriser applies them: a verb the Role does
+    not grant is a 403 (which would fail the driver), so the whole cycle passing proves it stays inside."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    for doc in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "generated.yaml").read_text()):
+        if doc["kind"] in ("Role", "RoleBinding", "ServiceAccount"):
+            doc["metadata"]["namespace"] = NS
+            for subject in doc.get("subjects") or []:
+                subject["namespace"] = NS
+            api.put(doc)
+    sa = next(
+        {"metadata": {"name": d["subjects"][0]["name"]}}
         for d in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "generated.yaml").read_text())
-        if d["kind"] == "Role" and d["metadata"]["name"] == "freshrec-deployer"
+        if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "freshrec-deployer"
     )
-    allowed = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    api.objects[("analysisruns", NS, "ctr-serving-abc-2")] = {
+    cfg = client.Configuration()
+    cfg.host = api.url
+    cfg.api_key = {"authorization": api.token_for(NS, sa["metadata"]["name"])}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    deployer = client.ApiClient(cfg)
+    api.put({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisRun",
         "metadata": {"name": "ctr-serving-abc-2", "namespace": NS},
         "spec": {"metrics": []},
         "status": {"phase": "Successful"},
-    }
+    })  # fmt: skip
     script = [{"phase": "Healthy", "currentStepIndex": 7, "currentPodHash": "ccc", "stableRS": "ccc"}]
-    driver = driver_for(api, ArgoController(api, script))
+    t = {"now": 0.0}
+    controller = ArgoController(api, script)
+
+    def sleep(s):
+        t["now"] += s
+        controller.tick(s)
+
+    driver = ArgoRolloutDriver(deployer, NS, NAME, clock=lambda: t["now"], sleep=sleep)
     driver.deploy_and_wait(8, timeout_s=60, poll_s=5)
     driver.promote()
     driver.promote(full=True)
     driver.abort()
     assert driver.analysis_run("ctr-serving-abc-2")["status"]["phase"] == "Successful"
-    controller_writes = {("patch", "rollouts/status")}  # the simulated Argo controller, not the driver
-    used = {(verb, res) for verb, res, _ in api.requests}
-    assert used - controller_writes <= {(v, r) for r, v in allowed}
+    identity = f"system:serviceaccount:{NS}:{sa['metadata']['name']}"
+    mine = [r for r in api.requests if r.identity == identity]
+    assert mine and all(r.code < 400 for r in mine), [(r.verb, r.resource, r.code) for r in mine]
+    used = {(r.verb, r.resource) for r in mine}
     assert ("get", "analysisruns") in used and ("patch", "rollouts") in used
+    # The authoriser is not vacuous: the deployer may not delete its Rollout, nor read another one.
+    custom = client.CustomObjectsApi(deployer)
+    with pytest.raises(ApiException) as denied:
+        custom.delete_namespaced_custom_object("argoproj.io", "v1alpha1", NS, "rollouts", NAME)
+    message = json.loads(denied.value.body)["message"]
+    assert denied.value.status == 403 and f'User "{identity}" cannot delete resource "rollouts"' in message
+    with pytest.raises(ApiException) as denied:
+        custom.get_namespaced_custom_object("argoproj.io", "v1alpha1", NS, "rollouts", "other-rollout")
+    assert denied.value.status == 403
 
 
 @pytest.mark.parametrize(("final", "code"), [("Healthy", 0), ("Degraded", 1)])
@@ -412,7 +349,7 @@ def test_deploy_command(api, settings, final, code):
     def argo():
         controller = ArgoController(api, [])
         while not stop.wait(0.05):
-            obj = api.objects[("rollouts", NS, NAME)]
+            obj = stored(api)
             if obj["spec"]["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "9":
                 status = {
                     "phase": final,

@@ -5,14 +5,18 @@ An export directory holds:
 - the SavedModel (``saved_model.pb``, ``variables/``) with signature ``serving_default``: one 1-D input per
   feature (``tf.string`` / ``tf.int64`` / ``tf.float32``, named as in the spec) → ``{"probability": [batch, 1]}``;
 - ``feature_spec.json`` and ``model_settings.json``: what is needed to rebuild the Keras model;
-- ``model.weights.h5``: the Keras weights, so a child model can warm-start from this version.
+- ``model.weights.h5``: the Keras weights, so a child model can warm-start from this version;
+- ``assets.extra/tf_serving_warmup_requests`` when sample rows are given: TF Serving's warmup records
+  (:mod:`freshrec.model.warmup`), replayed by the real binary and the local server before the version is
+  AVAILABLE.
 
-TF Serving ignores the extra files.
+TF Serving ignores the other extra files.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,11 +59,24 @@ def settings_of(model: Any) -> ModelSettings:
     return ModelSettings.model_validate_json(text) if text else ModelSettings()
 
 
-def export_model(model: Any, out_dir: Path | str, spec: FeatureSpec | None = None) -> Path:
+def export_model(
+    model: Any,
+    out_dir: Path | str,
+    spec: FeatureSpec | None = None,
+    *,
+    warmup: pd.DataFrame | dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write the SavedModel (+ spec, settings and Keras weights) to ``out_dir``, atomically.
 
     The directory is written next to ``out_dir`` under a temporary name and renamed at the end, so a crash
     never leaves a half-written export at ``out_dir``. ``out_dir`` must not exist yet (or be empty).
+
+    Args:
+        model: a Keras model built by :mod:`freshrec.model.builder` (spec attached).
+        out_dir: the export directory.
+        spec: the feature spec (default: the one attached to the model).
+        warmup: real sample rows (a frame with the model's input columns, or input arrays) for TF
+            Serving's warmup records; None writes none (TF Serving then loads the version cold).
 
     Returns:
         ``out_dir``.
@@ -73,6 +90,11 @@ def export_model(model: Any, out_dir: Path | str, spec: FeatureSpec | None = Non
         raise FileExistsError(f"export directory {out_dir} already exists and is not empty")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # mkdtemp makes the folder 0700: a model server running as another user (TF Serving's pods, the
+    # cluster's model volume read by several workloads) could not read the version. Give it the umask's mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         # The serving function is traced once per model and spec: the online learner exports the same
         # model object again and again (a new tf.function would be traced anew each time).
@@ -95,6 +117,13 @@ def export_model(model: Any, out_dir: Path | str, spec: FeatureSpec | None = Non
         archive.track(model)
         archive.add_endpoint(SIGNATURE, serve)
         archive.write_out(str(tmp), verbose=False)
+        if warmup is not None:
+            from freshrec.model.warmup import predict_logs, write_warmup_requests
+
+            rows = frame_to_inputs(warmup, spec) if isinstance(warmup, pd.DataFrame) else warmup
+            # Only the signature's inputs: a frame may carry labels and ids the model does not take.
+            rows = {name: np.asarray(rows[name]) for name in spec.input_names}
+            write_warmup_requests(tmp, predict_logs(rows, settings_of(model).name, SIGNATURE))
         (tmp / SPEC_FILE).write_text(spec.to_json())
         (tmp / SETTINGS_FILE).write_text(settings_of(model).model_dump_json(indent=1))
         model.save_weights(str(tmp / WEIGHTS_FILE))

@@ -578,7 +578,9 @@ class OnlineLearner:
         staging_root = Path(self.repository.models_dir) / ".online-exports"
         staging_root.mkdir(parents=True, exist_ok=True)
         out = staging_root / f"export-{uuid.uuid4().hex}"
-        export_model(self.model, out)
+        # TF Serving's warmup records from the newest learned events: what the server is asked next.
+        recent = pd.concat(self._recent_learned).tail(100) if self._recent_learned else None
+        export_model(self.model, out, warmup=recent)
         metadata = {
             "source": "online",
             "parent_version": rec.parent_version,

@@ -30,25 +30,56 @@ def serve(
         None, help="Model served when models.config is absent (default model.name)."
     ),
 ) -> None:
-    """Serve the model repository with TF Serving's REST and gRPC APIs until Ctrl-C / SIGTERM."""
+    """Serve the model repository with TF Serving's REST and gRPC APIs until Ctrl-C / SIGTERM.
+
+    Also takes tensorflow_model_server's own flags instead (--port=8500 --rest_api_port=8501
+    --model_config_file=... --enable_batching --batching_parameters_file=... --enable_model_warmup
+    --monitoring_config_file=...), with the binary's meanings: a Rollout's container args run unchanged.
+    """
     from freshrec.serving.server import ModelServer
+    from freshrec.serving.tfs_flags import FlagError, looks_like_tfs_flags, parse_tfs_flags
 
     settings: Settings = ctx.obj
-    if host:
-        settings.serving.host = host
-    server = ModelServer(settings, rest_port=rest_port, grpc_port=grpc_port, model_name=model_name)
+    if ctx.args or looks_like_tfs_flags(ctx.args):
+        if rest_port is not None or grpc_port is not None or host or model_name:
+            console.print(
+                "[red]use either tensorflow_model_server's flags or --rest-port/--grpc-port/--host[/red]"
+            )
+            raise typer.Exit(2)
+        try:
+            flags = parse_tfs_flags(list(ctx.args))
+            if flags.version:
+                typer.echo("TensorFlow ModelServer: freshrec serve (TF-Serving-compatible)")
+                return
+            server = ModelServer.from_tfs_flags(settings, flags)
+        except (FlagError, ValueError) as exc:
+            typer.echo(f"Failed to start server. Error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        for name, value in sorted(flags.ignored.items()):
+            console.print(f"--{name}={value}: accepted, no effect on this server (a tuning knob)")
+    else:
+        if host:
+            settings.serving.host = host
+        server = ModelServer(settings, rest_port=rest_port, grpc_port=grpc_port, model_name=model_name)
     with console.status("loading models ..."):
         server.start()
     loaded = {n: sorted(v.servables) for n, v in server.manager.views().items()}
+    source = server.manager.config_file or server.manager.models_dir
     console.print(
-        f"model server: REST {server.rest_url}  gRPC {server.grpc_target}  models {loaded}  "
-        f"(repository {server.manager.models_dir}, polled every {settings.serving.poll_interval_s}s)"
+        f"model server: REST {server.rest_url if server._http else '-'}  "
+        f"gRPC {server.grpc_target if server._grpc else '-'}  models {loaded}  "
+        f"(config {source}, versions polled every {server.manager.poll_interval_s:g}s; "
+        f"batching {'on' if server.scheduler else 'off'})"
     )
     try:
         _wait_for_signal()
     finally:
         console.print("stopping: finishing in-flight requests ...")
         server.stop()
+
+
+# `freshrec serve` passes unknown options through to tensorflow_model_server's flag parser (cli.py reads this).
+serve.command_settings = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}  # type: ignore[attr-defined]
 
 
 @app.command("gateway")

@@ -14,10 +14,22 @@ still be reachable by number for the canary arm and the online learner.
 A version that fails to load or to warm up is recorded as failed (status ``END`` with the error)
 and never served; it is retried only when its folder changes. A label may only point at a loaded
 version (TF Serving refuses the config otherwise): a label to a failed version keeps its old target.
+
+Warm-up: a version is AVAILABLE only after the requests in its ``assets.extra/tf_serving_warmup_requests``
+(TF Serving's warmup records, :mod:`freshrec.model.warmup`) have run ``warmup_iterations`` times, as the
+binary does with ``--enable_model_warmup``; a failing record fails the load. A version without records is
+run once on a synthetic one-row batch instead (local mode's own check), or, in TF Serving mode
+(``tf_semantics``), loaded cold as the binary does.
+
+``tf_semantics`` (``freshrec serve`` with the binary's flags, as the cluster rehearsal runs the Rollout):
+``base_path`` is used exactly as written (relative to the working directory, no fallback to
+``<models_dir>/<name>``), a ``specific`` version policy loads exactly those versions, and the model config
+is read from the given file once or every ``config_poll_s`` seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -67,6 +79,9 @@ class Servable:
     signature_defs: Any  # tensorflow.core.protobuf.meta_graph_pb2 SignatureDef map (proto)
     input_specs: dict[str, dict[str, Any]]  # signature -> input name -> tf.TensorSpec
     loaded_at: float
+    # signature -> server-side batching queue (``--enable_batching``); empty: each request runs alone
+    batch_queues: dict[str, Any] = field(default_factory=dict)
+    warmup_records: int = 0
 
     def signature(self, name: str | None) -> Any:
         """The concrete function for a signature name ('' or None = serving_default)."""
@@ -87,7 +102,7 @@ class Servable:
         import tensorflow as tf
 
         key = signature_name or DEFAULT_SIGNATURE
-        fn = self.signature(key)
+        self.signature(key)  # INVALID_ARGUMENT for an unknown signature
         specs = self.input_specs[key]
         missing = sorted(set(specs) - set(inputs))
         extra = sorted(set(inputs) - set(specs))
@@ -97,7 +112,7 @@ class Servable:
                 f"input names do not match signature {key}: missing {missing}, unexpected {extra}; "
                 f"expected {sorted(specs)}",
             )
-        tensors = {}
+        tensors: dict[str, Any] = {}
         for name, spec in specs.items():
             value = inputs[name]
             try:
@@ -114,13 +129,36 @@ class Servable:
                     f"input {name!r} has shape {tensors[name].shape.as_list()}, "
                     f"signature expects {spec.shape.as_list()}",
                 )
+        queue = self.batch_queues.get(key)
+        if queue is not None:
+            from freshrec.serving.batching import BatchingError
+
+            try:
+                return queue.run({k: v.numpy() for k, v in tensors.items()})
+            except BatchingError as exc:
+                raise ServingError(exc.code, exc.message) from exc
+        return self.run(key, tensors)
+
+    def run(self, key: str, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run signature ``key`` on validated inputs (tensors or arrays of the signature's dtypes)."""
+        import tensorflow as tf
+
+        specs = self.input_specs[key]
         try:
-            out = fn(**tensors)
+            out = self.signatures[key](
+                **{k: tf.constant(v, dtype=specs[k].dtype) for k, v in tensors.items()}
+            )
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
             raise ServingError(
                 "INVALID_ARGUMENT", str(exc).splitlines()[0] if str(exc) else repr(exc)
             ) from exc
         return {k: v.numpy() for k, v in out.items()}
+
+    def close(self, scheduler: Any = None) -> None:
+        """Release the batching queues of an unloaded version (requests already queued still run)."""
+        if scheduler is not None:
+            for queue in self.batch_queues.values():
+                scheduler.remove(queue)
 
 
 @dataclass(frozen=True)
@@ -136,11 +174,12 @@ class ModelView:
         return self.servables[max(self.servables)] if self.servables else None
 
 
-def parse_model_config(path: Path, models_dir: Path) -> list[ModelEntry]:
+def parse_model_config(path: Path, models_dir: Path, tf_semantics: bool = False) -> list[ModelEntry]:
     """Parse a TF Serving ``ModelServerConfig`` text proto into model entries.
 
     Relative ``base_path`` values are taken relative to ``models_dir``; a base path that does not
-    exist here (e.g. a container path) falls back to ``models_dir/<name>``.
+    exist here (e.g. a container path) falls back to ``models_dir/<name>``. With ``tf_semantics`` a
+    ``base_path`` is used as TF Serving uses it: as written, relative to the working directory.
 
     Raises:
         ValueError: the file is not a valid ModelServerConfig text proto (names the file).
@@ -157,11 +196,16 @@ def parse_model_config(path: Path, models_dir: Path) -> list[ModelEntry]:
     for model in config.model_config_list.config:
         if not model.name:
             raise ValueError(f"{path}: a model config without a name")
-        base = Path(model.base_path) if model.base_path else models_dir / model.name
-        if not base.is_absolute():
-            base = models_dir / base
-        if not base.exists() and (models_dir / model.name).exists():
-            base = models_dir / model.name
+        if tf_semantics:
+            if not model.base_path:
+                raise ValueError(f"{path}: model {model.name!r} has no base_path")
+            base = Path(model.base_path).absolute()
+        else:
+            base = Path(model.base_path) if model.base_path else models_dir / model.name
+            if not base.is_absolute():
+                base = models_dir / base
+            if not base.exists() and (models_dir / model.name).exists():
+                base = models_dir / model.name
         policy, versions, num_latest = "latest", (), 1
         which = model.model_version_policy.WhichOneof("policy_choice")
         if which == "all":
@@ -191,10 +235,15 @@ def list_versions(base_path: Path) -> dict[int, Path]:
     """
     from freshrec.model.repository import ModelRepository
 
-    if not base_path.is_dir():
+    try:
+        if not base_path.is_dir():
+            return {}
+        repo = ModelRepository(base_path.parent, base_path.name)
+        return {v: repo.path(v) for v in repo.versions()}
+    except OSError as exc:
+        # e.g. a version written by another user with mode 0700: serve nothing, keep running
+        log.error("cannot read the versions under %s: %s", base_path, exc)
         return {}
-    repo = ModelRepository(base_path.parent, base_path.name)
-    return {v: repo.path(v) for v in repo.versions()}
 
 
 def _folder_stamp(path: Path) -> float:
@@ -204,8 +253,27 @@ def _folder_stamp(path: Path) -> float:
         return 0.0
 
 
-def load_servable(name: str, version: int, path: Path) -> Servable:
-    """Load a SavedModel version and run each serving signature once on a one-row batch.
+def load_servable(
+    name: str,
+    version: int,
+    path: Path,
+    *,
+    warmup: bool = True,
+    warmup_iterations: int = 1,
+    synthetic_warmup: bool = True,
+    scheduler: Any = None,
+) -> Servable:
+    """Load a SavedModel version and warm it up before it is served.
+
+    Args:
+        name: the model name.
+        version: the version number.
+        path: the version folder.
+        warmup: replay ``assets.extra/tf_serving_warmup_requests`` (``--enable_model_warmup``).
+        warmup_iterations: times each record runs (``--num_request_iterations_for_warmup``).
+        synthetic_warmup: without records, run each signature once on a one-row batch.
+        scheduler: a :class:`freshrec.serving.batching.BatchScheduler` (``--enable_batching``): every
+            signature gets a batching queue in it; warm-up requests go through it too.
 
     Raises:
         Exception: whatever TensorFlow raises for a missing/corrupt SavedModel or a failing warm-up.
@@ -235,9 +303,44 @@ def load_servable(name: str, version: int, path: Path) -> Servable:
         input_specs=input_specs,
         loaded_at=time.time(),
     )
-    for key, specs in input_specs.items():
-        servable.predict({n: _warmup_value(s) for n, s in specs.items()}, key)  # pay tracing/allocation now
+    if scheduler is not None:
+        for key in signatures:
+            servable.batch_queues[key] = scheduler.queue(
+                functools.partial(servable.run, key), f"{name}/{version}/{key}"
+            )
+    try:
+        _warm_up(servable, path, warmup, warmup_iterations, synthetic_warmup)
+    except BaseException:
+        servable.close(scheduler)
+        raise
     return servable
+
+
+def _warm_up(servable: Servable, path: Path, warmup: bool, iterations: int, synthetic: bool) -> None:
+    from freshrec.model.warmup import read_warmup_requests, request_arrays, warmup_path
+
+    records = read_warmup_requests(path) if warmup else []
+    for i, record in enumerate(records):
+        signature, inputs = request_arrays(record)
+        for _ in range(max(1, iterations)):
+            try:
+                servable.predict(inputs, signature or None)
+            except ServingError as exc:
+                raise ValueError(f"warmup record {i} of {warmup_path(path)} failed: {exc.message}") from exc
+    servable.warmup_records = len(records)
+    if records:
+        log.info(
+            "warmed up %s version %d with %d records from %s",
+            servable.name,
+            servable.version,
+            len(records),
+            warmup_path(path),
+        )
+    elif warmup and synthetic:
+        for key, specs in servable.input_specs.items():  # pay tracing/allocation now
+            servable.predict({n: _warmup_value(s) for n, s in specs.items()}, key)
+    elif warmup:
+        log.info("No warmup data file found at %s", warmup_path(path))
 
 
 def _warmup_value(spec: Any) -> np.ndarray:
@@ -256,11 +359,37 @@ class ModelManager:
         default_model: str,
         poll_interval_s: float = 1.0,
         loader: Callable[[str, int, Path], Servable] = load_servable,
+        *,
+        config_file: Path | None = None,
+        config_poll_s: float = 0.0,
+        tf_semantics: bool = False,
+        scheduler: Any = None,
+        default_base_path: Path | None = None,
     ) -> None:
+        """Args:
+        models_dir: the repository (``models.config`` and ``<name>/<version>/`` folders).
+        default_model: the model served when there is no config file.
+        poll_interval_s: seconds between polls of the version folders (``--file_system_poll_wait_seconds``).
+        loader: loads one version (tests pass a fake).
+        config_file: the model config (``--model_config_file``); default ``<models_dir>/models.config``,
+            re-read on every poll.
+        config_poll_s: with ``config_file``: seconds between re-reads (0: read once, as TF Serving does).
+        tf_semantics: TF Serving's rules for base paths and version policies (see the module docstring).
+        scheduler: the batch scheduler, so that unloaded versions release their queues.
+        default_base_path: the default model's base path (``--model_base_path``); default
+            ``<models_dir>/<default_model>``.
+        """
         self.models_dir = Path(models_dir)
         self.default_model = default_model
         self.poll_interval_s = poll_interval_s
         self._loader = loader
+        self.config_file = Path(config_file) if config_file is not None else None
+        self.config_poll_s = config_poll_s
+        self.tf_semantics = tf_semantics
+        self.scheduler = scheduler
+        self.default_base_path = Path(default_base_path) if default_base_path is not None else None
+        self._config_entries: list[ModelEntry] | None = None
+        self._config_read_at = 0.0
         self._views: dict[str, ModelView] = {}
         self._failed_stamps: dict[tuple[str, int], float] = {}
         self._poll_lock = threading.Lock()
@@ -307,11 +436,18 @@ class ModelManager:
 
     # --- polling -------------------------------------------------------------------------------
     def config_entries(self) -> list[ModelEntry]:
-        """Models from models.config, or the default model when there is none (or it is unreadable)."""
+        """Models from the config file, or the default model when there is none (or it is unreadable).
+
+        Raises:
+            ValueError: an explicit ``config_file`` that cannot be read on the first read (TF Serving
+                does not start then).
+        """
+        if self.config_file is not None:
+            return self._explicit_config_entries()
         path = self.models_dir / CONFIG_FILE
         if path.exists():
             try:
-                entries = parse_model_config(path, self.models_dir)
+                entries = parse_model_config(path, self.models_dir, self.tf_semantics)
                 self._config_error_logged = None
                 return entries
             except (ValueError, OSError) as exc:
@@ -321,8 +457,26 @@ class ModelManager:
                 return [v.entry for v in self._views.values()] or [self._default_entry()]
         return [self._default_entry()]
 
+    def _explicit_config_entries(self) -> list[ModelEntry]:
+        assert self.config_file is not None
+        due = self.config_poll_s > 0 and time.monotonic() - self._config_read_at >= self.config_poll_s
+        if self._config_entries is None or due:
+            try:
+                entries = parse_model_config(self.config_file, self.models_dir, self.tf_semantics)
+            except (ValueError, OSError) as exc:
+                if self._config_entries is None:
+                    raise ValueError(f"cannot read --model_config_file {self.config_file}: {exc}") from exc
+                if self._config_error_logged != str(exc):
+                    log.error("keeping the previous model config: %s", exc)
+                    self._config_error_logged = str(exc)
+                return self._config_entries
+            self._config_entries, self._config_read_at = entries, time.monotonic()
+            self._config_error_logged = None
+        return self._config_entries
+
     def _default_entry(self) -> ModelEntry:
-        return ModelEntry(name=self.default_model, base_path=self.models_dir / self.default_model)
+        base = self.default_base_path or self.models_dir / self.default_model
+        return ModelEntry(name=self.default_model, base_path=base)
 
     def poll_once(self) -> bool:
         """Load new/wanted versions, apply labels, unload unwanted ones. Returns True if anything changed."""
@@ -372,9 +526,10 @@ class ModelManager:
             wanted |= {v for v in entry.policy_versions if try_load(v)}
         # newest first; a version that fails to load is skipped, so the previous one stays. Also under a
         # `specific` policy: the repository writes one for TF Serving's sake (labelled versions), but
-        # locally the newest version must be reachable by number (canary, online learner) too.
+        # locally the newest version must be reachable by number (canary, online learner) too. TF Serving
+        # itself (tf_semantics) loads exactly the listed versions.
         newest = 0
-        for v in loadable:
+        for v in [] if (self.tf_semantics and entry.policy == "specific") else loadable:
             if try_load(v):
                 wanted.add(v)
                 newest += 1
@@ -401,20 +556,26 @@ class ModelManager:
                         f"keeping it on {prev}" if labels.get(label) is not None else "label not served",
                     )
         for v in [v for v in loaded if v not in wanted or v not in on_disk]:
-            del loaded[v]
+            gone = loaded.pop(v)
+            if isinstance(gone, Servable):
+                gone.close(self.scheduler)
             log.info("unloaded %s version %d", entry.name, v)
         return ModelView(entry=entry, servables=loaded, labels=labels, failed=failed)
 
     def start(self) -> None:
-        """Poll in a background thread every ``poll_interval_s``."""
-        if self._thread is not None:
+        """Poll in a background thread every ``poll_interval_s`` (0: never again, as TF Serving's 0)."""
+        intervals = [self.poll_interval_s]
+        if self.config_file is not None:
+            intervals.append(self.config_poll_s)
+        self._interval = min((i for i in intervals if i > 0), default=0.0)
+        if self._thread is not None or self._interval <= 0:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.poll_interval_s):
+        while not self._stop.wait(self._interval):
             try:
                 self.poll_once()
             except Exception:  # the poller must survive a bad poll; the next one retries

@@ -34,14 +34,22 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 class RestApi:
     """The REST app: a callable ``(method, path, body) -> (status, body, content type)``."""
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: ServerMetrics,
+        max_batch_size: int,
+        metrics_path: str | None = METRICS_PATH,
+    ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.max_batch_size = max_batch_size
+        # None: no metrics endpoint (TF Serving without a --monitoring_config_file enabling Prometheus).
+        self.metrics_path = metrics_path
 
     def __call__(self, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
         path = path.split("?", 1)[0]
-        if path == METRICS_PATH and method == "GET":
+        if path == self.metrics_path and method == "GET":
             return 200, self.render_metrics().encode(), PROMETHEUS_TEXT
         m = MODEL_PATH.match(path)
         if m is None:

@@ -1,0 +1,339 @@
+"""The rehearsal's users: ranking requests through the gateway Service, clicks into the event stream.
+
+They replay held-out impressions of the same synthetic dataset the pipeline trains on (the newest 10 % by
+time, grouped per user into pages of up to ten items, with fresh ids and the current time), as a client of
+the cluster would: HTTP to the gateway's Service address, ``XADD`` to the event stream through the Redis
+Service the online learner reads (``freshrec.online.sources.publish_events``, the project's producer).
+Then they look for what the readers must see: the prediction log and the clicks where the analysis Job
+reads them, the learner's consumer group caught up, a new version served.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from freshrec.cluster.rehearsal_objects import Broken, container_env, pod_templates, ref
+
+PAGE = 10
+
+
+class Users:
+    """See the module docstring."""
+
+    def __init__(self, story: Any) -> None:
+        from freshrec.data.synthetic import generate
+
+        self.s = story
+        self.c = story.c
+        events = generate().events.sort_values("event_timestamp", kind="stable")
+        held_out = events.iloc[int(len(events) * 0.9) :]
+        pages = []
+        for user, rows in held_out.groupby("user_id", sort=False):
+            for start in range(0, len(rows), PAGE):
+                chunk = rows.iloc[start : start + PAGE]
+                pages.append(
+                    (str(user), [str(i) for i in chunk["item_id"]], [int(x) for x in chunk["label"]])
+                )
+        self.pages = pages[: story.r.n_requests]
+        self.responses: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.event_ids: list[str] = []
+
+    # --- ranking ---------------------------------------------------------------------------------------
+    def gateway_address(self) -> tuple[str, int, str]:
+        pods = self.s.gateway_pods
+        container = pod_templates(self.s.gateway)["spec"]["containers"][0]
+        port = next((p["containerPort"] for p in container.get("ports") or []), None)
+        return self.s.r.service_for(pods, port, "users (ranking requests)")
+
+    def rank_and_check(self) -> None:
+        import requests
+
+        ip, port, svc = self.gateway_address()
+        url = f"http://{ip}:{port}/v1/rank"
+        session = requests.Session()
+
+        def one(page: tuple[str, list[str], list[int]]) -> None:
+            user, items, _ = page
+            rid = uuid.uuid4().hex
+            try:
+                r = session.post(
+                    url, json={"user_id": user, "item_ids": items, "request_id": rid}, timeout=30
+                )
+            except requests.RequestException as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            if r.status_code != 200:
+                self.errors.append(f"HTTP {r.status_code}: {r.text[:300]}")
+                return
+            self.responses.append({**r.json(), "user": user, "page": page})
+
+        with self.s.r.connection(
+            "users -> gateway Service -> ranked lists",
+            "users (the rehearsal)",
+            f"gateway {ref(self.s.gateway)} via Service {svc}",
+        ) as conn:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(one, self.pages))
+            if len(self.errors) > 0.05 * len(self.pages):
+                raise Broken(
+                    "gateway", f"gateway {ref(self.s.gateway)}", "users",
+                    f"{len(self.errors)}/{len(self.pages)} requests failed, first: {self.errors[0]}" + self.s.gateway_pods[0].logs_summary(20),
+                )  # fmt: skip
+            conn.evidence = f"{len(self.responses)} ranked, {len(self.errors)} errors"
+        gw_pods = {p.name for p in self.s.gateway_pods}
+        with self.s.r.connection(
+            "gateway -> Feast online store (Redis)",
+            f"gateway {ref(self.s.gateway)}",
+            "Redis (Feast online store Service)",
+        ) as conn:
+            used = [
+                x for x in self.c.network.connections if x.client in gw_pods and "host:redis" in x.backend
+            ]
+            if not used:
+                raise Broken(
+                    "path",
+                    f"gateway {ref(self.s.gateway)}",
+                    "Feast online store (Redis)",
+                    "the gateway ranked without reading Redis: its Feast config points elsewhere",
+                )
+            conn.evidence = f"{len(used)} connection(s) via {sorted({x.service for x in used})}"
+        versions = {int(r["model_version"]) for r in self.responses if r.get("model_version") is not None}
+        with self.s.r.connection(
+            "gateway -> TF Serving stable and canary",
+            f"gateway {ref(self.s.gateway)}",
+            f"TF Serving v1 (stable) and v{self.s.version} (canary)",
+        ) as conn:
+            missing = {1, self.s.version} - versions
+            if missing:
+                raise Broken(
+                    "traffic", f"gateway {ref(self.s.gateway)} (served versions {sorted(versions)})",
+                    f"TF Serving {'canary' if self.s.version in missing else 'stable'} (v{sorted(missing)})",
+                    "no ranking request was scored by that version: the gateway's model-server address or the route "
+                    f"weights do not reach it (weights set: {self.s.ctl.weights})",
+                )  # fmt: skip
+            by = {v: sum(1 for r in self.responses if int(r["model_version"]) == v) for v in sorted(versions)}
+            conn.evidence = f"requests per version {by}"
+        self._prediction_log_check()
+
+    def _analysis_job(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        for t in self.c.objects.of_kind("AnalysisTemplate"):
+            for m in t["spec"].get("metrics") or []:
+                job = ((m.get("provider") or {}).get("job") or {}).get("spec")
+                if job:
+                    c = job["template"]["spec"]["containers"][0]
+                    owner = {
+                        "kind": "AnalysisTemplate",
+                        "metadata": t["metadata"],
+                        "spec": {"template": job["template"]},
+                    }
+                    return t, owner, c
+        raise Broken(
+            "missing-workload", "prediction log", "an analysis Job", "no AnalysisTemplate runs a Job"
+        )
+
+    def _reader_path(self, flag: str) -> tuple[Path | None, str, str]:
+        from freshrec.cluster.rehearsal_story import _opt
+
+        t, owner, c = self._analysis_job()
+        tokens = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+        path = _opt(tokens, flag)
+        if path is None:
+            workdir = _opt(tokens, "workdir") or "/var/lib/freshrec"
+            path = f"{workdir}/{'predictions' if flag == 'predictions' else 'eventlog'}"
+        return self.s._static_host_path(owner, c, path), path, ref(t)
+
+    def _prediction_log_check(self) -> None:
+        from freshrec.serving.predlog import read_predictions
+
+        host, path, who = self._reader_path("predictions")
+        ids = {r["request_id"] for r in self.responses}
+        with self.s.r.connection(
+            "gateway -> prediction log -> analysis Job",
+            f"gateway {ref(self.s.gateway)}",
+            f"{who} Job reads --predictions={path}",
+        ) as conn:
+            deadline = time.monotonic() + 60
+            found = 0
+            while time.monotonic() < deadline:
+                frame = read_predictions(host) if host is not None and host.is_dir() else pd.DataFrame()
+                found = len(set(frame["request_id"]) & ids) if len(frame) and "request_id" in frame else 0
+                if found >= 0.9 * len(ids):
+                    break
+                time.sleep(1.0)
+            if found < 0.9 * len(ids):
+                raise Broken(
+                    "path", f"gateway {ref(self.s.gateway)} prediction log", f"{who} Job reads {path} ({host})",
+                    f"{found}/{len(ids)} of the users' requests are in the prediction log the analysis reads "
+                    f"(claims: {self.s.r.claims_listing(self.s.ns)})",
+                )  # fmt: skip
+            conn.evidence = f"{found} requests logged at {path}"
+
+    # --- clicks ------------------------------------------------------------------------------------------
+    def _learner_stream(self) -> tuple[str, int, int, str, str]:
+        """(Service IP, port, db, stream, group) of the event stream the rendered learner consumes."""
+        from freshrec.config import OnlineSettings
+
+        learner = self.s.learner
+        pod = self.s.learner_pods[0]
+        c = pod.spec["containers"][0]
+        env = container_env(
+            self.c.objects, pod.obj, c, ref(learner), self.c.images.resolve(c["image"], ref(learner)).env
+        )
+        defaults = OnlineSettings()
+        url = env.get("FRESHREC_ONLINE__REDIS_URL", defaults.redis_url)
+        stream = env.get("FRESHREC_ONLINE__STREAM", defaults.stream)
+        group = env.get("FRESHREC_ONLINE__GROUP", defaults.group)
+        u = urlparse(url)
+        host = u.hostname or "localhost"
+        svc = self._service_by_dns(host, pod.namespace)
+        if svc is None:
+            raise Broken(
+                "missing-reference", f"online learner {ref(learner)} FRESHREC_ONLINE__REDIS_URL={url}", f"Service {host}",
+                f"{host!r} names no Service reachable from namespace {pod.namespace}",
+            )  # fmt: skip
+        db = int((u.path or "/0").strip("/") or 0)
+        return svc["spec"]["clusterIP"], int(u.port or 6379), db, stream, group
+
+    def _service_by_dns(self, host: str, namespace: str) -> dict[str, Any] | None:
+        parts = host.split(".")
+        name, ns = parts[0], parts[1] if len(parts) > 1 else namespace
+        return self.c.objects.get("Service", ns, name)
+
+    def clicks_and_check(self) -> None:
+        import redis as redis_lib
+
+        from freshrec.online.sources import publish_events
+
+        ip, port, db, stream, group = self._learner_stream()
+        self.stream, self.group, self.redis_addr = stream, group, (ip, port, db)
+        rows = []
+        now = pd.Timestamp.now(tz="UTC")
+        for r in self.responses:
+            user, items, labels = r["page"]
+            for item, label in zip(items, labels, strict=True):
+                eid = f"rehearsal-{uuid.uuid4().hex}"
+                self.event_ids.append(eid)
+                rows.append(
+                    {
+                        "event_id": eid,
+                        "event_timestamp": now,
+                        "user_id": user,
+                        "item_id": item,
+                        "label": label,
+                    }
+                )
+        frame = pd.DataFrame(rows)
+        client = redis_lib.Redis(host=ip, port=port, db=db)
+        publish_events(client, stream, frame)
+        self.c.note(
+            f"the users published {len(frame)} click/no-click events to Redis stream {stream!r} (what the learner reads)"
+        )
+        host, path, who = self._reader_path("events")
+        with self.s.r.connection(
+            "users' clicks -> event log -> analysis Job",
+            f"event stream {stream!r} (Redis)",
+            f"{who} Job reads --events={path}",
+        ) as conn:
+            wanted = set(self.event_ids)
+            deadline = time.monotonic() + 45
+            seen = 0
+            while time.monotonic() < deadline:
+                seen = _ids_under(host, wanted)
+                if seen >= 0.9 * len(wanted):
+                    break
+                time.sleep(1.0)
+            if seen < 0.9 * len(wanted):
+                raise Broken(
+                    "path", f"clicks on Redis stream {stream!r}", f"{who} Job reads {path} ({host})",
+                    f"{seen}/{len(wanted)} clicks reached the event log the analysis reads within 45 s: no workload "
+                    f"writes the stream into it (claims: {self.s.r.claims_listing(self.s.ns)})",
+                )  # fmt: skip
+            conn.evidence = f"{seen} clicks at {path}"
+
+    # --- the online learner ---------------------------------------------------------------------------------
+    def learner_consumed(self) -> None:
+        import redis as redis_lib
+
+        ip, port, db = self.redis_addr
+        client = redis_lib.Redis(host=ip, port=port, db=db)
+        with self.s.r.connection(
+            "event stream -> online learner",
+            f"Redis stream {self.stream!r}",
+            f"online learner {ref(self.s.learner)} (group {self.group!r})",
+        ) as conn:
+            deadline = time.monotonic() + 90
+            info: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                groups = {
+                    g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                    for g in client.xinfo_groups(self.stream)
+                }
+                info = groups.get(self.group, {})
+                read = int(info.get("entries-read") or 0)
+                if info and read >= len(self.event_ids) and int(info.get("pending", 0)) == 0:
+                    break
+                time.sleep(1.0)
+            else:
+                raise Broken(
+                    "path", f"Redis stream {self.stream!r} ({len(self.event_ids)} events)", f"online learner group {self.group!r}",
+                    f"the learner did not consume them: group info {info or 'no such group'}" + self.s.learner_pods[0].logs_summary(20),
+                )  # fmt: skip
+            conn.evidence = (
+                f"group {self.group}: {info.get('entries-read')} read, {info.get('pending')} pending"
+            )
+
+    def learner_export_served(self) -> None:
+        stable = self.s.ctl.pods[self.s.ctl.stable_hash][0]
+        host, _ = self.s.r.host_path(stable, self.s.tfs_base[0], self.s.tfs_base[1])
+        before = max(int(p.name) for p in host.iterdir() if p.name.isdigit())
+        with self.s.r.connection(
+            "online learner -> model repository -> TF Serving",
+            f"online learner {ref(self.s.learner)}",
+            f"TF Serving stable pod {stable.name}",
+        ) as conn:
+            deadline = time.monotonic() + 120
+            newer = None
+            while time.monotonic() < deadline:
+                found = [
+                    int(p.name) for p in host.iterdir() if p.name.isdigit() and int(p.name) > self.s.version
+                ]
+                if found:
+                    newer = max(found)
+                    break
+                time.sleep(1.0)
+            if newer is None:
+                raise Broken(
+                    "path", f"online learner {ref(self.s.learner)}", f"model repository TF Serving reads ({self.s.models_where})",
+                    f"no version after v{self.s.version} appeared there (newest v{before})" + self.s.learner_pods[0].logs_summary(25),
+                )  # fmt: skip
+            try:
+                status = self.s._model_status(stable, newer, timeout_s=60)
+            except Broken as exc:
+                raise Broken(
+                    "path",
+                    f"online export v{newer} at {self.s.models_where}",
+                    f"TF Serving {stable.name}",
+                    f"the version is on the volume but TF Serving does not load it: {exc.detail[:1500]}",
+                ) from exc
+            conn.evidence = f"v{newer}: {status}"
+
+
+def _ids_under(folder: Path | None, wanted: set[str]) -> int:
+    if folder is None or not folder.exists():
+        return 0
+    seen: set[str] = set()
+    for p in folder.rglob("*.parquet"):
+        try:
+            ids = pd.read_parquet(p, columns=["event_id"])["event_id"]
+        except (OSError, ValueError, KeyError):
+            continue
+        seen |= wanted & set(ids.astype(str))
+    return len(seen)
