@@ -317,5 +317,5 @@ def test_drift_trigger_authenticates_with_the_pods_projected_token(kfp_api, tmp_
     assert run["run_id"] == run_id and run["service_account"] == settings.cluster.service_accounts.pipeline
     assert launcher.is_running(run_id) is False  # the fake answers SUCCEEDED
     token.write_text("rotated")  # kubelet rotates the file; the next request carries the new token
-    with pytest.raises(Exception, match="401|Unauthorized"):
+    with pytest.raises(Exception, match=r"401|Unauthorized"):
         launcher.launch("again")
