@@ -111,15 +111,14 @@ def _volumes_and_mounts(
     return volumes, volume_mounts
 
 
-def _settings_env(layout: ClusterLayout, extra: dict[str, str] | None = None) -> dict[str, Any]:
-    """envFrom the settings ConfigMap, PGPASSWORD from the secret, HOME on the writable /tmp."""
-    env = [
-        {
-            "name": "PGPASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": layout.postgres_secret, "key": "password"}},
-        },
-        {"name": "HOME", "value": "/tmp"},
-    ]
+def _settings_env(
+    layout: ClusterLayout, extra: dict[str, str] | None = None, postgres: bool = True
+) -> dict[str, Any]:
+    """envFrom the settings ConfigMap, PGPASSWORD from the secret (Feast's registry), HOME on /tmp."""
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
+    if postgres:
+        secret = {"secretKeyRef": {"name": layout.postgres_secret, "key": "password"}}
+        env.insert(0, {"name": "PGPASSWORD", "valueFrom": secret})
     env += [{"name": k, "value": v} for k, v in (extra or {}).items()]
     return {"envFrom": [{"configMapRef": {"name": layout.settings_configmap}}], "env": env}
 
@@ -576,22 +575,25 @@ def serving_objects(layout: ClusterLayout, model: str, plan: CanaryPlan) -> list
         {"name": "grpc", "port": grpc, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c"},
     ]
     select = {"app.kubernetes.io/name": name}
+
+    def serving_service(svc: str, selector: dict[str, str], svc_ports: list[dict[str, Any]], **spec: Any):
+        out = _service(svc, "model-server", selector, svc_ports, **spec)
+        out["metadata"]["labels"]["app.kubernetes.io/name"] = name  # what the ServiceMonitor selects by
+        return out
+
     services = [
         # What the gateway calls: every serving pod; the mesh route below splits it stable/canary.
-        _service(s.serving, "model-server", select, ports),
+        serving_service(s.serving, select, ports),
         # Argo Rollouts adds the pod-template-hash selector to these two during a canary.
-        _service(s.serving_stable, "model-server", select, ports),
-        _service(s.serving_canary, "model-server", select, ports),
+        serving_service(s.serving_stable, select, ports),
+        serving_service(s.serving_canary, select, ports),
         # Scrape target: every pod once (stable and canary may select the same pods).
-        {
-            **_service(
-                f"{name}-metrics",
-                "model-server",
-                {**select, "freshrec.io/metrics": "true"},
-                [{"name": "http", "port": rest, "targetPort": "http"}],
-                clusterIP="None",
-            ),
-        },
+        serving_service(
+            f"{name}-metrics",
+            {**select, "freshrec.io/metrics": "true"},
+            [{"name": "http", "port": rest, "targetPort": "http"}],
+            clusterIP="None",
+        ),
     ]
     services[-1]["metadata"]["labels"]["freshrec.io/metrics"] = "true"
     backends = lambda port: [  # noqa: E731
