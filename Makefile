@@ -10,7 +10,7 @@ RUN_ARGS ?=
 REHEARSE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run run-quick test test-fast lint format compile bench rehearse lock clean
+.PHONY: help setup run run-quick test test-fast lint format compile bench rehearse lock lock-cuda clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ rehearse: $(STAMP) ## run every overlay + the compiled pipeline as rendered on t
 lock: ## re-resolve requirements.in into requirements.lock
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==0.13.9"; }
 	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.11
+
+lock-cuda: ## re-resolve requirements-cuda.in (the CUDA image's lock) against requirements.lock
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==0.13.9"; }
+	$(UV) pip compile requirements-cuda.in -o requirements-cuda.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
 clean: ## remove the virtual environment and local state
 	rm -rf $(VENV) .freshrec

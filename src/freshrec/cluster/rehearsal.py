@@ -306,9 +306,10 @@ class Rehearsal:
         return images.pop()
 
     def _pipeline_namespace(self) -> str:
-        from freshrec.config import PipelineSettings
+        from freshrec.config import load_settings
+        from freshrec.pipelines.submit import run_request
 
-        return self.pipeline_namespace or PipelineSettings().namespace
+        return self.pipeline_namespace or run_request(load_settings()).namespace
 
     def _isolate_stores(self) -> None:
         """A Redis database and a PostgreSQL database of this rehearsal's own on the shared local servers."""
