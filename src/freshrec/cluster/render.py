@@ -156,10 +156,14 @@ def _freshrec_container(
 
 
 def _heartbeat_probe(max_age_s: int) -> dict[str, Any]:
-    """Liveness of a loop without an HTTP port: it touches a file on every iteration (idle polls too)."""
-    code = f"import os,sys,time; sys.exit(time.time() - os.path.getmtime('{HEARTBEAT}') > {max_age_s})"
+    """Liveness of a loop without an HTTP port: it touches a file on every iteration (idle polls too).
+
+    ``sh`` and ``find`` (in every Debian-based image), not Python: a probe every few seconds should cost
+    nothing and must not depend on which interpreter a PATH lookup finds.
+    """
+    minutes = max(1, max_age_s // 60)
     return {
-        "exec": {"command": ["python3", "-c", code]},
+        "exec": {"command": ["sh", "-c", f'test -n "$(find {HEARTBEAT} -mmin -{minutes} 2>/dev/null)"']},
         "initialDelaySeconds": 60,
         "periodSeconds": 30,
         "timeoutSeconds": 10,
