@@ -375,3 +375,56 @@ def test_deploy_command(api, settings, final, code):
         thread.join(5)
     assert result.exit_code == code, result.output
     assert ("promoted" if code == 0 else "aborted") in result.output
+
+
+def _kubeconfig(path, url, token=None):
+    user = {"token": token} if token else {}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": NS}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_cluster_commands_show_status_and_fail_in_one_line(api, settings, tmp_path, monkeypatch):
+    """status -o json, abort, and the four ways a cluster call fails: each a single line, exit 4, no traceback."""
+    import json
+    import socket
+
+    from typer.testing import CliRunner
+
+    from freshrec.rollout.cli import app
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    run = lambda *args: CliRunner().invoke(app, list(args), obj=settings)  # noqa: E731
+    shown = run("status", f"--api-server={api.url}", "-o", "json")
+    assert shown.exit_code == 0, shown.output
+    status = json.loads(shown.stdout)
+    assert (status["namespace"], status["rollout"], status["phase"]) == (NS, NAME, "Healthy")
+    aborted = run("abort", f"--api-server={api.url}", "--namespace", NS)
+    assert aborted.exit_code == 0 and stored(api)["status"]["abort"] is True
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    api.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody", "namespace": NS}})
+    nobody = _kubeconfig(tmp_path / "nobody", api.url, api.token_for(NS, "nobody"))
+    cases = {
+        "no Kubernetes credentials": ("status", f"--kubeconfig={tmp_path / 'missing'}"),
+        "unreachable": ("status", f"--api-server=http://127.0.0.1:{closed}"),
+        "not found": ("status", f"--api-server={api.url}", "-n", "elsewhere"),
+        "forbidden": ("deploy", "--version=3", f"--kubeconfig={nobody}"),
+    }
+    for expected, args in cases.items():
+        result = run(*args)
+        assert result.exit_code == 4, (expected, result.output)
+        assert expected in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
