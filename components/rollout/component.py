@@ -79,7 +79,10 @@ def rollout(
 
         try:
             done, status = driver.deploy_and_wait(
-                version, timeout_s=settings.pipeline.rollout_timeout_s, poll_s=10.0, on_status=seen
+                version,
+                timeout_s=settings.pipeline.rollout_timeout_s,
+                poll_s=settings.pipeline.rollout_poll_s,
+                on_status=seen,
             )
         except RolloutTimeout as exc:
             done, status, failure = "aborted", None, f"{exc} (the canary was aborted)"

@@ -367,6 +367,7 @@ class PipelineSettings(BaseModel):
     rollout_mode: Literal["auto", "local", "argo", "promote", "none"] = "auto"
     # How long the rollout task follows an Argo canary before aborting it.
     rollout_timeout_s: float = 3600.0
+    rollout_poll_s: float = 10.0
     # Per task (by component name, e.g. "train"; "default" for the others): container requests/limits.
     resources: dict[str, TaskResources] = Field(default_factory=_default_task_resources)
     # Retries per task ("default" for the others); steps that change outside state default to none.

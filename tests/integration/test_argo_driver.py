@@ -428,3 +428,73 @@ def test_cluster_commands_show_status_and_fail_in_one_line(api, settings, tmp_pa
         assert result.exit_code == 4, (expected, result.output)
         assert expected in result.output and "Traceback" not in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("final", ["Healthy", "Degraded"])
+def test_rollout_task_in_argo_mode_follows_the_canary(api, settings, tmp_path, monkeypatch, final):
+    """The pipeline's rollout task in the cluster (environment=cluster → auto is argo), through the API as
+    the kubeconfig's user: promoted → the repository's stable label and the drift reference follow it;
+    aborted → the task fails with the Rollout's message and the stable version stays."""
+    import json
+
+    import pandas as pd
+    from kfp.dsl import Markdown
+
+    from freshrec.components.rollout.component import rollout
+    from freshrec.model.references import ReferenceStore
+    from freshrec.model.repository import ModelRepository
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", api.url)))
+    repo = ModelRepository(settings.models_dir, settings.model.name)
+    refs = ReferenceStore(settings.references_dir, settings.model.name)
+    for v in (1, 2):
+        export = tmp_path / f"e{v}"
+        (export / "variables").mkdir(parents=True)
+        (export / "saved_model.pb").write_bytes(b"x")
+        assert repo.publish(export, {}) == v
+        frame = tmp_path / f"t{v}.parquet"
+        pd.DataFrame({"v": [v]}).to_parquet(frame)
+        refs.write(v, frame)
+    repo.set_label("stable", 1)
+    refs.promote(1)
+
+    stop = threading.Event()
+
+    def argo():
+        controller = ArgoController(api, [])
+        while not stop.wait(0.05):
+            obj = stored(api)
+            if obj["spec"]["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "2":
+                status = {
+                    "phase": final,
+                    "currentPodHash": "bbb",
+                    "stableRS": "bbb" if final == "Healthy" else "aaa",
+                }
+                if final == "Degraded":
+                    status.update(abort=True, message="RolloutAborted: metric online-quality assessed Failed")
+                controller.script = [status]
+                controller.tick()
+                return
+
+    thread = threading.Thread(target=argo, daemon=True)
+    thread.start()
+    data = settings.model_dump(mode="json")
+    data.pop("workdir")
+    data["environment"] = "cluster"
+    data["pipeline"].update(rollout_poll_s=0.05, rollout_timeout_s=30)
+    report = Markdown(uri=str(tmp_path / "report.md"))
+    try:
+        if final == "Healthy":
+            assert rollout(str(settings.workdir), json.dumps(data), 2, report, mode="auto") == "promoted"
+            assert repo.stable() == 2 and refs.stable_version() == 2
+        else:
+            with pytest.raises(RuntimeError, match="aborted v2: RolloutAborted: metric online-quality"):
+                rollout(str(settings.workdir), json.dumps(data), 2, report, mode="auto")
+            assert repo.stable() == 1 and refs.stable_version() == 1
+    finally:
+        stop.set()
+        thread.join(5)
+    text = (tmp_path / "report.md").read_text()
+    assert f"Argo Rollout {NS}/{NAME}: model version 2 set" in text
+    assert final in text

@@ -155,6 +155,10 @@ def make_api_client(
             return client.ApiClient()
         except config.ConfigException:
             pass
+    import os
+
+    # Read $KUBECONFIG now: the client library reads it once, when it is first imported.
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
         config.load_kube_config(config_file=kubeconfig, context=context)
     except (config.ConfigException, OSError) as exc:
