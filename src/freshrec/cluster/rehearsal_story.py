@@ -429,12 +429,18 @@ class Story:
         with self.r.connection(
             "user -> KFP API -> pipeline run", "freshrec pipeline submit (kfp.Client)", f"KFP API ({url})"
         ) as conn:
+            from freshrec.config import load_settings
+            from freshrec.pipelines.submit import run_request
+
+            request = run_request(load_settings())  # what `freshrec pipeline submit` sends
             result = submit(
-                make_client(url),
+                make_client(url, namespace=request.namespace),
                 self.r.pipeline,
                 experiment="freshrec-rehearsal",
                 arguments=arguments,
                 run_name="rehearsal",
+                namespace=request.namespace,
+                service_account=request.service_account,
             )
             run = self.c.kfp.runs[result.id]
             self.run = run
