@@ -10,7 +10,7 @@ RUN_ARGS ?=
 REHEARSE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run run-quick test test-fast lint format compile bench rehearse lock clean
+.PHONY: help setup run run-quick test test-fast lint format compile bench rehearse checkov lock lock-cuda clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -47,8 +47,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-compile: $(STAMP) ## recompile the pipelines' YAML
+compile: $(STAMP) ## recompile the pipelines' YAML and re-render the base manifests from the cluster layout
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec pipeline compile
+	$(BIN)/freshrec cluster render
 
 bench: $(STAMP) ## run every benchmark and rewrite benchmarks/results.md
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m benchmarks.run_all
@@ -56,9 +57,23 @@ bench: $(STAMP) ## run every benchmark and rewrite benchmarks/results.md
 rehearse: $(STAMP) ## run every overlay + the compiled pipeline as rendered on this machine (root; ~3 min each)
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/freshrec rehearse --rows $(REHEARSE_ARGS)
 
-lock: ## re-resolve requirements.in into requirements.lock
+lock: ## re-resolve requirements.in into requirements.lock (and the checkov venv's lock)
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==0.13.9"; }
 	$(UV) pip compile requirements.in -o requirements.lock --python-version 3.11
+	$(UV) pip compile requirements-checkov.in -o requirements-checkov.lock --python-version 3.11
+
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed: requirements-checkov.lock $(STAMP)
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(UV) pip install --python $(CHECKOV_VENV)/bin/python -q -r requirements-checkov.lock
+	@touch $@
+
+checkov: $(CHECKOV_VENV)/.installed ## scan every rendered overlay with checkov (fails on a finding manifests/README.md does not justify)
+	$(BIN)/python -m freshrec.cluster.scan --checkov $(CHECKOV_VENV)/bin/checkov
+
+lock-cuda: ## re-resolve requirements-cuda.in (the CUDA image's lock) against requirements.lock
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet "uv==0.13.9"; }
+	$(UV) pip compile requirements-cuda.in -o requirements-cuda.lock --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
 clean: ## remove the virtual environment and local state
-	rm -rf $(VENV) .freshrec
+	rm -rf $(VENV) $(CHECKOV_VENV) .freshrec

@@ -11,13 +11,16 @@ from pathlib import Path
 
 from benchmarks.results import Row, print_rows, write_rows
 
+# Benchmarks whose file name says what they check rather than bench_*: run too.
+EXTRA_MODULES = ("gpu_check",)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("only", nargs="*", help="module names (bench_x) to run; default all")
     args = parser.parse_args()
-    modules = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    modules = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py")) + list(EXTRA_MODULES)
     if args.only:
         modules = [m for m in modules if m in args.only]
     rows: list[Row] = []

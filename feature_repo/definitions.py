@@ -2,18 +2,23 @@
 
 Every object comes from :func:`freshrec.features.definitions.make_definitions`, the same function the
 library applies in-process, so the CLI and ``freshrec features apply`` register identical objects.
-The tables path is relative to this folder (Feast resolves it against the repo path): the default
-workdir's ``.freshrec/tables``, written by ``freshrec data prepare`` and ``freshrec features apply``.
+The tables are the settings' (``<workdir>/tables``: ``FRESHREC_WORKDIR``, ``FRESHREC_CONFIG``), written by
+``freshrec data prepare`` and ``freshrec features apply``; the YAML files name the same workdir through
+``${FRESHREC_WORKDIR}``, so export it (an absolute path) before running the ``feast`` CLI.
 
+    export FRESHREC_WORKDIR=$PWD/.freshrec
     freshrec data prepare && freshrec features apply          # writes the tables (and applies)
     feast -c feature_repo apply                                # local: SQLite online, file registry
     feast -c feature_repo materialize 1970-01-01T00:00:00 $(date -u +%Y-%m-%dT%H:%M:%S)  # first time
     feast -c feature_repo -f feature_repo/feature_store.redis.yaml apply   # Redis + PostgreSQL registry
 """
 
+from freshrec.config import load_settings
 from freshrec.features.definitions import make_definitions
 
-_defs = make_definitions("../.freshrec/tables")
+# This file is an entry point (the feast CLI imports it), so it may read the settings.
+_settings = load_settings()
+_defs = make_definitions(_settings.tables_dir, _settings.features.ttl_days)
 
 # entities
 user = _defs.entities["user"]

@@ -135,6 +135,9 @@ def submit(
     package: Path | None = typer.Option(
         None, help="Compiled YAML (default: the checked-in one; --compile rebuilds it from the settings)."
     ),
+    profile: str = typer.Option(
+        "default", "--profile", help="Checked-in variant: default (CPU training) | production (GPU training)."
+    ),
     recompile: bool = typer.Option(
         False, "--compile", help="Compile from the current settings (image, GPU, volume) before submitting."
     ),
@@ -146,8 +149,17 @@ def submit(
     token: str | None = typer.Option(None, help="Bearer token for the KFP API."),
     token_env: str | None = typer.Option(None, help="Read the bearer token from this environment variable."),
     namespace: str | None = typer.Option(
-        None, help="Kubeflow profile namespace (default: pipeline.namespace)."
+        None, "--namespace", "-n", help="Kubeflow profile namespace (default: the cluster layout's)."
     ),
+    service_account: str | None = typer.Option(
+        None, help="Service account of the run's pods (default: the layout's pipeline account)."
+    ),
+    wait: bool = typer.Option(
+        False,
+        "--wait/--no-wait",
+        help="Follow the run to its end, printing each task's state; exit 1 unless it succeeds.",
+    ),
+    timeout_s: float = typer.Option(6 * 3600.0, help="With --wait: give up waiting after this long."),
     cache: bool | None = typer.Option(
         None, "--cache/--no-cache", help="Override every task's caching option."
     ),
@@ -155,8 +167,8 @@ def submit(
 ) -> None:
     """Submit a run (or a recurring run) to a Kubeflow Pipelines backend."""
     settings: Settings = ctx.obj
-    from freshrec.pipelines.build import check_name, compile_pipeline, create, package_path
-    from freshrec.pipelines.submit import make_client
+    from freshrec.pipelines.build import check_name, compile_pipeline, create, package_path, profile_settings
+    from freshrec.pipelines.submit import make_client, run_request
     from freshrec.pipelines.submit import submit as do_submit
 
     host = host or settings.pipeline.host
@@ -174,25 +186,59 @@ def submit(
         check_name(pipeline)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--pipeline") from exc
-    if recompile:
-        import tempfile
+    if wait and recurring:
+        raise typer.BadParameter(
+            "--wait follows one run; a recurring run has none to follow", param_hint="--wait"
+        )
+    try:
+        if recompile:
+            import tempfile
 
-        package = Path(tempfile.mkdtemp(prefix="freshrec-kfp-")) / f"{pipeline}.yaml"
-        compile_pipeline(create(pipeline, settings), package)
-    package = package or package_path(pipeline)
-    namespace = namespace or settings.pipeline.namespace
+            package = Path(tempfile.mkdtemp(prefix="freshrec-kfp-")) / f"{pipeline}.yaml"
+            compile_pipeline(create(pipeline, profile_settings(settings, profile)), package)
+        package = package or package_path(pipeline, profile)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    req = run_request(settings)
+    namespace = namespace or req.namespace
     client = make_client(host, token=token, namespace=namespace)
     try:
         result = do_submit(
             client,
             package,
-            experiment=experiment or settings.pipeline.experiment,
+            experiment=experiment or req.experiment,
             arguments=parse_params(param),
             run_name=run_name,
             recurring_cron=recurring,
             namespace=namespace,
             enable_caching=cache,
+            service_account=service_account or req.service_account,
         )
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     console.print(f"created {result.kind} {result.id} in experiment {result.experiment_id}: {result.url}")
+    if wait:
+        _follow(client, result.id, timeout_s)
+
+
+def _follow(client, run_id: str, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    """Print the run's state and its tasks' states as they change; exit 0 on success, 1 otherwise."""
+    import time
+
+    from freshrec.pipelines.submit import run_state, task_states
+    from freshrec.pipelines.submit import wait as wait_for
+
+    started = time.monotonic()
+
+    def show(run) -> None:  # type: ignore[no-untyped-def]
+        tasks = ", ".join(f"{k} {v.lower()}" for k, v in sorted(task_states(run).items()))
+        console.print(f"[{time.monotonic() - started:7.0f}s] run {run_state(run).lower()}  {tasks}")
+
+    try:
+        run = wait_for(client, run_id, timeout_s=timeout_s, on_change=show)
+    except TimeoutError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from exc
+    state = run_state(run)
+    console.print(f"run {run_id}: {state.lower()}")
+    raise typer.Exit(0 if state == "SUCCEEDED" else 1)

@@ -13,7 +13,8 @@ def push(
     train_set: Input[Dataset],
     infra_ok: bool,
 ) -> int:
-    """Copy the SavedModel into ``models/<name>/<version>/`` atomically, with its metadata.
+    """Copy the SavedModel into ``models/<name>/<version>/`` atomically, with its metadata, and keep its
+    training frame as the drift monitor's reference profile for that version (``references/<name>/``).
 
     Args:
         workdir: freshrec state directory (the repository lives under it).
@@ -45,7 +46,12 @@ def push(
         "data_window": {key: train_set.metadata.get(key) for key in ("start", "end", "rows")},
         "source": "continuous_training",
     }
-    return int(ModelRepository(settings.models_dir, settings.model.name).publish(model.path, metadata))
+    from freshrec.model.references import ReferenceStore
+
+    version = int(ModelRepository(settings.models_dir, settings.model.name).publish(model.path, metadata))
+    references = ReferenceStore(settings.references_dir, settings.model.name)
+    references.write(version, train_set.path)
+    return version
 
 
 def component(image: str) -> PythonComponent:

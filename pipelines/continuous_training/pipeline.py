@@ -23,7 +23,14 @@ from freshrec.components.push_gate import component as push_gate
 from freshrec.components.rollout import component as rollout
 from freshrec.components.train import component as train
 from freshrec.components.training_set import component as training_set
-from freshrec.pipelines.common import DEFAULT_WORKDIR, GpuConfig, VolumeConfig, mount_workdir, place_on_gpu
+from freshrec.pipelines.common import (
+    DEFAULT_WORKDIR,
+    ClusterPlatform,
+    GpuConfig,
+    TaskOptions,
+    on_cluster,
+    place_on_gpu,
+)
 
 NAME = "freshrec-continuous-training"
 
@@ -31,15 +38,18 @@ NAME = "freshrec-continuous-training"
 def create_pipeline(
     image: str,
     gpu: GpuConfig | None = None,
-    volume: VolumeConfig | None = None,
+    platform: ClusterPlatform | None = None,
+    options: TaskOptions | None = None,
     name: str = NAME,
 ) -> Callable:
     """Build the pipeline.
 
     Args:
         image: the component image (``docker/Dockerfile``: freshrec installed).
-        gpu: GPU placement for the train step; None trains on CPU.
-        volume: a PVC mounted at the workdir in every task (cluster runs); None for local runs.
+        gpu: GPU placement for the train step (and its CUDA image); None trains on CPU.
+        platform: the cluster layout's mounts, settings ConfigMap and secrets for every stateful task;
+            None for a pipeline that only runs locally.
+        options: per-task resources, retries and caching overrides.
         name: the pipeline name.
 
     Returns:
@@ -51,7 +61,7 @@ def create_pipeline(
         "ingest": ingest.component(image),
         "features": features.component(image),
         "training_set": training_set.component(image),
-        "train": train.component(image),
+        "train": train.component(gpu.image if gpu and gpu.image else image),
         "evaluate": evaluate.component(image),
         "data_quality": data_quality.component(image),
         "push_gate": push_gate.component(image),
@@ -59,7 +69,8 @@ def create_pipeline(
         "push": push.component(image),
         "rollout": rollout.component(image),
     }
-    default_workdir = volume.mount_path if volume else DEFAULT_WORKDIR
+    default_workdir = platform.workdir if platform else DEFAULT_WORKDIR
+    opts = options or TaskOptions()
 
     @dsl.pipeline(
         name=name, description="Ingest, train, evaluate and bless, gate, push and canary a CTR model."
@@ -77,9 +88,7 @@ def create_pipeline(
         (> 0 overrides training.epochs), rollout_mode (auto | local | argo | promote | none)."""
         state = {"workdir": workdir, "settings_json": settings_json}
         ingested = comps["ingest"](**state, dataset=dataset, source_path=source_path)
-        ingested.set_caching_options(False)
         featured = comps["features"](**state, events=ingested.outputs["events"])
-        featured.set_caching_options(False)
         splits = comps["training_set"](**state, events=ingested.outputs["events"]).after(featured)
         trained = comps["train"](
             **state,
@@ -87,7 +96,6 @@ def create_pipeline(
             valid_set=splits.outputs["valid_set"],
             epochs=epochs,
         )
-        trained.set_caching_options(False)
         place_on_gpu(trained, gpu)
         evaluated = comps["evaluate"](
             **state,
@@ -95,7 +103,6 @@ def create_pipeline(
             train_set=splits.outputs["train_set"],
             test_set=splits.outputs["test_set"],
         )
-        evaluated.set_caching_options(False)
         quality = comps["data_quality"](
             **state, reference=splits.outputs["train_set"], current=splits.outputs["test_set"]
         )
@@ -113,10 +120,23 @@ def create_pipeline(
                 train_set=splits.outputs["train_set"],
                 infra_ok=checked.outputs["Output"],
             )
-            pushed.set_caching_options(False)
             rolled = comps["rollout"](**state, version=pushed.outputs["Output"], mode=rollout_mode)
-            rolled.set_caching_options(False)
-        for task in (ingested, featured, splits, trained, evaluated, quality, pushed, rolled):
-            mount_workdir(task, volume)
+        # Caching: only steps whose output is a function of their inputs alone (see the module docstring).
+        tasks = {
+            "ingest": (ingested, False, True),
+            "features": (featured, False, True),
+            "training_set": (splits, True, True),
+            "train": (trained, False, True),
+            "evaluate": (evaluated, False, True),
+            "data_quality": (quality, True, True),
+            "push_gate": (gate, True, False),
+            "infra_check": (checked, True, False),
+            "push": (pushed, False, True),
+            "rollout": (rolled, False, True),
+        }
+        for task_name, (task, cache, stateful) in tasks.items():
+            opts.apply(task_name, task, cache)
+            if stateful:
+                on_cluster(task, platform)
 
     return continuous_training

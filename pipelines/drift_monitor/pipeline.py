@@ -11,7 +11,7 @@ from collections.abc import Callable
 from freshrec.components.alert import component as alert
 from freshrec.components.drift_check import component as drift_check
 from freshrec.components.trigger import component as trigger
-from freshrec.pipelines.common import DEFAULT_WORKDIR, GpuConfig, VolumeConfig, mount_workdir
+from freshrec.pipelines.common import DEFAULT_WORKDIR, ClusterPlatform, GpuConfig, TaskOptions, on_cluster
 
 NAME = "freshrec-drift-monitor"
 
@@ -19,7 +19,8 @@ NAME = "freshrec-drift-monitor"
 def create_pipeline(
     image: str,
     gpu: GpuConfig | None = None,
-    volume: VolumeConfig | None = None,
+    platform: ClusterPlatform | None = None,
+    options: TaskOptions | None = None,
     name: str = NAME,
 ) -> Callable:
     """Build the pipeline.
@@ -27,7 +28,8 @@ def create_pipeline(
     Args:
         image: the component image (``docker/Dockerfile``).
         gpu: unused (no step needs a GPU); accepted so that every factory has the same signature.
-        volume: a PVC mounted at the workdir in every task (cluster runs); None for local runs.
+        platform: the cluster layout's mounts, settings ConfigMap and secrets; None for local-only runs.
+        options: per-task resources, retries and caching overrides.
         name: the pipeline name.
     """
     from kfp import dsl
@@ -37,7 +39,8 @@ def create_pipeline(
         alert.component(image),
         trigger.component(image),
     )
-    default_workdir = volume.mount_path if volume else DEFAULT_WORKDIR
+    default_workdir = platform.workdir if platform else DEFAULT_WORKDIR
+    opts = options or TaskOptions()
 
     @dsl.pipeline(
         name=name, description="Check drift on the recent window, alert on-call, trigger retraining."
@@ -59,8 +62,8 @@ def create_pipeline(
         triggered = trigger_op(**state, drift_result=checked.outputs["result"], launcher=launcher).after(
             alerted
         )
-        for task in (checked, alerted, triggered):
-            task.set_caching_options(False)
-            mount_workdir(task, volume)
+        for task_name, task in (("drift_check", checked), ("alert", alerted), ("trigger", triggered)):
+            opts.apply(task_name, task, cache=False)
+            on_cluster(task, platform)
 
     return drift_monitor

@@ -33,6 +33,7 @@ GROUPS: dict[str, str] = {
     "serving": "freshrec.serving.cli",
     "rollout": "freshrec.rollout.cli",
     "pipeline": "freshrec.pipelines.cli",
+    "cluster": "freshrec.cluster.cli",
 }
 # (top-level command, module, function) — `freshrec train`, `freshrec serve`, ...
 COMMANDS: list[tuple[str, str, str]] = [

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from freshrec.cluster.layout import ClusterLayout
 
 
 class DataSettings(BaseModel):
@@ -161,8 +163,9 @@ class RolloutSettings(BaseModel):
     max_inconclusive_wait_s: float = 1800.0
     analysis_interval_s: float = 30.0
     on_inconclusive: Literal["rollback", "promote"] = "rollback"
-    namespace: str = "freshrec"
-    rollout_name: str = "ctr-serving"
+    # None: the cluster layout's namespace and Rollout name (settings.cluster).
+    namespace: str | None = None
+    rollout_name: str | None = None
 
 
 class DriftSettings(BaseModel):
@@ -355,23 +358,61 @@ class OnlineSettings(BaseModel):
     push_features: bool = True
 
 
-class PipelineSettings(BaseModel):
-    """KFP settings: image, cluster submission, GPU for training."""
+class TaskResources(BaseModel):
+    """CPU/memory requests and limits of one KFP task's container (Kubernetes quantities; None: unset)."""
 
-    image: str = "ghcr.io/freshrec/freshrec:0.1.0"
+    model_config = ConfigDict(extra="forbid")
+
+    cpu_request: str | None = None
+    memory_request: str | None = None
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+
+
+def _default_task_resources() -> dict[str, TaskResources]:
+    return {
+        "default": TaskResources(cpu_request="500m", memory_request="1Gi", memory_limit="4Gi"),
+        "train": TaskResources(cpu_request="2", memory_request="4Gi", memory_limit="16Gi"),
+        "features": TaskResources(cpu_request="1", memory_request="2Gi", memory_limit="8Gi"),
+        "evaluate": TaskResources(cpu_request="1", memory_request="2Gi", memory_limit="8Gi"),
+    }
+
+
+class PipelineSettings(BaseModel):
+    """KFP settings: images, cluster submission, task resources/retries/caching, GPU for training.
+
+    Where the run's pods find their state (claims, subPaths, mount paths), which namespace and service
+    account they run as, and which images they use follow ``settings.cluster`` (the layout) unless set here.
+    """
+
+    image: str | None = None  # None: cluster.images.component
+    gpu_image: str | None = (
+        None  # None: cluster.images.component_gpu (the CUDA variant, docker/Dockerfile.cuda)
+    )
     host: str | None = None
-    namespace: str = "kubeflow"
+    namespace: str | None = None  # None: cluster.namespace (the run must run where the claims are)
+    service_account: str | None = None  # None: cluster.service_accounts.pipeline
     experiment: str = "freshrec"
     gpu_accelerator_type: str | None = None
     gpu_limit: int = 1
     gpu_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     gpu_node_selector: dict[str, str] = Field(default_factory=dict)
-    # Cluster runs share state (event log, feature tables, model repository) through a PVC mounted at
-    # workdir_mount in every task; None for local runs.
-    pvc_name: str | None = None
-    workdir_mount: str = "/var/lib/freshrec"
-    # The rollout step's mode in local runs: auto | local | argo | promote | none.
-    rollout_mode: str = "auto"
+    # Compile the layout's kfp-kubernetes mounts, settings ConfigMap and secrets into every task (kfp.local
+    # ignores them, so local runs use the same YAML). Off only for a backend without kfp-kubernetes.
+    cluster_mounts: bool = True
+    # The rollout step's mode: auto (argo when environment is cluster, else local when the gateway answers,
+    # else none) | local | argo | promote | none.
+    rollout_mode: Literal["auto", "local", "argo", "promote", "none"] = "auto"
+    # How long the rollout task follows an Argo canary before aborting it.
+    rollout_timeout_s: float = 3600.0
+    rollout_poll_s: float = 10.0
+    # Per task (by component name, e.g. "train"; "default" for the others): container requests/limits.
+    resources: dict[str, TaskResources] = Field(default_factory=_default_task_resources)
+    # Retries per task ("default" for the others); steps that change outside state default to none.
+    retries: dict[str, int] = Field(default_factory=lambda: {"default": 0, "ingest": 2, "training_set": 2})
+    retry_backoff_s: float = 60.0
+    # Caching per task, overriding the pipeline's own choice (which caches only deterministic steps).
+    caching: dict[str, bool] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -380,6 +421,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FRESHREC_", env_nested_delimiter="__", extra="forbid")
 
     workdir: Path = Path(".freshrec")
+    # Where this process runs: "local" (one machine) or "cluster" (a pod of the layout; the cluster's
+    # settings ConfigMap sets it). It picks defaults that differ between the two, e.g. the rollout mode.
+    environment: Literal["local", "cluster"] = "local"
+    cluster: ClusterLayout = Field(default_factory=ClusterLayout)
     data: DataSettings = Field(default_factory=DataSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -393,6 +438,24 @@ class Settings(BaseSettings):
     triggers: TriggerSettings = Field(default_factory=TriggerSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @model_validator(mode="after")
+    def _follow_the_layout(self) -> Settings:
+        """Fields left unset take the cluster layout's values: one source for names both ends use."""
+        if self.rollout.namespace is None:
+            self.rollout.namespace = self.cluster.namespace
+        if self.rollout.rollout_name is None:
+            self.rollout.rollout_name = self.cluster.rollout_name
+        p = self.pipeline
+        if p.namespace is None:
+            p.namespace = self.cluster.namespace
+        if p.service_account is None:
+            p.service_account = self.cluster.service_accounts.pipeline
+        if p.image is None:
+            p.image = self.cluster.images.component
+        if p.gpu_image is None:
+            p.gpu_image = self.cluster.images.component_gpu
+        return self
 
     # Derived locations under the workdir: one place, so every module agrees on the layout.
     @property
@@ -419,6 +482,11 @@ class Settings(BaseSettings):
     @property
     def predictions_dir(self) -> Path:
         return self.workdir / "predictions"
+
+    @property
+    def references_dir(self) -> Path:
+        """Drift reference profiles: ``<model>/<version>.parquet`` per pushed version, ``stable.parquet``."""
+        return self.workdir / "references"
 
     @property
     def state_dir(self) -> Path:

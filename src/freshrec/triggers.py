@@ -286,7 +286,11 @@ class KfpLauncher:
         experiment: str = "freshrec",
         params: Mapping[str, Any] | None = None,
         run_name_prefix: str = "freshrec-retrain",
+        namespace: str | None = None,
+        service_account: str | None = None,
     ) -> None:
+        self.namespace = namespace
+        self.service_account = service_account
         self.client = client
         self.package = str(pipeline_package_path)
         self.experiment = experiment
@@ -297,11 +301,23 @@ class KfpLauncher:
     def from_settings(
         cls, pipeline_settings: Any, pipeline_package_path: Path | str, **kw: Any
     ) -> KfpLauncher:
+        """A launcher for ``pipeline.host``; in a pod, authenticated with its service-account token.
+
+        KFP's multi-user API authenticates in-cluster callers by a projected service-account token with the
+        ``pipelines.kubeflow.org`` audience (the drift CronJob mounts one; ``KF_PIPELINES_SA_TOKEN_PATH``
+        names it). Runs go to ``pipeline.namespace`` as ``pipeline.service_account``, like ``submit``.
+        """
         import kfp
 
         if not pipeline_settings.host:
             raise ValueError("pipeline.host is not set: no KFP API to submit to")
-        client = kfp.Client(host=pipeline_settings.host, namespace=pipeline_settings.namespace)
+        client = kfp.Client(
+            host=pipeline_settings.host,
+            namespace=pipeline_settings.namespace,
+            credentials=in_cluster_kfp_credentials(),
+        )
+        kw.setdefault("namespace", pipeline_settings.namespace)
+        kw.setdefault("service_account", pipeline_settings.service_account)
         return cls(client, pipeline_package_path, experiment=pipeline_settings.experiment, **kw)
 
     def launch(self, reason: str) -> str:
@@ -311,6 +327,8 @@ class KfpLauncher:
             arguments=self.params,
             run_name=name,
             experiment_name=self.experiment,
+            namespace=self.namespace,
+            service_account=self.service_account,
         )
         log.info("KFP run %s (%s) started: %s", run.run_id, name, reason)
         return str(run.run_id)
@@ -319,3 +337,16 @@ class KfpLauncher:
         run = self.client.get_run(run_id)
         state = str(getattr(run, "state", "") or "").upper()
         return state not in self._DONE
+
+
+def in_cluster_kfp_credentials() -> Any:
+    """KFP credentials from the pod's projected service-account token, or None outside a pod.
+
+    The path is ``$KF_PIPELINES_SA_TOKEN_PATH`` or KFP's default (``/var/run/secrets/kubeflow/pipelines/token``);
+    kubelet refreshes the file, and ``kfp`` re-reads it for every request.
+    """
+    from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+    path = os.environ.get(KF_PIPELINES_SA_TOKEN_ENV) or KF_PIPELINES_SA_TOKEN_PATH
+    return ServiceAccountTokenVolumeCredentials(path) if Path(path).is_file() else None

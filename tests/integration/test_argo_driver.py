@@ -61,7 +61,8 @@ def schemas():
 
 @pytest.fixture
 def api(schemas):
-    rollout = yaml.safe_load((REPO / "manifests" / "base" / "serving" / "rollout.yaml").read_text())
+    docs = yaml.safe_load_all((REPO / "manifests" / "base" / "serving" / "generated.yaml").read_text())
+    rollout = next(d for d in docs if d and d["kind"] == "Rollout")
     rollout["metadata"].update(namespace=NS, generation=1)
     rollout["status"] = {
         "phase": "Healthy",
@@ -277,21 +278,21 @@ def test_another_deploy_meanwhile_ends_the_wait(api):
 
 def test_driver_stays_within_the_deployer_role(api):
     """The driver, with the deployer's own token, against the Role and RoleBinding in
-    manifests/base/rbac/deployer.yaml as the API server's RBAC authoriser applies them: a verb the Role does
+    manifests/base/rbac/generated.yaml as the API server's RBAC authoriser applies them: a verb the Role does
     not grant is a 403 (which would fail the driver), so the whole cycle passing proves it stays inside."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    for doc in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "deployer.yaml").read_text()):
+    for doc in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "generated.yaml").read_text()):
         if doc["kind"] in ("Role", "RoleBinding", "ServiceAccount"):
             doc["metadata"]["namespace"] = NS
             for subject in doc.get("subjects") or []:
                 subject["namespace"] = NS
             api.put(doc)
     sa = next(
-        d
-        for d in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "deployer.yaml").read_text())
-        if d["kind"] == "ServiceAccount"
+        {"metadata": {"name": d["subjects"][0]["name"]}}
+        for d in yaml.safe_load_all((REPO / "manifests" / "base" / "rbac" / "generated.yaml").read_text())
+        if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "freshrec-deployer"
     )
     cfg = client.Configuration()
     cfg.host = api.url
@@ -374,3 +375,126 @@ def test_deploy_command(api, settings, final, code):
         thread.join(5)
     assert result.exit_code == code, result.output
     assert ("promoted" if code == 0 else "aborted") in result.output
+
+
+def _kubeconfig(path, url, token=None):
+    user = {"token": token} if token else {}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": url}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": NS}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return path
+
+
+def test_cluster_commands_show_status_and_fail_in_one_line(api, settings, tmp_path, monkeypatch):
+    """status -o json, abort, and the four ways a cluster call fails: each a single line, exit 4, no traceback."""
+    import json
+    import socket
+
+    from typer.testing import CliRunner
+
+    from freshrec.rollout.cli import app
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    run = lambda *args: CliRunner().invoke(app, list(args), obj=settings)  # noqa: E731
+    shown = run("status", f"--api-server={api.url}", "-o", "json")
+    assert shown.exit_code == 0, shown.output
+    status = json.loads(shown.stdout)
+    assert (status["namespace"], status["rollout"], status["phase"]) == (NS, NAME, "Healthy")
+    aborted = run("abort", f"--api-server={api.url}", "--namespace", NS)
+    assert aborted.exit_code == 0 and stored(api)["status"]["abort"] is True
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    api.put({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody", "namespace": NS}})
+    nobody = _kubeconfig(tmp_path / "nobody", api.url, api.token_for(NS, "nobody"))
+    cases = {
+        "no Kubernetes credentials": ("status", f"--kubeconfig={tmp_path / 'missing'}"),
+        "unreachable": ("status", f"--api-server=http://127.0.0.1:{closed}"),
+        "not found": ("status", f"--api-server={api.url}", "-n", "elsewhere"),
+        "forbidden": ("deploy", "--version=3", f"--kubeconfig={nobody}"),
+    }
+    for expected, args in cases.items():
+        result = run(*args)
+        assert result.exit_code == 4, (expected, result.output)
+        assert expected in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("final", ["Healthy", "Degraded"])
+def test_rollout_task_in_argo_mode_follows_the_canary(api, settings, tmp_path, monkeypatch, final):
+    """The pipeline's rollout task in the cluster (environment=cluster → auto is argo), through the API as
+    the kubeconfig's user: promoted → the repository's stable label and the drift reference follow it;
+    aborted → the task fails with the Rollout's message and the stable version stays."""
+    import json
+
+    import pandas as pd
+    from kfp.dsl import Markdown
+
+    from freshrec.components.rollout.component import rollout
+    from freshrec.model.references import ReferenceStore
+    from freshrec.model.repository import ModelRepository
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", api.url)))
+    repo = ModelRepository(settings.models_dir, settings.model.name)
+    refs = ReferenceStore(settings.references_dir, settings.model.name)
+    for v in (1, 2):
+        export = tmp_path / f"e{v}"
+        (export / "variables").mkdir(parents=True)
+        (export / "saved_model.pb").write_bytes(b"x")
+        assert repo.publish(export, {}) == v
+        frame = tmp_path / f"t{v}.parquet"
+        pd.DataFrame({"v": [v]}).to_parquet(frame)
+        refs.write(v, frame)
+    repo.set_label("stable", 1)
+    refs.promote(1)
+
+    stop = threading.Event()
+
+    def argo():
+        controller = ArgoController(api, [])
+        while not stop.wait(0.05):
+            obj = stored(api)
+            if obj["spec"]["template"]["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "2":
+                status = {
+                    "phase": final,
+                    "currentPodHash": "bbb",
+                    "stableRS": "bbb" if final == "Healthy" else "aaa",
+                }
+                if final == "Degraded":
+                    status.update(abort=True, message="RolloutAborted: metric online-quality assessed Failed")
+                controller.script = [status]
+                controller.tick()
+                return
+
+    thread = threading.Thread(target=argo, daemon=True)
+    thread.start()
+    data = settings.model_dump(mode="json")
+    data.pop("workdir")
+    data["environment"] = "cluster"
+    data["pipeline"].update(rollout_poll_s=0.05, rollout_timeout_s=30)
+    report = Markdown(uri=str(tmp_path / "report.md"))
+    try:
+        if final == "Healthy":
+            assert rollout(str(settings.workdir), json.dumps(data), 2, report, mode="auto") == "promoted"
+            assert repo.stable() == 2 and refs.stable_version() == 2
+        else:
+            with pytest.raises(RuntimeError, match="aborted v2: RolloutAborted: metric online-quality"):
+                rollout(str(settings.workdir), json.dumps(data), 2, report, mode="auto")
+            assert repo.stable() == 1 and refs.stable_version() == 1
+    finally:
+        stop.set()
+        thread.join(5)
+    text = (tmp_path / "report.md").read_text()
+    assert f"Argo Rollout {NS}/{NAME}: model version 2 set" in text
+    assert final in text

@@ -59,6 +59,9 @@ class FakeKfpApi:
         self.recurring_runs: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str]] = []
         self.errors: list[str] = []
+        # What GET /runs/{id} answers, one entry per poll (the last one repeats): (run state, task states).
+        self.run_script: list[tuple[str, dict[str, str]]] = [("SUCCEEDED", {})]
+        self.polls = 0
 
     def handle(self, method: str, url: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any]]:
         parsed = urlparse(url)
@@ -93,6 +96,15 @@ class FakeKfpApi:
             created = {**data, "run_id": str(uuid.uuid4()), "state": "PENDING"}
             self.runs.append(created)
             return 200, created
+        if method == "GET" and path.startswith(f"{API}/runs/"):
+            run_id = path.rsplit("/", 1)[1]
+            found = [r for r in self.runs if r["run_id"] == run_id]
+            if not found:
+                return 404, {"error": f"run {run_id} not found", "code": 5}
+            state, tasks = self.run_script[min(self.polls, len(self.run_script) - 1)]
+            self.polls += 1
+            details = [{"display_name": k, "state": v, "run_id": run_id} for k, v in tasks.items()]
+            return 200, {**found[0], "state": state, "run_details": {"task_details": details}}
         if method == "POST" and path == f"{API}/recurringruns":
             job = _check_model(data, "V2beta1RecurringRun")
             assert job.display_name and job.experiment_id in self.experiments
@@ -165,7 +177,10 @@ def test_run_submission_creates_the_experiment_and_a_run(kfp_api, tmp_path):
     run = state.runs[0]
     assert run["display_name"] == "ct-1"
     assert run["runtime_config"]["parameters"] == {"epochs": 2, "dataset": "movielens-100k"}
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "freshrec-continuous-training"
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "freshrec-continuous-training"
+    # The layout's mounts travel with the run (platform spec), so its tasks see the claims.
+    mounts = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert mounts["exec-push"]["pvcMount"]
     assert result.url.endswith(f"/#/runs/details/{result.id}")
 
     # A second submission reuses the experiment.
@@ -187,7 +202,7 @@ def test_recurring_drift_monitor_uses_the_cron(kfp_api):
     job = state.recurring_runs[0]
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 * * * *"
     assert job["mode"] == "ENABLE" and job["no_catchup"] is True
-    assert job["pipeline_spec"]["pipelineInfo"]["name"] == "freshrec-drift-monitor"
+    assert job["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "freshrec-drift-monitor"
 
 
 def test_bad_cron_is_refused_before_anything_is_created(kfp_api):
@@ -248,3 +263,59 @@ def test_cli_submit_reads_the_token_from_the_environment(kfp_api, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "created run" in result.output
     assert state.runs[0]["runtime_config"]["parameters"] == {"epochs": 1}
+
+
+def test_cli_submit_runs_in_the_layouts_namespace_as_its_account_and_waits(kfp_api, monkeypatch, tmp_path):
+    """--wait follows the run through GET /runs/{id} to its end and exits by its final state."""
+    from typer.testing import CliRunner
+
+    from freshrec.cli import _register, app
+
+    url, state = kfp_api
+    _register()
+    monkeypatch.setenv("KFP_TEST_TOKEN", "s3cret")
+    state.run_script = [
+        ("RUNNING", {"ingest": "RUNNING"}),
+        ("RUNNING", {"ingest": "SUCCEEDED", "train": "RUNNING"}),
+        ("FAILED", {"ingest": "SUCCEEDED", "train": "FAILED"}),
+    ]
+    args = ["pipeline", "submit", "--host", url, "--token-env", "KFP_TEST_TOKEN", "--wait"]
+    env = {
+        "FRESHREC_CLUSTER__NAMESPACE": "ml-team",
+        "FRESHREC_CLUSTER__SERVICE_ACCOUNTS__PIPELINE": "ct-runner",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("freshrec.pipelines.submit.DEFAULT_POLL_S", 0.01)
+    result = CliRunner().invoke(app, args)
+    assert state.errors == []
+    run = state.runs[0]
+    assert run["service_account"] == "ct-runner"
+    assert [e.get("namespace") for e in state.experiments.values()] == ["ml-team"]
+    assert result.exit_code == 1, result.output
+    assert "train running" in result.output and "train failed" in result.output
+    assert result.output.rstrip().endswith("failed")
+    state.run_script = [("SUCCEEDED", {"ingest": "SUCCEEDED"})]
+    assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def test_drift_trigger_authenticates_with_the_pods_projected_token(kfp_api, tmp_path, monkeypatch):
+    """KfpLauncher in a pod: the bearer token is the mounted service-account token (re-read per request)."""
+    from freshrec.config import load_settings
+    from freshrec.pipelines.build import package_path
+    from freshrec.triggers import KfpLauncher
+
+    url, state = kfp_api
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    settings = load_settings(workdir=tmp_path / "w", pipeline={"host": url})
+    launcher = KfpLauncher.from_settings(settings.pipeline, package_path("continuous_training"))
+    run_id = launcher.launch("drift on 12 of 20 features")
+    assert state.errors == []
+    run = state.runs[0]
+    assert run["run_id"] == run_id and run["service_account"] == settings.cluster.service_accounts.pipeline
+    assert launcher.is_running(run_id) is False  # the fake answers SUCCEEDED
+    token.write_text("rotated")  # kubelet rotates the file; the next request carries the new token
+    with pytest.raises(Exception, match=r"401|Unauthorized"):
+        launcher.launch("again")

@@ -145,7 +145,9 @@ def _push(settings, tmp_path: Path, name: str) -> int:
         )
     )
     model = _art(Model, _fake_export(tmp_path / name), parent_version=-1)
-    train_set = _art(Dataset, tmp_path / "train", start="2024-01-01", end="2024-01-08", rows=100)
+    frame = tmp_path / f"{name}-train.parquet"
+    pd.DataFrame({"user_age": [20.0, 30.0], "label": [0, 1], "model": [name, name]}).to_parquet(frame)
+    train_set = _art(Dataset, frame, start="2024-01-01", end="2024-01-08", rows=100)
     return push(
         str(settings.workdir), _settings_json(settings), model, _art(Artifact, blessing), train_set, True
     )
@@ -167,6 +169,10 @@ def test_push_publishes_versions_with_metadata_and_rollout_labels_them(settings,
     report = _art(Markdown, tmp_path / "rollout1.md")
     assert rollout(str(settings.workdir), _settings_json(settings), 1, report, mode="auto") == "promoted"
     assert repo.stable() == 1
+    # Each pushed version's training frame is kept; the stable one's is where the drift CronJob reads.
+    refs = settings.references_dir / settings.model.name
+    assert pd.read_parquet(refs / "1.parquet")["model"].tolist() == ["m1", "m1"]
+    assert pd.read_parquet(refs / "stable.parquet")["model"].tolist() == ["m1", "m1"]
 
     # Later versions wait for a canary when no gateway answers, and are promoted only when asked to.
     assert _push(settings, tmp_path, "m2") == 2
@@ -189,6 +195,8 @@ def test_push_publishes_versions_with_metadata_and_rollout_labels_them(settings,
         == "promoted"
     )
     assert repo.stable() == 2
+    assert pd.read_parquet(refs / "stable.parquet")["model"].tolist() == ["m2", "m2"]
+    assert json.loads((refs / "stable.json").read_text()) == {"version": 2}
     with pytest.raises(ValueError, match="rollout mode"):
         rollout(
             str(settings.workdir),

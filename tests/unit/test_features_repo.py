@@ -14,9 +14,12 @@ FEATURE_REPO = REPO / "feature_repo"
 
 
 @pytest.mark.slow
-def test_feast_parses_the_checked_in_repo(monkeypatch):
+def test_feast_parses_the_checked_in_repo(monkeypatch, tmp_path):
+    """The repo's paths follow the settings' workdir (FRESHREC_WORKDIR), not a folder beside the repo."""
     from feast.repo_operations import parse_repo
 
+    monkeypatch.setenv("FRESHREC_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.delenv("FRESHREC_CONFIG", raising=False)
     monkeypatch.chdir(REPO)  # Feast imports repo files as modules relative to the working directory
     monkeypatch.setattr(sys, "path", [str(REPO), *sys.path])
     contents = parse_repo(FEATURE_REPO)
@@ -26,8 +29,7 @@ def test_feast_parses_the_checked_in_repo(monkeypatch):
     assert sorted(f.name for f in views["user_activity_fv"].schema) == sorted(USER_ACTIVITY)
     assert sorted(f.name for f in views["item_activity_fv"].schema) == sorted(ITEM_ACTIVITY)
     assert views["user_activity_fv"].stream_source.name == "user_activity_push"
-    # relative to feature_repo/: the default workdir's tables
-    assert views["user_profile_fv"].batch_source.path == "../.freshrec/tables/users.parquet"
+    assert views["user_profile_fv"].batch_source.path == str(tmp_path / "work" / "tables" / "users.parquet")
     (service,) = contents.feature_services
     assert service.name == "ranking_v1"
     assert sorted(p.name for p in service.feature_view_projections) == sorted(views)
@@ -43,9 +45,10 @@ def test_feast_parses_the_checked_in_repo(monkeypatch):
 
 @pytest.mark.slow  # the first Feast import alone takes seconds
 @pytest.mark.parametrize("yaml_name", ["feature_store.yaml", "feature_store.redis.yaml"])
-def test_yaml_variants_load(yaml_name, monkeypatch):
+def test_yaml_variants_load(yaml_name, monkeypatch, tmp_path):
     from feast.repo_config import load_repo_config
 
+    monkeypatch.setenv("FRESHREC_WORKDIR", str(tmp_path / "work"))
     monkeypatch.setenv("FRESHREC_FEATURES__REDIS_CONNECTION", "localhost:6379")
     monkeypatch.setenv(
         "FRESHREC_FEATURES__POSTGRES_URL", "postgresql+psycopg://postgres@localhost:5432/postgres"
@@ -56,6 +59,7 @@ def test_yaml_variants_load(yaml_name, monkeypatch):
         assert config.online_store.type == "freshrec.features.local_store.MonotonicSqliteOnlineStore"
         assert config.registry.registry_store_type == "freshrec.features.local_store.AtomicLocalRegistryStore"
         assert config.registry.registry_type == "file"
+        assert config.registry.path == str(tmp_path / "work" / "feast" / "registry.db")
     else:
         assert config.online_store.type == "redis"
         assert config.online_store.connection_string == "localhost:6379"

@@ -55,14 +55,17 @@ def default_settings(tmp_path):
     return load_settings(workdir=tmp_path / "work", pipeline=PipelineSettings().model_dump())
 
 
-@pytest.mark.parametrize("name", ["continuous_training", "drift_monitor"])
-def test_checked_in_yaml_matches_the_code(name, default_settings, tmp_path):
-    from freshrec.pipelines.build import package_path
+@pytest.mark.parametrize(
+    ("name", "profile"),
+    [("continuous_training", "default"), ("drift_monitor", "default"), ("continuous_training", "production")],
+)
+def test_checked_in_yaml_matches_the_code(name, profile, default_settings, tmp_path):
+    from freshrec.pipelines.build import compile_pipeline, create, package_path, profile_settings
 
-    golden = package_path(name)
+    golden = package_path(name, profile)
     assert golden.is_file(), f"{golden} is missing: run `make compile`"
-    fresh = compile_to(name, default_settings, tmp_path)
-    assert normalise(fresh) == normalise(load_docs(golden)), f"{golden} is stale: run `make compile`"
+    out = compile_pipeline(create(name, profile_settings(default_settings, profile)), tmp_path / golden.name)
+    assert normalise(load_docs(out)) == normalise(load_docs(golden)), f"{golden} is stale: run `make compile`"
 
 
 def test_normalise_ignores_only_volatile_keys():
@@ -87,7 +90,8 @@ def test_checked_in_continuous_training_is_cpu_and_uses_the_configured_image(def
 
     docs = load_docs(package_path("continuous_training"))
     spec = docs[0]
-    assert len(docs) == 1, "the CPU default has no Kubernetes platform spec"
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert not any("nodeSelector" in e or "tolerations" in e for e in platform.values()), "CPU default"
     executors = spec["deploymentSpec"]["executors"]
     assert {"exec-ingest", "exec-train", "exec-evaluate", "exec-push", "exec-rollout"} <= set(executors)
     for executor in executors.values():
@@ -119,7 +123,7 @@ def test_gpu_settings_reach_the_train_task_only(tmp_path):
     ]
     assert others == []
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(k8s) == {"exec-train"}
+    assert [n for n, e in k8s.items() if "nodeSelector" in e or "tolerations" in e] == ["exec-train"]
     train = k8s["exec-train"]
     assert train["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -132,16 +136,83 @@ def test_gpu_flag_without_an_accelerator_type_is_a_clear_error(default_settings)
         create("continuous_training", default_settings, gpu=True)
 
 
-def test_a_pvc_is_mounted_at_the_workdir_of_every_stateful_task(tmp_path):
+def test_the_layout_mounts_every_artefact_at_its_workdir_path_in_every_stateful_task(tmp_path):
+    """Mounts follow settings.cluster: a changed claim, subPath or workdir reaches every stateful task."""
     settings = load_settings(
-        workdir=tmp_path / "work", pipeline={"pvc_name": "freshrec-state", "workdir_mount": "/mnt/state"}
+        workdir=tmp_path / "work",
+        cluster={
+            "workdir": "/mnt/state",
+            "claims": {"data": {"name": "lake", "size": "1Gi"}, "models": {"name": "repo", "size": "1Gi"}},
+            "artefacts": {
+                **{k: v.model_dump() for k, v in load_settings().cluster.artefacts.items()},
+                "predictions": {"claim": "models", "sub_path": "served/predictions"},
+            },
+        },
     )
     spec, platform = compile_to("continuous_training", settings, tmp_path)
     assert spec["root"]["inputDefinitions"]["parameters"]["workdir"]["defaultValue"] == "/mnt/state"
-    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for task in ("exec-ingest", "exec-features", "exec-train", "exec-evaluate", "exec-push", "exec-rollout"):
-        assert mounts[task]["pvcMount"][0]["mountPath"] == "/mnt/state"
-        assert mounts[task]["pvcMount"][0]["constant"] == "freshrec-state"
+        mounts = {m["mountPath"]: (m["constant"], m.get("subPath", "")) for m in executors[task]["pvcMount"]}
+        assert mounts["/mnt/state/eventlog"] == ("lake", "eventlog"), task
+        assert mounts["/mnt/state/predictions"] == ("repo", "served/predictions"), task
+        assert mounts["/mnt/state/models"] == ("repo", ""), task
+        env = {e["envVar"] for c in executors[task]["configMapAsEnv"] for e in c["keyToEnv"]}
+        assert {"FRESHREC_WORKDIR", "FRESHREC_FEATURES__POSTGRES_URL"} <= env, task
+        assert executors[task]["secretAsEnv"][0]["keyToEnv"] == [
+            {"secretKey": "password", "envVar": "PGPASSWORD"}
+        ]
+    # Steps that only read their inputs get no claim.
+    assert "exec-push-gate" not in executors and "exec-infra-check" not in executors
+
+
+def test_submit_refuses_a_package_without_the_mounts(tmp_path):
+    from freshrec.pipelines.build import cluster_ready, package_path
+    from freshrec.pipelines.submit import submit
+
+    settings = load_settings(workdir=tmp_path / "work", pipeline={"cluster_mounts": False})
+    bare = tmp_path / "bare.yaml"
+    from freshrec.pipelines.build import compile_pipeline, create
+
+    compile_pipeline(create("continuous_training", settings), bare)
+    assert "task ingest mounts no volume at its workdir" in cluster_ready(bare)
+    assert cluster_ready(package_path("continuous_training")) == []
+    assert cluster_ready(package_path("continuous_training", "production")) == []
+    with pytest.raises(ValueError, match="not compiled for the cluster"):
+        submit(object(), bare, experiment="x")
+
+
+def test_task_resources_retries_and_caching_follow_the_settings(tmp_path):
+    settings = load_settings(
+        workdir=tmp_path / "work",
+        pipeline={
+            "resources": {"default": {"cpu_request": "250m"}, "train": {"memory_limit": "3Gi"}},
+            "retries": {"default": 0, "features": 4},
+            "caching": {"training_set": False},
+        },
+    )
+    spec = compile_to("continuous_training", settings, tmp_path)[0]
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors["exec-ingest"]["container"]["resources"]["resourceCpuRequest"] == "250m"
+    assert executors["exec-train"]["container"]["resources"]["resourceMemoryLimit"] == "3Gi"
+    tasks = _tasks(spec)
+    assert tasks["features"]["retryPolicy"]["maxRetryCount"] == 4
+    assert "retryPolicy" not in tasks["push"]
+    assert not tasks["training-set"].get("cachingOptions", {}).get("enableCache")
+
+
+def test_production_profile_trains_on_a_gpu_with_the_cuda_image():
+    from freshrec.pipelines.build import package_path
+
+    spec, platform = load_docs(package_path("continuous_training", "production"))
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    images = {n: e["container"]["image"] for n, e in executors.items()}
+    assert images.pop("exec-train").startswith("ghcr.io/freshrec/freshrec-cuda:")
+    assert set(images.values()) == {"ghcr.io/freshrec/freshrec:0.1.0"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu" and k8s["nodeSelector"]["labels"]
 
 
 def _tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -187,9 +258,13 @@ def test_cli_compile_writes_both_pipelines_and_run_needs_local(tmp_path, monkeyp
         app, ["-w", str(tmp_path / "w"), "pipeline", "compile", "--out-dir", str(tmp_path / "out")]
     )
     assert result.exit_code == 0, result.output
-    for name in ("continuous_training", "drift_monitor"):
-        written = tmp_path / "out" / f"{name}.yaml"
-        assert normalise(load_docs(written)) == normalise(load_docs(package_path(name)))
+    for name, profile in (
+        ("continuous_training", "default"),
+        ("drift_monitor", "default"),
+        ("continuous_training", "production"),
+    ):
+        written = tmp_path / "out" / package_path(name, profile).name
+        assert normalise(load_docs(written)) == normalise(load_docs(package_path(name, profile)))
     result = runner.invoke(app, ["pipeline", "run"])
     assert result.exit_code != 0 and "--local" in result.output
     result = runner.invoke(app, ["pipeline", "run", "--local", "--pipeline", "nope"])

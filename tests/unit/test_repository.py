@@ -121,7 +121,7 @@ def test_labels_round_trip_through_model_server_config(tmp_path):
     ctr = entries["ctr"]
     assert dict(ctr.version_labels) == {"stable": 1, "canary": 3}
     assert list(ctr.model_version_policy.specific.versions) == [1, 3]
-    assert ctr.base_path == str(repo.root.resolve()) and ctr.model_platform == "tensorflow"
+    assert ctr.base_path == "ctr" and ctr.model_platform == "tensorflow"
 
     repo.remove_label("canary")
     config = read_model_config(repo.config_path)
@@ -176,3 +176,19 @@ def test_a_published_version_is_readable_by_other_users(tmp_path, move):
     assert mode(vdir) == 0o755 and mode(vdir / "variables") == 0o755
     assert mode(vdir / "saved_model.pb") == 0o644 and mode(vdir / "freshrec.json") == 0o644
     assert mode(repo.config_path) == 0o644
+
+
+def test_a_copied_repository_serves_its_own_versions(tmp_path):
+    """models.config names base paths relative to itself: a copy (or another mount) reads the copy."""
+    import shutil
+
+    from freshrec.serving.loader import parse_model_config
+
+    repo = ModelRepository(tmp_path / "a", "ctr")
+    repo.publish(fake_export(tmp_path / "e"), {})
+    repo.set_label("stable", 1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    (entry,) = parse_model_config(tmp_path / "b" / "models.config", tmp_path / "b")
+    assert entry.base_path == tmp_path / "b" / "ctr"
+    assert ModelRepository(tmp_path / "b", "ctr").stable() == 1

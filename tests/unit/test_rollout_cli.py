@@ -106,8 +106,44 @@ def test_analyze_by_model_version(settings, tmp_path):
 def test_analyze_rejects_unknown_checks(settings, tmp_path):
     preds, events = write_logs(tmp_path, 100, "good")
     result = invoke(settings, "analyze", f"--predictions={preds}", f"--events={events}", "--checks=auc")
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a usage error, not a verdict
     assert "auc" in result.output
+
+
+@pytest.mark.parametrize("missing", ["predictions", "events"])
+def test_analyze_missing_inputs_are_errors_not_verdicts(settings, tmp_path, missing):
+    """A path that is not there is a deployment that did not connect: exit 4 with one line, no traceback."""
+    preds, events = write_logs(tmp_path, 100, "good")
+    paths = {"predictions": preds, "events": events, missing: tmp_path / "nowhere"}
+    result = invoke(
+        settings, "analyze", f"--predictions={paths['predictions']}", f"--events={paths['events']}"
+    )
+    assert result.exit_code == 4, result.output
+    assert f"--{missing}" in result.output and "does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_analyze_unreadable_predictions_exit_5(settings, tmp_path):
+    _, events = write_logs(tmp_path, 100, "good")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "predictions-0001.parquet").write_bytes(b"not parquet")
+    result = invoke(settings, "analyze", f"--predictions={bad}", f"--events={events}")
+    assert result.exit_code == 5, result.output
+    assert "cannot read the analysis inputs" in result.output
+
+
+def test_analyze_waits_for_the_plans_clicks(settings, tmp_path):
+    """--min-clicks (the plan's until_clicks) keeps a passing canary waiting until it has that many clicks."""
+    preds, events = write_logs(tmp_path, 4000, "good")
+    args = [f"--predictions={preds}", f"--events={events}", "--interval-s=0.05", "--json"]
+    passing = invoke(settings, "analyze", *args)
+    assert passing.exit_code == 0, passing.output
+    clicks = json.loads(passing.stdout)["counts"]["canary"]["clicks"]
+    waited = invoke(settings, "analyze", *args, f"--min-clicks={clicks + 1}", "--max-wait-s=0.2")
+    assert waited.stderr.count(f"{clicks} canary clicks < {clicks + 1}") >= 2
+    # After the wait it judges what it has (still a pass here: the clicks suffice for rollout.min_clicks).
+    assert waited.exit_code == 0
 
 
 class FakePrometheus:
@@ -205,6 +241,6 @@ def test_analyze_time_filter_and_waiting(settings, tmp_path):
     )
     assert result.exit_code == 2
     assert json.loads(result.stdout)["counts"]["canary"]["predictions"] == 0
-    assert result.stderr.count("inconclusive") >= 2  # analysed again while waiting
+    assert result.stderr.count("waiting") >= 2  # analysed again while waiting
     bad = invoke(settings, "analyze", f"--predictions={preds}", f"--events={events}", "--since=yesterday")
-    assert bad.exit_code == 2 and "ISO" in bad.output
+    assert bad.exit_code == 3 and "ISO" in bad.output

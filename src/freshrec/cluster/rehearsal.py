@@ -306,9 +306,10 @@ class Rehearsal:
         return images.pop()
 
     def _pipeline_namespace(self) -> str:
-        from freshrec.config import PipelineSettings
+        from freshrec.config import load_settings
+        from freshrec.pipelines.submit import run_request
 
-        return self.pipeline_namespace or PipelineSettings().namespace
+        return self.pipeline_namespace or run_request(load_settings()).namespace
 
     def _isolate_stores(self) -> None:
         """A Redis database and a PostgreSQL database of this rehearsal's own on the shared local servers."""
@@ -329,8 +330,24 @@ class Rehearsal:
         r.close()
         self.redis_db = db
         self.pg_db = f"freshrec_rehearsal_{self.cluster.run_id}"
+        # What the postgres image's entrypoint does for POSTGRES_USER: the rendered StatefulSet's user
+        # owns the database (the local server trusts loopback, so the Secret's password is not checked).
+        users = {
+            e["value"]
+            for obj in self.cluster.objects.of_kind("StatefulSet", "Deployment")
+            for c in ((pod_templates(obj) or {}).get("spec") or {}).get("containers") or []
+            if "postgres" in c.get("image", "")
+            for e in c.get("env") or []
+            if e.get("name") == "POSTGRES_USER" and "value" in e
+        }
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.pg_db}"')
+            for user in sorted(users):
+                exists = conn.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE ROLE "{user}" LOGIN')
+                conn.execute(f'GRANT ALL ON DATABASE "{self.pg_db}" TO "{user}"')
+                conn.execute(f'ALTER DATABASE "{self.pg_db}" OWNER TO "{user}"')
         self.cluster.network_preludes = {
             "host:redis": redis_select(db),
             "host:postgres": postgres_database(self.pg_db),

@@ -681,6 +681,9 @@ class Pod:
                     "-m",
                     "-n",
                     "-p",
+                    # the container's chroot and working directory, as kubelet's exec runs in the container
+                    "-r",
+                    "-w",
                     "--",
                     *probe["exec"]["command"],
                 ]

@@ -408,7 +408,18 @@ class Story:
             self.c.note(
                 "no stream feature job is rendered (issue 14 builds it): its connections are not rehearsed"
             )
-        for p in self.gateway_pods + self.learner_pods + self.stream_pods:
+        # `kubectl apply` starts every Deployment: the others of the project (e.g. the event sink) too.
+        started = {id(gateway), id(learner), *(id(x) for x in stream)}
+        self.other_pods = []
+        for obj in self.c.objects.of_kind("Deployment"):
+            containers = ((pod_templates(obj) or {}).get("spec") or {}).get("containers") or []
+            ours = any(
+                c.get("image", "").rsplit(":", 1)[0] == self.r.project_image.rsplit(":", 1)[0]
+                for c in containers
+            )
+            if id(obj) not in started and ours:
+                self.other_pods += self.c.start_workload(obj)
+        for p in self.gateway_pods + self.learner_pods + self.stream_pods + self.other_pods:
             p.wait(lambda x: x.ready, 180, "ready")
         self.say("serving: ready")
 
@@ -429,12 +440,18 @@ class Story:
         with self.r.connection(
             "user -> KFP API -> pipeline run", "freshrec pipeline submit (kfp.Client)", f"KFP API ({url})"
         ) as conn:
+            from freshrec.config import load_settings
+            from freshrec.pipelines.submit import run_request
+
+            request = run_request(load_settings())  # what `freshrec pipeline submit` sends
             result = submit(
-                make_client(url),
+                make_client(url, namespace=request.namespace),
                 self.r.pipeline,
                 experiment="freshrec-rehearsal",
                 arguments=arguments,
                 run_name="rehearsal",
+                namespace=request.namespace,
+                service_account=request.service_account,
             )
             run = self.c.kfp.runs[result.id]
             self.run = run
@@ -607,8 +624,9 @@ class Story:
                 )  # fmt: skip
             conn.evidence = f"v{version} at {self.models_where}"
         drift = self.r.workloads("drift-monitor", ("CronJob",))
-        if drift:
-            self._check_reference(drift[0], pod_p, workdir)
+        # The drift CronJob reads the *stable* version's reference: written by the rollout task once the
+        # canary is promoted (push keeps each version's own copy), so it is checked after the verdict.
+        self._reference_check = (drift[0], pod_p, workdir) if drift else None
 
     def _check_reference(self, cronjob: dict[str, Any], push_pod: Any, workdir: str) -> None:
         tpl = pod_templates(cronjob)
@@ -850,6 +868,8 @@ class Story:
                 )
             conn.evidence = f"Rollout {st.get('phase')}; task {t.state} ({outcome}); run {self.run.state}"
             self.promoted = promoted
+        if promoted and getattr(self, "_reference_check", None):
+            self._check_reference(*self._reference_check)
 
     def _wait_task_end(self, name: str, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s

@@ -213,3 +213,52 @@ def describe(
                     how += f", {key}" if key == "map" else f", {key} {getattr(f, key)!r}"
             table.add_row(name, f.type, str(f.dtype), how)
     console.print(table)
+
+
+@app.command("sink")
+def sink_cmd(
+    ctx: typer.Context,
+    group: str = typer.Option(
+        "freshrec-eventlog",
+        help="Consumer group of the event stream (its own: every group sees every entry).",
+    ),
+    consumer: str | None = typer.Option(None, help="Consumer name in the group (default: the host name)."),
+    heartbeat: Path | None = typer.Option(
+        None, help="Touch this file on every poll, idle ones too (a Deployment's liveness probe)."
+    ),
+) -> None:
+    """Append the event stream (online.redis_url, online.stream) to the event log, quarantining bad entries."""
+    import signal
+    import socket
+    import time
+
+    from freshrec.data.sink import sink_stream
+    from freshrec.online.sources import RedisStreamSource
+
+    settings: Settings = ctx.obj
+    cfg = settings.online
+    source = RedisStreamSource.from_url(
+        cfg.redis_url, cfg.stream, group, consumer or socket.gethostname(), cfg.claim_min_idle_ms
+    )
+    stopped = {"flag": False}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.update(flag=True))
+    last = [0.0]
+
+    def should_stop() -> bool:
+        if heartbeat is not None:
+            heartbeat.touch()
+        return stopped["flag"]
+
+    def show(totals) -> None:  # type: ignore[no-untyped-def]
+        if time.monotonic() - last[0] >= 5.0:
+            last[0] = time.monotonic()
+            console.print(
+                f"stream {cfg.stream} -> {settings.eventlog_dir}: {totals.received:,} received, "
+                f"{totals.appended:,} appended, {totals.duplicates:,} already there, {totals.quarantined:,} quarantined",
+                highlight=False,
+            )
+
+    console.print(f"sinking {cfg.redis_url} stream {cfg.stream} (group {group}) into {settings.eventlog_dir}")
+    totals = sink_stream(settings, source, should_stop=should_stop, on_batch=show)
+    show(totals)

@@ -56,12 +56,27 @@ def _fail(exc: Exception) -> None:
 
 
 @app.command("apply")
-def apply_cmd(ctx: typer.Context) -> None:
+def apply_cmd(
+    ctx: typer.Context,
+    wait_for_data_s: float = typer.Option(
+        0.0,
+        "--wait-for-data-s",
+        help="Wait up to this long for the profile tables (a cluster's first ingest writes them); 0: fail at once.",
+    ),
+) -> None:
     """Register entities, sources, feature views and the ranking_v1 service (builds activity tables if missing)."""
     from freshrec.features import store
 
     settings: Settings = ctx.obj
     _quiet_feast()
+    if wait_for_data_s > 0:
+        deadline = time.monotonic() + wait_for_data_s
+        missing = store.missing_profiles(settings)
+        if missing:
+            console.print(f"waiting up to {wait_for_data_s:g} s for {', '.join(map(str, missing))}")
+        while missing and time.monotonic() < deadline:
+            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+            missing = store.missing_profiles(settings)
     started = time.perf_counter()
     try:
         report = _run_steps("apply", lambda say: store.apply(settings, progress=say))

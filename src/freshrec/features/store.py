@@ -72,7 +72,6 @@ def repo_config(settings: Settings) -> RepoConfig:
     from feast import RepoConfig
 
     fs = settings.features
-    feast_dir(settings).mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
         "project": fs.project,
         "provider": "local",
@@ -81,6 +80,8 @@ def repo_config(settings: Settings) -> RepoConfig:
         "repo_path": settings.tables_dir.resolve(),
     }
     if fs.environment == "local":
+        # Only the local store keeps files here; a cluster pod's workdir holds only its mounted artefacts.
+        feast_dir(settings).mkdir(parents=True, exist_ok=True)
         return RepoConfig(
             registry={
                 "registry_type": "file",
@@ -133,6 +134,12 @@ def write_activity_tables(settings: Settings, events: pd.DataFrame | None = None
         "activity tables: %d user rows, %d item rows from %d events", len(users), len(items), len(events)
     )
     return {"user_activity": len(users), "item_activity": len(items), "events": len(events)}
+
+
+def missing_profiles(settings: Settings) -> list[Path]:
+    """The profile tables ``freshrec data prepare`` (or the pipeline's ingest) has not written yet."""
+    paths = table_paths(settings)
+    return [paths[kind] for kind in ("user_profile", "item_profile") if not paths[kind].exists()]
 
 
 def _require_profiles(settings: Settings) -> None:

@@ -165,15 +165,24 @@ def evaluate(
 
 
 @app.command("list")
-def list_versions(ctx: typer.Context) -> None:
+def list_versions(
+    ctx: typer.Context,
+    output: str = typer.Option("table", "--output", "-o", help="table | json"),
+) -> None:
     """Servable versions with their labels, metrics and parents."""
     from freshrec.model.repository import ModelRepository
 
+    if output not in ("table", "json"):
+        raise typer.BadParameter(f"unknown output {output!r} (table | json)", param_hint="--output")
     settings: Settings = ctx.obj
     repo = ModelRepository(settings.models_dir, settings.model.name)
     labels: dict[int, list[str]] = {}
     for label, v in repo.labels().items():
         labels.setdefault(v, []).append(label)
+    if output == "json":
+        rows = [{"version": v, "labels": labels.get(v, []), **repo.metadata(v)} for v in repo.versions()]
+        typer.echo(json.dumps({"model": repo.name, "versions": rows}, indent=2, default=str))
+        return
     table = Table(title=f"model {repo.name!r} in {repo.root}")
     for col in ("version", "labels", "auc", "logloss", "blessed", "parent", "created_at"):
         table.add_column(col)

@@ -228,7 +228,10 @@ class ModelRepository:
         if entry is None:
             entry = config.model_config_list.config.add()
             entry.name = self.name
-        entry.base_path = str(self.root.resolve())
+        # Relative to the config file's folder: a copied or re-mounted repository serves its own versions,
+        # never the folder it was written in (the local server resolves it against models_dir; the cluster's
+        # TF Serving pods get their own config from freshrec.rollout.model_config).
+        entry.base_path = self.name
         entry.model_platform = "tensorflow"
         entry.version_labels.clear()
         for label, version in sorted(labels.items()):

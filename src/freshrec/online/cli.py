@@ -30,6 +30,16 @@ def online(
     report: Path = typer.Option(
         None, "--report", help="Write the run's JSON report here (default: reports dir)."
     ),
+    wait_for_model_s: float = typer.Option(
+        0.0,
+        "--wait-for-model-s",
+        help="Wait up to this long for a first model version (a new cluster has none until the pipeline pushes).",
+    ),
+    heartbeat: Path = typer.Option(
+        None,
+        "--heartbeat",
+        help="Touch this file on every poll, idle ones too (a Deployment's liveness probe).",
+    ),
 ) -> None:
     """Learn online from new events: test-then-train, checkpoint, guarded export of new versions."""
     import pandas as pd
@@ -43,6 +53,8 @@ def online(
     kind = source or settings.online.source
     if kind not in ("eventlog", "redis"):
         raise typer.BadParameter(f"--source must be eventlog or redis, got {kind!r}")
+    if wait_for_model_s > 0:
+        _wait_for_model(settings, wait_for_model_s, heartbeat)
     tracker = None
     if serving_url:
         tracker = FreshnessTracker(serving_url, settings.model.name, make_metrics())
@@ -103,7 +115,7 @@ def online(
             until_idle=until_idle,
             idle_timeout_s=idle_timeout_s,
             progress=progress,
-            should_stop=lambda: stop["flag"],
+            should_stop=lambda: _beat(heartbeat) or stop["flag"],
         )
     elapsed = time.monotonic() - started
     out = learner.report()
@@ -120,3 +132,24 @@ def online(
         f"report {path}",
         highlight=False,
     )
+
+
+def _beat(path: Path | None) -> bool:
+    """Touch the heartbeat file (when one is given); always False, so it composes with a stop test."""
+    if path is not None:
+        path.touch()
+    return False
+
+
+def _wait_for_model(settings: Settings, timeout_s: float, heartbeat: Path | None) -> None:
+    from freshrec.model.repository import ModelRepository
+
+    repo = ModelRepository(settings.models_dir, settings.model.name)
+    deadline = time.monotonic() + timeout_s
+    if repo.latest() is None:
+        console.print(
+            f"no version of {settings.model.name} under {repo.root} yet: waiting up to {timeout_s:g} s"
+        )
+    while repo.latest() is None and time.monotonic() < deadline:
+        _beat(heartbeat)
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))

@@ -36,6 +36,34 @@ class RolloutTimeout(TimeoutError):
     """The rollout did not settle within the time allowed."""
 
 
+class ClusterError(RuntimeError):
+    """The cluster cannot be reached or refused a request; the message is one line a person can act on."""
+
+
+def explain_api_error(exc: BaseException) -> str | None:
+    """One line for a Kubernetes API failure (unreachable, 401/403/404 ...); None if ``exc`` is not one."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        reason = ""
+        try:
+            import json
+
+            reason = json.loads(exc.body or "{}").get("message", "")
+        except (ValueError, TypeError):
+            reason = (exc.body or "")[:200] if isinstance(exc.body, str) else ""
+        what = {
+            401: "not authenticated (check the kubeconfig's credentials)",
+            403: "forbidden: the identity lacks a verb on this object (see the freshrec-deployer Role)",
+            404: "not found (is Argo Rollouts installed, and is this the namespace of the Rollout?)",
+        }.get(exc.status, f"HTTP {exc.status} {exc.reason}")
+        return f"Kubernetes API: {what}" + (f": {reason}" if reason else "")
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | OSError):
+        return f"Kubernetes API unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return None
+
+
 @dataclass(frozen=True)
 class RolloutStatus:
     """The parts of ``Rollout.status`` a deploy step acts on."""
@@ -53,6 +81,7 @@ class RolloutStatus:
     stable_rs: str | None
     current_pod_hash: str | None
     model_version: str | None
+    canary_weight: int | None = None
 
     @property
     def observed(self) -> bool:
@@ -92,6 +121,9 @@ class RolloutStatus:
             stable_rs=st.get("stableRS"),
             current_pod_hash=st.get("currentPodHash"),
             model_version=annotations.get(annotation),
+            canary_weight=_int_or_none(
+                ((st.get("canary") or {}).get("weights") or {}).get("canary", {}).get("weight")
+            ),
         )
 
 
@@ -106,17 +138,35 @@ def _int_or_none(x: Any) -> int | None:
 def make_api_client(
     host: str | None = None, kubeconfig: str | None = None, context: str | None = None
 ) -> Any:
-    """A ``kubernetes.client.ApiClient``: explicit host, else in-cluster config, else kubeconfig."""
+    """A ``kubernetes.client.ApiClient``: explicit host, else in-cluster config, else kubeconfig.
+
+    Raises:
+        ClusterError: no in-cluster service account and no usable kubeconfig.
+    """
     from kubernetes import client, config
 
     if host:
         cfg = client.Configuration()
         cfg.host = host
         return client.ApiClient(cfg)
+    if kubeconfig is None and context is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    import os
+
+    # Read $KUBECONFIG now: the client library reads it once, when it is first imported.
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig, context=context)
+    except (config.ConfigException, OSError) as exc:
+        where = kubeconfig or "$KUBECONFIG or ~/.kube/config"
+        raise ClusterError(
+            f"no Kubernetes credentials: not in a pod with a service account, and {where} is missing or "
+            f"unusable ({str(exc).splitlines()[0][:160]}); pass --kubeconfig/--context or --api-server"
+        ) from None
     return client.ApiClient()
 
 
@@ -229,12 +279,16 @@ class ArgoRolloutDriver:
             self.sleep(poll_s)
 
     def deploy_and_wait(
-        self, version: int, timeout_s: float = 1800.0, poll_s: float = 5.0
+        self,
+        version: int,
+        timeout_s: float = 1800.0,
+        poll_s: float = 5.0,
+        on_status: Callable[[RolloutStatus], None] | None = None,
     ) -> tuple[Outcome, RolloutStatus]:
         """Deploy ``version`` and follow it to promotion or abort (aborting it on timeout)."""
         self.deploy(version)
         try:
-            return self.wait(version, timeout_s=timeout_s, poll_s=poll_s)
+            return self.wait(version, timeout_s=timeout_s, poll_s=poll_s, on_status=on_status)
         except RolloutTimeout:
             # Leave the last good state serving rather than a half-analysed canary.
             self.abort()

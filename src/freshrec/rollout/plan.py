@@ -33,6 +33,8 @@ PROMETHEUS_TEMPLATE = "ctr-serving-latency-errors"
 JOB_TEMPLATE = "ctr-serving-online-quality"
 # Where the Rollout carries the model version (see freshrec.rollout.k8s.MODEL_VERSION_ANNOTATION).
 CANARY_VERSION_FIELD = "spec.template.metadata.annotations['freshrec.io/model-version']"
+# The Service Prometheus scrapes TF Serving through (its `service` label in the analysis queries).
+METRICS_SERVICE = "ctr-serving-metrics"
 
 
 class _Strict(BaseModel):
@@ -113,20 +115,28 @@ class CanaryPlan(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def to_argo_steps(self, prometheus_template: str = PROMETHEUS_TEMPLATE, job_template: str = JOB_TEMPLATE):
+    def to_argo_steps(
+        self,
+        prometheus_template: str = PROMETHEUS_TEMPLATE,
+        job_template: str = JOB_TEMPLATE,
+        metrics_service: str = METRICS_SERVICE,
+    ):
         """Render the plan as Argo Rollouts ``spec.strategy.canary.steps``.
 
-        ``pause.until_clicks`` has no Argo equivalent: the pause lasts ``duration_s`` and the analysis
-        Job itself waits for clicks (``freshrec rollout analyze --max-wait-s``). An analysis step runs
-        the Prometheus template for error/latency checks and the Job template for the online-quality
-        checks, passing the chosen checks as the ``checks`` argument.
+        ``pause.until_clicks`` has no Argo equivalent: the pause lasts ``duration_s`` and the next
+        analysis passes it as ``min-clicks`` to the analysis Job, which waits (``--max-wait-s``) until each
+        arm has that many clicks before it judges. An analysis step runs the Prometheus template for the
+        error/latency checks and the Job template for the online-quality checks; the namespace comes from the
+        Rollout itself (``metadata.namespace``), so a kustomize ``namespace:`` moves the queries with it.
         """
         out: list[dict[str, Any]] = []
+        clicks = 0
         for step in self.steps:
             if isinstance(step, SetWeightStep):
                 out.append({"setWeight": step.set_weight})
             elif isinstance(step, PauseStep):
                 out.append({"pause": {"duration": f"{int(step.pause.duration_s)}s"}})
+                clicks = step.pause.until_clicks or 0
             else:
                 checks = list(step.analysis.checks)
                 templates = []
@@ -142,15 +152,22 @@ class CanaryPlan(_Strict):
                                 {"name": "checks", "value": ",".join(checks)},
                                 {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
                                 {"name": "stable-hash", "valueFrom": {"podTemplateHashValue": "Stable"}},
+                                {
+                                    "name": "namespace",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                                },
+                                {"name": "service", "value": metrics_service},
                                 # The analysis Job splits joined predictions by this model version.
                                 {
                                     "name": "canary-version",
                                     "valueFrom": {"fieldRef": {"fieldPath": CANARY_VERSION_FIELD}},
                                 },
+                                {"name": "min-clicks", "value": str(clicks)},
                             ],
                         }
                     }
                 )
+                clicks = 0
         return out
 
 

@@ -76,12 +76,23 @@ def rules(
 
 
 @app.command("list")
-def list_open(ctx: typer.Context) -> None:
+def list_open(
+    ctx: typer.Context,
+    output: str = typer.Option("table", "--output", "-o", help="table | json"),
+) -> None:
     """List the open (firing) alerts kept in the state directory."""
+    import json
+
     from freshrec.monitoring.alerts import AlertManager
 
+    if output not in ("table", "json"):
+        raise typer.BadParameter(f"unknown output {output!r} (table | json)", param_hint="--output")
     settings: Settings = ctx.obj
     open_alerts = AlertManager(settings.alerts, settings.state_dir).open_alerts()
+    if output == "json":
+        alerts = [a.model_dump(mode="json") for _, a in sorted(open_alerts.items())]
+        typer.echo(json.dumps({"alerts": alerts}, indent=2))
+        return
     if not open_alerts:
         console.print("no open alerts")
         return
