@@ -218,7 +218,8 @@ def _predict(client: Any, frame: pd.DataFrame, batch: int, window: int) -> tuple
     for start in range(0, len(frame), batch):
         part = frame.iloc[start : start + batch]
         try:
-            version, got = client.predict(part, None, "stable")
+            columns = {name: part[name].to_numpy() for name in part.columns}
+            version, got = client.predict(columns, len(part), None, "stable")
         except Exception as exc:  # a broken input can make serving fail: those rows get no score
             log.warning("window %d: predict failed: %s", window, exc)
             continue

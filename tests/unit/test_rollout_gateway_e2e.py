@@ -209,7 +209,7 @@ def test_rollout_run_command_against_live_traffic(stack, tmp_path):
                 "run",
                 f"--version={version}",
                 f"--gateway={gateway.admin_url}",
-                f"--model-server={server.rest_url}",
+                f"--serving-url={server.rest_url}",
                 f"--plan-file={plan_file}",
             ],
             obj=fast,
