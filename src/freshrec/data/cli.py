@@ -172,11 +172,21 @@ def prepare(
 
 @app.command("describe")
 def describe(
+    ctx: typer.Context,
     dataset: str | None = typer.Argument(
         None, help="A shipped dataset name or a YAML path; none: list the shipped ones."
     ),
+    datasets_dir: Path | None = typer.Option(
+        None, "--datasets-dir", help="Folder holding the raw dataset files (default: the settings')."
+    ),
+    data: bool = typer.Option(
+        True,
+        "--data/--no-data",
+        help="Load the files to size vocabularies and hash tables from the train split.",
+    ),
 ) -> None:
-    """Show a dataset description (files, label rule, profile features), or list the shipped ones."""
+    """Show a dataset description and every feature the model will get: its source, type, encoding and
+    vocabulary or hash size (from the train split when the files are found), or list the shipped ones."""
     from freshrec.data.datasets import available_descriptions, load_description
 
     if dataset is None:
@@ -185,10 +195,11 @@ def describe(
             table.add_column(col, overflow="fold")
         for name in available_descriptions():
             desc = load_description(name)
-            files = ", ".join(desc.events.file) if desc.events else "generated"
+            files = ", ".join(n for n, _ in desc.events.source_files()) if desc.events else "generated"
             table.add_row(name, desc.title, desc.split, files)
         console.print(table)
         return
+    settings: Settings = ctx.obj
     try:
         desc = load_description(dataset)
     except (ValueError, FileNotFoundError) as exc:
@@ -197,22 +208,98 @@ def describe(
     console.print(f"[bold]{desc.name}[/bold] — {desc.title or desc.description}")
     if desc.events is not None:
         ev = desc.events
+        if ev.splits is not None:
+            files = "; ".join(f"{part}: {', '.join(names)}" for part, names in ev.splits.items())
+        else:
+            files = ", ".join(ev.file_names()) + (" (first found)" if len(ev.file) > 1 else "")
         console.print(
-            f"events: {', '.join(ev.file)}; label: {ev.label}" + (f"; dropped: {ev.drop}" if ev.drop else "")
+            f"events: {files}; label: {ev.label}" + (f"; dropped: {ev.drop}" if ev.drop else ""),
+            highlight=False,
         )
-        console.print(f"keys: user_id <- {ev.user_key}, item_id <- {ev.item_key}; event_id: {ev.event_id}")
-    console.print(f"split: {desc.split}; folders tried: {', '.join(desc.dir_names or [desc.name])}")
-    table = Table(title="profile features")
-    for col in ("feature", "type", "dtype", "derived from"):
+        ts = "none (every event at 1970-01-01)" if ev.timestamp is None else ev.timestamp.column
+        console.print(
+            f"keys: user_id <- {ev.user_key}, item_id <- {ev.item_key}; timestamp: {ts}; event_id: {ev.event_id}",
+            highlight=False,
+        )
+    split = desc.split + (f" on {desc.events.split_column.column}" if desc.split == "column" else "")
+    if desc.split_fractions:
+        split += f" {'/'.join(f'{f:g}' for f in desc.split_fractions)}"
+    console.print(
+        f"split: {split}; folders tried: {', '.join(desc.dir_names or [desc.name])}", highlight=False
+    )
+    activity = f"on (history: {desc.activity_history})" if desc.activity_enabled else "off"
+    console.print(f"activity features: {activity}", highlight=False)
+    dirs = datasets_dir or settings.data.datasets_dir
+    spec, sized_from = _describe_spec(desc, dirs if data and desc.events is not None else None, settings)
+    console.print(_features_table(desc, spec, sized_from))
+    if desc.events is not None and desc.events.keep:
+        console.print(
+            f"[yellow]warning:[/yellow] kept columns {', '.join(desc.events.keep)} are stored in the event log "
+            "but are not model inputs (describe them under events.features to use them)",
+            highlight=False,
+        )
+
+
+def _describe_spec(desc, datasets_dir: Path | None, settings: Settings):  # type: ignore[no-untyped-def]
+    """The model's feature spec: sized from the train split when the files load, else from the description."""
+    from freshrec.model.spec import FeatureSpec
+
+    buckets = settings.model.id_hash_buckets
+    if datasets_dir is not None:
+        from freshrec.data.datasets import load_dataset
+        from freshrec.features.training_set import training_frames
+
+        try:
+            data = load_dataset(desc, datasets_dir)
+            fractions = (
+                settings.data.train_fraction,
+                settings.data.valid_fraction,
+                1.0 - settings.data.train_fraction - settings.data.valid_fraction,
+            )
+            train = training_frames(data, fractions)[0]
+            spec = FeatureSpec.for_description(desc, buckets, frame=train)
+            return spec, f"sized from the train split ({len(train):,} events)"
+        except (ValueError, FileNotFoundError) as exc:
+            console.print(f"[yellow]note:[/yellow] data not loaded ({exc}); sizes need the data")
+    return FeatureSpec.for_description(desc, buckets), "encodings before the data (sizes come from it)"
+
+
+def _features_table(desc, spec, sized_from: str) -> Table:  # type: ignore[no-untyped-def]
+    from freshrec.features.activity import ITEM_ACTIVITY, USER_ACTIVITY
+
+    described = {
+        **{n: ("users", f) for n, f in desc.user_features.items()},
+        **{n: ("items", f) for n, f in desc.item_features.items()},
+        **{n: ("events", f) for n, f in desc.event_features.items()},
+    }
+    table = Table(title=f"model inputs ({len(spec.features)}; {sized_from})")
+    for col in ("feature", "from", "type", "encoding", "size", "derived from"):
         table.add_column(col, overflow="fold")
-    for entity in (desc.users, desc.items):
-        for name, f in entity.features.items():
-            how = f"flags {f.flags_prefix}*" if f.flags_prefix else str(f.source)
-            for key in ("slice", "map", "regex", "date_format", "split"):
-                if getattr(f, key) is not None:
-                    how += f", {key}" if key == "map" else f", {key} {getattr(f, key)!r}"
-            table.add_row(name, f.type, str(f.dtype), how)
-    console.print(table)
+    for f in spec.features:
+        p = f.params
+        if f.encoding == "lookup":
+            size = f"{len(p['vocabulary']):,} values + 1 OOV" if "vocabulary" in p else "vocabulary from data"
+        elif f.encoding in ("hash", "multi_hash"):
+            size = f"{int(p['num_bins']):,} buckets"
+        elif f.encoding == "bucketize":
+            size = (
+                f"{len(p['boundaries']) + 1} buckets"
+                if "boundaries" in p
+                else f"{p.get('num_buckets', 10)} quantiles"
+            )
+        else:
+            size = "log1p, standardised" if p.get("log1p") else "standardised"
+        if f.name in ("user_id", "item_id"):
+            where, kind, how = "id", "categorical", "events key"
+        elif f.name in described:
+            where, feat = described[f.name]
+            kind, how = feat.type, feat.derivation()
+        elif f.name in USER_ACTIVITY + ITEM_ACTIVITY:
+            where, kind, how = "activity", "numeric", f"strictly earlier events ({desc.activity_history})"
+        else:
+            where, kind, how = "?", "?", ""
+        table.add_row(f.name, where, kind, f.encoding, size, how)
+    return table
 
 
 @app.command("sink")

@@ -174,15 +174,22 @@ def _as_of_ns(as_of: pd.Timestamp | pd.Series | np.ndarray | str, n: int) -> np.
     return np.full(n, _ts_ns(pd.DatetimeIndex([pd.Timestamp(as_of)]))[0], dtype=np.int64)
 
 
-def activity_as_of_events(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per event (same index and order): ``USER_ACTIVITY + ITEM_ACTIVITY`` as of its time."""
+def activity_as_of_events(events: pd.DataFrame, history: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per event (same index and order): ``USER_ACTIVITY + ITEM_ACTIVITY`` as of its time.
+
+    Args:
+        history: the events the features are computed from (strictly earlier ones only); default
+            ``events`` itself. A split's rows get a history that leaves out later splits.
+    """
     _check_events(events)
+    hist = events if history is None else history
+    _check_events(hist)
     q = _ts_ns(events["event_timestamp"])
     cols: dict[str, np.ndarray] = {}
     for entity in ("user", "item"):
         key = f"{entity}_id"
         ids = events[key].astype(str).to_numpy(dtype=object).astype(str)
-        cols.update(_entity_history(events, key).as_of(ids, q, entity))
+        cols.update(_entity_history(hist, key).as_of(ids, q, entity))
     return pd.DataFrame(cols, index=events.index)
 
 

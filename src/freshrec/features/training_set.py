@@ -12,6 +12,8 @@ for integers, ``0.0`` for floats (matching the data contract: ``item_genres=""``
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -72,11 +74,19 @@ def _join_profiles(events: pd.DataFrame, profiles: pd.DataFrame, key: str) -> pd
     return out
 
 
-def build_training_frame(events: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+def build_training_frame(
+    events: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    *,
+    activity: bool = True,
+    history: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Event columns + user/item profile features + ``USER_ACTIVITY + ITEM_ACTIVITY``, one row per event.
 
     Rows keep the order of ``events`` (index reset). Activity features use only strictly earlier events of
-    ``events`` itself (see :mod:`freshrec.features.activity`).
+    ``history`` (default: ``events`` itself; see :mod:`freshrec.features.activity`); ``activity=False``
+    leaves them out (a dataset without them, see ``DatasetDescription.activity_enabled``).
     """
     for col in ("event_id", "event_timestamp", "user_id", "item_id", "label"):
         if col not in events.columns:
@@ -84,6 +94,41 @@ def build_training_frame(events: pd.DataFrame, users: pd.DataFrame, items: pd.Da
     base = events.reset_index(drop=True)
     user_prof = _join_profiles(base, users, "user_id")
     item_prof = _join_profiles(base, items, "item_id")
-    activity = activity_as_of_events(base)
-    frame = pd.concat([base, user_prof, item_prof, activity[USER_ACTIVITY + ITEM_ACTIVITY]], axis=1)
-    return frame
+    parts = [base, user_prof, item_prof]
+    if activity:
+        hist = None if history is None else history.reset_index(drop=True)
+        parts.append(activity_as_of_events(base, hist)[USER_ACTIVITY + ITEM_ACTIVITY])
+    return pd.concat(parts, axis=1)
+
+
+def training_frames(
+    dataset: Any, fractions: tuple[float, ...] | None = None, seed: int | None = None
+) -> tuple[pd.DataFrame, ...]:
+    """The train, valid and test frames of a loaded dataset, split as its description says.
+
+    Profiles are joined to every row; activity features (when the description enables them) come from
+    strictly earlier events of the row's own split and earlier splits (``activity.history:
+    earlier_splits``; under a time split exactly what serving sees) or of the train split only
+    (``train``): never from a later split, so no valid or test label reaches a training row.
+
+    Args:
+        dataset: a ``freshrec.data.datasets.Dataset`` (events, users, items, description).
+        fractions: shares for ``split: time|random`` when the description gives none.
+        seed: overrides the description's ``split_seed``.
+    """
+    from freshrec.data.datasets import sort_events, split_count, split_labels
+
+    desc = dataset.description
+    events = dataset.events.reset_index(drop=True)
+    labels = split_labels(events, desc, fractions, seed)
+    out = []
+    for k in range(split_count(desc, fractions)):
+        rows = events.loc[labels == k]
+        history = None
+        if desc.activity_enabled:
+            history = events.loc[labels == 0] if desc.activity_history == "train" else events.loc[labels <= k]
+        frame = build_training_frame(
+            sort_events(rows), dataset.users, dataset.items, activity=desc.activity_enabled, history=history
+        )
+        out.append(frame)
+    return tuple(out)

@@ -121,10 +121,10 @@ def evaluate(
     """Evaluate a published version (and stable) on the dataset's test window, and show the blessing verdict."""
     import pandas as pd
 
-    from freshrec.data.datasets import load_dataset, load_description, split_events
+    from freshrec.data.datasets import load_dataset, load_description
     from freshrec.evaluation import bless
     from freshrec.evaluation import evaluate as evaluate_frame
-    from freshrec.features.training_set import build_training_frame
+    from freshrec.features.training_set import training_frames
     from freshrec.model.export import predict_saved_model
     from freshrec.model.repository import ModelRepository
 
@@ -136,10 +136,9 @@ def evaluate(
         raise typer.Exit(2)
     description = load_description(dataset or settings.data.dataset)
     data = load_dataset(description, settings.data.datasets_dir)
-    frame = build_training_frame(data.events, data.users, data.items)
     tr = settings.data.train_fraction
     va = settings.data.valid_fraction
-    train_df, _, test_df = split_events(frame, description, (tr, va, 1 - tr - va))
+    train_df, _, test_df = training_frames(data, (tr, va, 1 - tr - va))
     known = {"known_users": set(train_df["user_id"]), "known_items": set(train_df["item_id"])}
 
     def score(v: int) -> pd.DataFrame:

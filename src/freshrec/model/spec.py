@@ -8,7 +8,9 @@ Encodings (all applied inside the Keras model, so the SavedModel takes raw value
 
 - ``hash``: string → ``Hashing(num_bins)`` → embedding. Used for ids: a new user or item hashes into a bucket
   of a fixed-size table, so vocabulary growth never changes weight shapes (warm start keeps working).
-- ``lookup``: string → ``StringLookup(vocabulary, num_oov_indices=1)`` → embedding; for small vocabularies.
+- ``lookup``: string → ``StringLookup(vocabulary, num_oov_indices=1)`` → embedding: the exact vocabulary
+  of the training data plus one out-of-vocabulary bucket, for every categorical whose distinct values fit
+  the description's ``vocabulary.max_size`` (hashing beyond it, buckets sized by ``collision_target``).
 - ``multi_hash``: a ``separator``-joined string (e.g. ``"Action|Comedy"``), split inside the model, each token
   hashed, embeddings mean-pooled.
 - ``normalize``: float → optional ``log1p`` (counts) → ``(x - mean) / std`` with stats adapted from training data.
@@ -34,8 +36,11 @@ Encoding = Literal["hash", "lookup", "multi_hash", "normalize", "bucketize"]
 
 # Counts and durations are heavy-tailed: log1p before standardising.
 _LOG1P_SUFFIXES = ("events_1d", "events_7d", "events_30d", "events_total", "hours_since_last")
-# At most this many distinct values → StringLookup with an OOV slot; above → hashing sized for growth.
-LOOKUP_MAX_VOCAB = 64
+# Defaults of a description's ``vocabulary:``: at most this many distinct values → StringLookup with an
+# OOV slot; above → hashing into buckets sized so that at most this share of values collide.
+DEFAULT_MAX_VOCAB = 100_000
+DEFAULT_COLLISION_TARGET = 0.05
+MULTI_HASH_MIN_BINS = 1024
 
 
 class Feature(BaseModel):
@@ -147,24 +152,30 @@ class FeatureSpec(BaseModel):
     def for_description(
         cls, description: Any, id_hash_buckets: int = 50_000, frame: pd.DataFrame | None = None
     ) -> FeatureSpec:
-        """Build the spec from a dataset description's feature types, plus ids and the activity features.
+        """Build the spec from a dataset description: ids, every described feature (profile and
+        event-level) with its encoding, and the activity features when the description enables them.
+
+        Categorical encodings are sized from ``frame`` (see :func:`categorical_encoding`): an exact
+        vocabulary with one OOV bucket while the distinct values fit the limit, hashing beyond it.
 
         Args:
             description: a ``freshrec.data.datasets.DatasetDescription`` (or anything with a ``features``
                 mapping/list of name → ``categorical|numeric|multi_categorical``).
             id_hash_buckets: hash-table size for ``user_id`` and ``item_id``.
-            frame: optional training frame: its cardinalities choose lookup vs hashing for categoricals,
-                and the returned spec is adapted to it.
+            frame: optional training frame: its values size the vocabularies and hash tables, and the
+                returned spec is adapted to it.
         """
         features = [
             Feature(name="user_id", dtype="string", encoding="hash", params={"num_bins": id_hash_buckets}),
             Feature(name="item_id", dtype="string", encoding="hash", params={"num_bins": id_hash_buckets}),
         ]
-        for name, kind in _description_features(description):
+        limits = _vocabulary_limits(description)
+        for name, kind, options in _description_features(description):
             if name in ("user_id", "item_id"):
                 continue
-            features.append(_feature_for(name, kind, frame))
-        for name in USER_ACTIVITY + ITEM_ACTIVITY:
+            features.append(_feature_for(name, kind, frame, {**limits, **options}))
+        activity = getattr(description, "activity_enabled", True)
+        for name in USER_ACTIVITY + ITEM_ACTIVITY if activity else []:
             if frame is not None and name not in frame.columns:
                 continue
             log1p = name.endswith(_LOG1P_SUFFIXES)
@@ -175,45 +186,110 @@ class FeatureSpec(BaseModel):
         return spec.adapt(frame) if frame is not None else spec
 
 
-def _feature_for(name: str, kind: str, frame: pd.DataFrame | None) -> Feature:
+def hash_buckets(n_values: int, collision_target: float, minimum: int = 64) -> int:
+    """The smallest power of two ``m >= minimum`` at which at most ``collision_target`` of ``n_values``
+    hashed values share their bucket with another value: ``1 - (1 - 1/m)^(n - 1) <= target``."""
+    if n_values <= 1:
+        return minimum
+    need = 1.0 / -math.expm1(math.log1p(-collision_target) / (n_values - 1))
+    return max(minimum, 1 << max(0, math.ceil(math.log2(need))))
+
+
+def collision_share(n_values: int, num_bins: int) -> float:
+    """Expected share of ``n_values`` values hashed into ``num_bins`` that share a bucket with another."""
+    return 0.0 if n_values <= 1 else -math.expm1((n_values - 1) * math.log1p(-1.0 / num_bins))
+
+
+def categorical_encoding(
+    n_values: int | None,
+    *,
+    max_vocab: int = DEFAULT_MAX_VOCAB,
+    collision_target: float = DEFAULT_COLLISION_TARGET,
+    encoding: str | None = None,
+    num_bins: int | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """``(encoding, params)`` of a categorical with ``n_values`` distinct training values.
+
+    ``lookup`` (exact vocabulary, adapted from the data, plus one OOV bucket) while ``n_values`` fits
+    ``max_vocab``; else ``hash`` into :func:`hash_buckets` for ``collision_target`` (or ``num_bins``).
+    Without data (``n_values`` None) a categorical hashes into 1024 buckets unless told otherwise.
+    """
+    if encoding is None:
+        encoding = "lookup" if n_values is not None and n_values <= max_vocab else "hash"
+    if encoding == "lookup":
+        return "lookup", {}
+    bins = num_bins or (hash_buckets(n_values, collision_target) if n_values is not None else 1024)
+    return "hash", {"num_bins": int(bins)}
+
+
+def _feature_for(name: str, kind: str, frame: pd.DataFrame | None, options: dict[str, Any]) -> Feature:
     kind = kind.lower()
+    encoding = options.get("encoding")
+    column = frame[name] if frame is not None and name in frame.columns else None
     if kind in ("multi_categorical", "multi-categorical", "multi"):
+        bins = options.get("num_bins")
+        if bins is None:
+            bins = MULTI_HASH_MIN_BINS
+            if column is not None:
+                tokens = column.fillna("").astype(str).str.split("|").explode()
+                n = int(tokens[tokens != ""].nunique())
+                bins = max(bins, hash_buckets(n, options["collision_target"]))
         return Feature(
-            name=name, dtype="string", encoding="multi_hash", params={"num_bins": 1024, "separator": "|"}
+            name=name, dtype="string", encoding="multi_hash", params={"num_bins": int(bins), "separator": "|"}
         )
     if kind == "categorical":
-        n = int(frame[name].nunique()) if frame is not None and name in frame.columns else None
-        if n is not None and n <= LOOKUP_MAX_VOCAB:
-            return Feature(name=name, dtype="string", encoding="lookup")
-        # Room to grow: 4x the seen cardinality, at least 1024 buckets.
-        bins = max(1024, 1 << max(0, math.ceil(math.log2(max(1, (n or 256) * 4)))))
-        return Feature(name=name, dtype="string", encoding="hash", params={"num_bins": bins})
+        n = int(column.fillna("").astype(str).nunique()) if column is not None else None
+        enc, params = categorical_encoding(
+            n,
+            max_vocab=options["max_vocab"],
+            collision_target=options["collision_target"],
+            encoding=encoding,
+            num_bins=options.get("num_bins"),
+        )
+        return Feature(name=name, dtype="string", encoding=enc, params=params)  # type: ignore[arg-type]
     if kind == "numeric":
-        if name.endswith("year"):
-            return Feature(name=name, dtype="float32", encoding="bucketize", params={"num_buckets": 10})
-        return Feature(name=name, dtype="float32", encoding="normalize", params={"log1p": False})
+        if encoding == "bucketize" or (encoding is None and name.endswith("year")):
+            buckets = int(options.get("num_buckets") or 10)
+            return Feature(name=name, dtype="float32", encoding="bucketize", params={"num_buckets": buckets})
+        log1p = bool(options.get("log1p") or False)
+        return Feature(name=name, dtype="float32", encoding="normalize", params={"log1p": log1p})
     raise ValueError(
         f"feature {name!r}: unknown type {kind!r} (expected categorical, numeric or multi_categorical)"
     )
 
 
-def _description_features(description: Any) -> list[tuple[str, str]]:
-    """(name, type) pairs from a dataset description, whatever shape its ``features`` field has."""
-    types = getattr(description, "feature_types", None)
-    if callable(types):  # freshrec.data.datasets.DatasetDescription
-        return [(str(k), str(getattr(v, "value", v))) for k, v in types().items()]
-    feats = getattr(description, "features", None)
+_OPTION_KEYS = ("encoding", "max_vocab", "collision_target", "num_bins", "num_buckets", "log1p")
+
+
+def _vocabulary_limits(description: Any) -> dict[str, Any]:
+    vocab = getattr(description, "vocabulary", None)
+    return {
+        "max_vocab": getattr(vocab, "max_size", DEFAULT_MAX_VOCAB),
+        "collision_target": getattr(vocab, "collision_target", DEFAULT_COLLISION_TARGET),
+    }
+
+
+def _description_features(description: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, type, encoding options) from a dataset description, whatever shape its features have."""
+    described = getattr(description, "features", None)
+    if callable(described):  # freshrec.data.datasets.DatasetDescription: name -> Feature
+        out = []
+        for name, f in described().items():
+            options = {k: getattr(f, k) for k in _OPTION_KEYS if getattr(f, k, None) is not None}
+            out.append((str(name), str(f.type), options))
+        return out
+    feats = described
     if feats is None and isinstance(description, dict):
         feats = description.get("features")
     if feats is None:
         raise ValueError(
             "dataset description has no 'features' (name → categorical|numeric|multi_categorical)"
         )
-    pairs: list[tuple[str, str]] = []
+    triples: list[tuple[str, str, dict[str, Any]]] = []
     items = feats.items() if isinstance(feats, dict) else enumerate(feats)
     for key, value in items:
         if isinstance(value, str):
-            pairs.append((str(key), value))
+            triples.append((str(key), value, {}))
             continue
         get = value.get if isinstance(value, dict) else lambda k, v=value: getattr(v, k, None)
         name = get("name") or key
@@ -221,8 +297,9 @@ def _description_features(description: Any) -> list[tuple[str, str]]:
         kind = getattr(kind, "value", kind)
         if not isinstance(name, str) or not kind:
             raise ValueError(f"dataset description: cannot read feature entry {value!r}")
-        pairs.append((name, str(kind)))
-    return pairs
+        options = {k: get(k) for k in _OPTION_KEYS if get(k) is not None}
+        triples.append((name, str(kind), options))
+    return triples
 
 
 def _numeric(col: pd.Series, name: str) -> np.ndarray:

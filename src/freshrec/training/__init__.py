@@ -353,9 +353,9 @@ def run_training(
         data: an already loaded ``freshrec.data.datasets.Dataset`` (e.g. from the synthetic generator);
             ``dataset`` is then ignored.
     """
-    from freshrec.data.datasets import load_dataset, load_description, split_events
+    from freshrec.data.datasets import load_dataset, load_description
     from freshrec.evaluation import bless, evaluate
-    from freshrec.features.training_set import build_training_frame
+    from freshrec.features.training_set import training_frames
     from freshrec.io import staging_dir
     from freshrec.model import predict
     from freshrec.model.export import predict_saved_model
@@ -369,13 +369,12 @@ def run_training(
         description = load_description(dataset or settings.data.dataset)
         data = load_dataset(description, settings.data.datasets_dir)
     description = data.description
-    frame = build_training_frame(data.events, data.users, data.items)
     fractions = (
         settings.data.train_fraction,
         settings.data.valid_fraction,
         1.0 - settings.data.train_fraction - settings.data.valid_fraction,
     )
-    train_df, valid_df, test_df = split_events(frame, description, fractions)
+    train_df, valid_df, test_df = training_frames(data, fractions)
     repo = ModelRepository(settings.models_dir, model_settings.name)
     stable = repo.stable()
     if parent_version is None and settings.training.warm_start:
@@ -408,7 +407,6 @@ def run_training(
             test_df.assign(score=predict_saved_model(repo.path(stable), test_df)), **known
         ).metrics
     verdict = bless(report.metrics, production, settings.blessing)
-    ts = frame["event_timestamp"]
     run = TrainingRun(
         dataset=description.name,
         architecture=model_settings.architecture,
@@ -422,7 +420,7 @@ def run_training(
             "train_start": str(train_df["event_timestamp"].min()),
             "train_end": str(train_df["event_timestamp"].max()),
             "test_start": str(test_df["event_timestamp"].min()),
-            "test_end": str(ts.max()),
+            "test_end": str(test_df["event_timestamp"].max()),
             "split": description.split,
         },
         parent_version=parent_version or None,
