@@ -31,6 +31,9 @@ class DataSettings(BaseModel):
     future_tolerance_s: float = 300.0
     train_fraction: float = 0.8
     valid_fraction: float = 0.1
+    # `data prepare` fails (writing nothing to the event log) when more than this share of a dataset's
+    # rows is quarantined, or every row is
+    max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
 
 class FeatureSettings(BaseModel):

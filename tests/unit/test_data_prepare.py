@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pandas as pd
+import pytest
 
 from freshrec.data.eventlog import EventLog
 from freshrec.data.ingest import ingest_frame
@@ -99,9 +100,9 @@ users: {file: u.csv, format: {header: true}, key: u, features: {user_g: {type: c
 items: {file: i.csv, format: {header: true}, key: i, features: {item_tags: {type: multi_categorical, from: tags, split: "|"}}}
 """
     )
-    settings = settings.model_copy(
-        update={"data": settings.data.model_copy(update={"datasets_dir": tmp_path})}
-    )
+    # half the rows are bad: allowed here, to see where they go (the default share refuses it)
+    data = settings.data.model_copy(update={"datasets_dir": tmp_path, "max_quarantine_share": 0.5})
+    settings = settings.model_copy(update={"data": data})
     report = prepare(settings, tmp_path / "mini.yaml")
     ing = report.ingest
     assert (ing.received, ing.accepted, ing.quarantined) == (4, 2, 2)
@@ -114,3 +115,80 @@ items: {file: i.csv, format: {header: true}, key: i, features: {item_tags: {type
     assert items["item_tags"].tolist() == ["x|y", ""]
     again = prepare(settings, tmp_path / "mini.yaml").ingest
     assert again.already_ingested and (again.received, again.skipped) == (4, 4)
+
+
+CLICKS_YAML = """
+name: clicks
+events:
+  file: clicks.csv
+  format: {header: true}
+  user_key: u
+  item_key: i
+  timestamp: {column: ts, unit: null, format: "%Y-%m-%d %H:%M:%S"}
+  label: y == 1
+  event_id: "{u}-{i}-{ts}"
+"""
+
+
+def _clicks(tmp_path, rows: list[str]):
+    (tmp_path / "clicks.csv").write_text("u,i,ts,y\n" + "\n".join(rows) + "\n")
+    (tmp_path / "clicks.yaml").write_text(CLICKS_YAML)
+    return tmp_path / "clicks.yaml"
+
+
+def test_a_prepare_that_quarantines_every_row_fails_naming_the_reason(settings, tmp_path):
+    """The issue's case: timestamps not in the described format. prepare used to exit 0 with 100%
+    quarantined (then train failed on an empty frame); now it fails and writes no event."""
+    from freshrec.data.prepare import QuarantineError
+
+    path = _clicks(tmp_path, [f"{k},a,2024-01-0{k}T10:00:00Z,1" for k in range(1, 6)])
+    settings = settings.model_copy(
+        update={"data": settings.data.model_copy(update={"datasets_dir": tmp_path})}
+    )
+    with pytest.raises(
+        QuarantineError, match=r"5 of 5 rows \(100.0%\) would be quarantined, every row"
+    ) as err:
+        prepare(settings, path)
+    message = str(err.value)
+    assert "Main reason: timestamp_unparseable (5 rows)" in message
+    assert "'ts': '2024-01-01T10:00:00Z'" in message and "'source_row': '0'" in message
+    assert err.value.example["u"] == "1"
+    assert EventLog(settings.eventlog_dir).count() == 0
+    assert len(read_quarantine(settings.quarantine_dir)) == 5  # kept for inspection
+
+    from typer.testing import CliRunner
+
+    from freshrec.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(
+        app,
+        [
+            "--workdir",
+            str(settings.workdir),
+            "data",
+            "prepare",
+            "-d",
+            str(path),
+            "--datasets-dir",
+            str(tmp_path),
+        ],
+        env={"COLUMNS": "300"},
+    )
+    assert result.exit_code == 1 and "timestamp_unparseable" in result.output
+
+
+def test_more_than_the_allowed_share_quarantined_fails_and_less_passes(settings, tmp_path):
+    from freshrec.data.prepare import QuarantineError
+
+    good = [f"{k},a,2024-01-01 10:00:0{k},1" for k in range(7)]
+    path = _clicks(tmp_path, [*good, "8,,2024-01-01 11:00:00,1", "9,b,2024-01-01 12:00:00,", "9,c,soon,0"])
+    data = settings.data.model_copy(update={"datasets_dir": tmp_path})
+    strict = settings.model_copy(update={"data": data})
+    with pytest.raises(QuarantineError, match=r"3 of 10 rows \(30.0%\).*max_quarantine_share=0.1"):
+        prepare(strict, path)
+    assert EventLog(strict.eventlog_dir).count() == 0
+    lenient = settings.model_copy(update={"data": data.model_copy(update={"max_quarantine_share": 0.3})})
+    report = prepare(lenient, path)
+    assert (report.ingest.accepted, report.ingest.quarantined) == (7, 3)
+    assert EventLog(lenient.eventlog_dir).count() == 7

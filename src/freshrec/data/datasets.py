@@ -34,9 +34,30 @@ my.yaml``); no code. A minimal description::
         item_year: {type: numeric, dtype: int64, from: title, regex: '\((\d{4})\)', default: 0}
 
 Derivations: ``slice``, ``map``, ``regex`` (first group), ``date_format`` (keep the year), ``split``
-(multi-valued field) or ``flags_prefix`` (one 0/1 column per value, e.g. MovieLens' genre flags whose
-names come from ``extra_columns.names_file``). Rows that cannot become events (empty keys, unparseable
-timestamp or label column) are returned in ``Dataset.rejected`` with their reasons.
+(multi-valued field; a Parquet list column needs none) or ``flags_prefix`` (one 0/1 column per value, e.g.
+MovieLens' genre flags whose names come from ``extra_columns.names_file``); for event features also
+``time_part`` (hour, weekday, day, month, year of the event time). Rows that cannot become events (empty
+keys, missing or unparseable timestamp or label column, an unknown split value) are returned in
+``Dataset.rejected`` with their reasons, file and row.
+
+More fields (the README shows a whole benchmark description):
+
+- ``events.features``: event-level (context) model features, with the profile features' derivations;
+  any feature may state its model ``encoding`` (``lookup``/``hash`` for categoricals, ``multi_hash``,
+  ``normalize``/``bucketize`` for numbers) and ``max_vocab``, ``collision_target``, ``num_bins``,
+  ``num_buckets``, ``log1p``; otherwise :meth:`freshrec.model.spec.FeatureSpec.for_description` sizes
+  them from the training data within the description's ``vocabulary: {max_size, collision_target}``.
+  ``events.keep`` columns are stored in the event log but are not model inputs.
+- ``files: [a.csv, part-*.csv]`` (any table): every file, concatenated; ``file: [x, y]``: the first found.
+- ``split: time | random | files | column``: ``files`` takes ``events.splits: {train: [...], valid: [...],
+  test: [...]}``, ``column`` takes ``events.split_column: {column, train, valid, test}`` (values);
+  ``split_fractions: [0.7, 0.2, 0.1]`` for time/random (rounding rule: :func:`split_cuts`).
+- ``format: {type: parquet|jsonl}`` keeps native types: a timestamp column needs no format, integer keys
+  no parsing. ``events.timestamp`` may be left out for random or given splits (every event is then at
+  :data:`NO_TIMESTAMP`, ids default to ``"{_file}:{_row}"``, and there are no time-window features).
+- ``users:``/``items:`` are optional (an id is then all that is known of it).
+- ``activity: {enabled, history}``: the 14 activity features, on by default for a time split only;
+  ``history: earlier_splits|train`` (see :class:`ActivityOptions`); never from a later split.
 
 The loader returns a :class:`Dataset` in the event contract (see ``freshrec.data``).
 """

@@ -7,6 +7,11 @@ Writes, under the settings' workdir:
   ``event_timestamp`` (the start of the data, so every event can see its profile in a point-in-time join)
   and ``created`` (the id's first event, or ``event_timestamp`` when it has none);
 - quarantined rows, if any, under ``quarantine/``.
+
+Validation stays strict: when every row, or more than ``data.max_quarantine_share`` of them, would be
+quarantined (a description that does not match its files: a wrong timestamp format, label column or
+delimiter), :class:`QuarantineError` names the dominant reason and an example row, the rows are
+quarantined for inspection and nothing is written to the event log.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pandas as pd
 from freshrec.data.datasets import Dataset, load_dataset, load_description
 from freshrec.data.eventlog import content_hash
 from freshrec.data.ingest import IngestReport, ingest_frame
-from freshrec.data.validation import count_reasons, write_quarantine
+from freshrec.data.validation import count_reasons, validate_events, write_quarantine
 from freshrec.io import atomic_write_parquet
 
 if TYPE_CHECKING:
@@ -66,6 +71,65 @@ def profile_table(profiles: pd.DataFrame, events: pd.DataFrame, key: str) -> pd.
     return out
 
 
+class QuarantineError(ValueError):
+    """A prepare that would quarantine every row, or more than the allowed share."""
+
+    def __init__(self, message: str, reasons: dict[str, int], example: dict[str, str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+        self.example = example
+
+
+def _example(rows: pd.DataFrame, reason: str, width: int = 60) -> dict[str, str]:
+    """The first quarantined row with ``reason``, its values shortened, bookkeeping columns left out."""
+    hit = rows[rows["reasons"].astype(str).str.split(";").map(lambda rs: reason in rs)]
+    row = (hit if len(hit) else rows).iloc[0]
+    out = {}
+    for key, value in row.items():
+        if key == "reasons" or value is None or (isinstance(value, float) and pd.isna(value)):
+            continue  # a column of the other kind of quarantined row (loader-rejected vs validated)
+        text = str(value)
+        out[str(key)] = text if len(text) <= width else text[: width - 1] + "…"
+    return out
+
+
+def check_quarantine_share(dataset: Dataset, settings: Settings) -> None:
+    """Refuse a dataset whose rows would mostly (more than ``data.max_quarantine_share``), or all, be
+    quarantined: the loader's rejected rows plus the rows event validation would quarantine.
+
+    Raises:
+        QuarantineError: naming the share, the dominant reason with its count, an example row and
+            where the quarantined rows were written.
+    """
+    limit = settings.data.max_quarantine_share
+    checked = validate_events(
+        dataset.events, future_tolerance_s=settings.data.future_tolerance_s, source=dataset.name
+    )
+    bad = pd.concat([dataset.rejected, checked.quarantined], ignore_index=True)
+    total = len(dataset.rejected) + checked.received
+    name = dataset.description.name
+    if total == 0:
+        raise QuarantineError(f"dataset {name}: no rows at all (empty files?)", {}, {})
+    share = len(bad) / total
+    if len(bad) < total and share <= limit:
+        return
+    reasons = count_reasons(bad["reasons"])
+    top, count = next(iter(reasons.items()))
+    example = _example(bad, top)
+    qfile = write_quarantine(
+        bad, settings.quarantine_dir, source=f"dataset:{name}", name=f"dataset-{name}-refused"
+    )
+    what = "every row" if len(bad) == total else f"more than data.max_quarantine_share={limit:g} of the rows"
+    raise QuarantineError(
+        f"dataset {name}: {len(bad):,} of {total:,} rows ({share:.1%}) would be quarantined, {what}; "
+        f"nothing was written to the event log. Main reason: {top} ({count:,} rows), e.g. {example}. "
+        f"All reasons: {reasons}. Check the description against the files (timestamp unit or format, "
+        f"label rule, keys, delimiter); the rows are in {qfile}",
+        reasons,
+        example,
+    )
+
+
 def _with_rejected(report: IngestReport, dataset: Dataset, settings: Settings) -> IngestReport:
     """Count (and quarantine) the source rows the loader could not turn into events."""
     rejected = dataset.rejected
@@ -95,11 +159,17 @@ def _with_rejected(report: IngestReport, dataset: Dataset, settings: Settings) -
 def prepare_dataset(
     dataset: Dataset, settings: Settings, *, progress: Callable[[str], None] | None = None
 ) -> PrepareReport:
-    """Validate and store a loaded (or generated) dataset; write the profile tables."""
+    """Validate and store a loaded (or generated) dataset; write the profile tables.
+
+    Raises:
+        QuarantineError: every row, or more than ``data.max_quarantine_share``, would be quarantined.
+    """
     started = time.perf_counter()
     step = progress or (lambda _msg: None)
     name = dataset.description.name
-    step(f"validating and writing {len(dataset.events):,} events")
+    step(f"validating {len(dataset.events):,} events")
+    check_quarantine_share(dataset, settings)
+    step(f"writing {len(dataset.events):,} events")
     report = ingest_frame(
         dataset.events,
         settings,
