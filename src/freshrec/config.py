@@ -13,6 +13,7 @@ receivers name the environment variable that holds them.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ class DataSettings(BaseModel):
     datasets_dir: Path = Path("../shared/datasets")
     dataset: str = "movielens-100k"
     future_tolerance_s: float = 300.0
+    # longest event/user/item id accepted (longer: quarantined as <column>_too_long)
+    max_id_chars: int = Field(default=512, ge=1)
+    # events before this are quarantined (timestamp_before_min): a stray small number is not a 1970 event
+    min_event_time: datetime = datetime(1990, 1, 1, tzinfo=UTC)
     train_fraction: float = 0.8
     valid_fraction: float = 0.1
     # `data prepare` fails (writing nothing to the event log) when more than this share of a dataset's

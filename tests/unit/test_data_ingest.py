@@ -108,14 +108,12 @@ def _missing_label(path):
     pd.DataFrame(_rows(3)).drop(columns=["label"]).to_csv(path, index=False)
 
 
-def _bad_jsonl_line(path):
-    lines = [json.dumps(r) for r in _rows(5)]
-    lines[3] = '{"event_id": "e3", "label": '
-    path.write_text("\n".join(lines) + "\n")
+def _jsonl_no_object(path):
+    path.write_text('{"event_id": "e3", "label": \n[1, 2]\n')
 
 
-def _jsonl_not_object(path):
-    path.write_text(json.dumps(_rows(1)[0]) + "\n[1, 2]\n")
+def _utf16_jsonl(path):
+    path.write_bytes("".join(json.dumps(r) + "\n" for r in _rows(3)).encode("utf-16"))
 
 
 def _empty(path):
@@ -141,8 +139,12 @@ BAD_FILES = [
     ("garbage.parquet", _garbage_parquet, r"not a valid Parquet"),
     ("wrong.csv", _wrong_columns, r"missing required column"),
     ("nolabel.csv", _missing_label, r"missing required column\(s\) \['label'\]"),
-    ("bad.jsonl", _bad_jsonl_line, r"line 4: invalid JSON"),
-    ("array.jsonl", _jsonl_not_object, r"line 2: expected a JSON object"),
+    (
+        "bad.jsonl",
+        _jsonl_no_object,
+        r"no JSON records \(line 1: invalid JSON.*line 2: expected a JSON object",
+    ),
+    ("utf16.jsonl", _utf16_jsonl, r"no JSON records \(line 1: not UTF-8"),
     ("empty.csv", _empty, r"empty file"),
     ("empty.jsonl", _empty, r"empty file"),
     ("ragged.csv", _ragged_csv, r"not a valid CSV"),
@@ -163,7 +165,7 @@ def test_malformed_file_fails_naming_the_file_and_writes_nothing(settings, tmp_p
 def test_ingest_files_goes_on_after_a_bad_file(settings, tmp_path):
     good = _write(tmp_path / "good.csv", _rows(10), "csv")
     bad = tmp_path / "bad.jsonl"
-    _bad_jsonl_line(bad)
+    _jsonl_no_object(bad)
     results = ingest_files([bad, good], settings, now=NOW)
     assert isinstance(results[0], FileFormatError) and results[1].accepted == 10
 

@@ -21,12 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from freshrec.data.eventlog import EventLog, content_hash, day_strings
+from freshrec.data.eventlog import EventLog, content_hash
 from freshrec.data.validation import (
     EVENT_COLUMNS,
+    LINE_INVALID_JSON,
+    LINE_NOT_OBJECT,
+    LINE_NOT_UTF8,
+    LINE_TOO_DEEP,
+    READ_ERROR,
     FileFormatError,
     count_reasons,
-    parse_timestamps,
     validate_events,
     write_quarantine,
 )
@@ -91,7 +95,8 @@ def read_event_file(path: Path | str) -> pd.DataFrame:
 
     Raises:
         FileNotFoundError: no such file.
-        FileFormatError: empty, unreadable or truncated file, an invalid JSON line, missing columns.
+        FileFormatError: empty, unreadable or truncated file, a JSONL file without one readable object,
+            missing columns. (An unreadable JSONL line is a record for quarantine, see :func:`_read_jsonl`.)
     """
     path = Path(path)
     if not path.is_file():
@@ -131,22 +136,50 @@ def read_event_file(path: Path | str) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
+    """Records of a JSONL file; a line that is not a JSON object becomes a record for quarantine.
+
+    A line that is not UTF-8, not JSON, nested too deep for the parser, or not an object gets the
+    ``_read_error`` reason (``line_not_utf8``, ``line_invalid_json``, ``line_too_deep``,
+    ``line_not_object``) with its text in ``_raw`` and its number in ``_line``; the other lines are read
+    as usual. A file with no readable object at all is not JSONL: :class:`FileFormatError`.
+    """
     records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
+    problems: list[str] = []
+    good = 0
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
                 continue
+            reason, detail = "", ""
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FileFormatError(path, f"line {number}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise FileFormatError(
-                    path, f"line {number}: expected a JSON object, got {type(record).__name__}"
-                )
-            records.append(record)
-    if not records:
-        raise FileFormatError(path, "no JSON records")
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = raw.decode("utf-8", "backslashreplace")
+                reason, detail = LINE_NOT_UTF8, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+            if not reason:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    reason, detail = LINE_INVALID_JSON, f"invalid JSON ({exc.msg})"
+                except RecursionError:
+                    reason, detail = LINE_TOO_DEEP, "JSON nested too deep"
+                else:
+                    if isinstance(record, dict):
+                        records.append(record)
+                        good += 1
+                        continue
+                    reason, detail = LINE_NOT_OBJECT, f"expected a JSON object, got {type(record).__name__}"
+            if len(problems) < 3:
+                problems.append(f"line {number}: {detail}")
+            records.append({READ_ERROR: reason, "_raw": line.rstrip("\r\n"), "_line": str(number)})
+    if not good:
+        raise FileFormatError(path, "no JSON records" + (f" ({'; '.join(problems)})" if problems else ""))
+    if len(records) > good:
+        log.warning(
+            "%s: %d unreadable line(s) quarantined: %s", path, len(records) - good, "; ".join(problems)
+        )
     return pd.DataFrame.from_records(records)
 
 
@@ -184,14 +217,15 @@ def ingest_frame(
             source_id=source_id,
             duration_s=time.perf_counter() - started,
         )
-    # Only the partitions this batch touches can hold its duplicates.
-    ts, _ = (
-        parse_timestamps(df["event_timestamp"]) if "event_timestamp" in df.columns else (pd.Series(), None)
-    )
-    days = sorted(set(day_strings(ts.dropna()))) if len(ts) else []
-    seen = eventlog.event_ids(days) if days else set()
     result = validate_events(
-        df, now=now, future_tolerance_s=settings.data.future_tolerance_s, seen_ids=seen, source=source
+        df,
+        now=now,
+        future_tolerance_s=settings.data.future_tolerance_s,
+        # only the partitions this batch touches can hold its duplicates
+        seen_ids=lambda days: eventlog.event_ids(days) if days else set(),
+        source=source,
+        max_id_chars=settings.data.max_id_chars,
+        min_event_time=settings.data.min_event_time,
     )
     qfile = write_quarantine(
         result.quarantined,
@@ -255,6 +289,9 @@ def ingest_files(
         except FileFormatError as exc:
             log.error("%s", exc)
             item = exc
+        except OSError as exc:  # missing, unreadable (permissions), a folder: this file only
+            log.error("%s: %s", path, exc)
+            item = FileFormatError(path, f"cannot read: {exc.strerror or exc}")
         out.append(item)
         if on_file is not None:
             on_file(path, item)

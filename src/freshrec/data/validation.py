@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,23 @@ TIMESTAMP_UNPARSEABLE = "timestamp_unparseable"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 EVENT_ID_DUPLICATE = "event_id_duplicate"  # repeated inside the batch (the first valid one is kept)
 EVENT_ID_SEEN = "event_id_seen"  # already in the event log
+TIMESTAMP_WRONG_TYPE = "timestamp_wrong_type"  # a list, object or boolean (JSON) where a time belongs
+TIMESTAMP_BEFORE_MIN = "timestamp_before_min"  # before ``min_event_time`` (e.g. a stray number -> 1970)
+# "<id column>_too_long" and "<id column>_wrong_type" (a list, object, boolean or fraction as an id)
+TOO_LONG = "_too_long"
+WRONG_TYPE = "_wrong_type"
+# a JSONL line that is not an event object (set by the reader; the line is kept in ``_raw``)
+LINE_NOT_UTF8 = "line_not_utf8"
+LINE_INVALID_JSON = "line_invalid_json"
+LINE_TOO_DEEP = "line_too_deep"
+LINE_NOT_OBJECT = "line_not_object"
+# Columns a reader may add: ``_read_error`` (a reason code above) marks a record it could not read,
+# ``_raw``/``_line`` keep that record's text and line number. They never reach the accepted rows.
+READ_ERROR = "_read_error"
+READER_COLUMNS: tuple[str, ...] = (READ_ERROR, "_raw", "_line")
+
+MAX_ID_CHARS = 512
+MIN_EVENT_TIME = pd.Timestamp("1990-01-01", tz="UTC")
 
 
 class FileFormatError(ValueError):
@@ -81,8 +98,51 @@ def id_strings(values: pd.Series) -> pd.Series:
         return values.astype(str).astype(object)
     filled = values.astype(object).where(values.notna(), "")
     if pd.api.types.infer_dtype(filled, skipna=False) != "string":
-        filled = filled.map(str)  # mixed cells (numbers from JSON): their str form
+        filled = filled.map(safe_str)  # mixed cells (numbers from JSON): their str form
     return strip_strings(filled)
+
+
+def safe_str(value: object) -> str:
+    """``str(value)``, also for a value nested too deep to print (a JSON list 900 levels deep)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep to show>"
+
+
+def wrong_type(values: pd.Series, *, allow_numbers: bool) -> pd.Series:
+    """Cells whose Python type does not belong in a scalar column: lists, dicts, booleans (from JSON or
+    Parquet), and for ids (``allow_numbers=False``) fractions too. Missing values are not wrong types.
+    """
+    if pd.api.types.is_bool_dtype(values):
+        return values.notna()
+    if values.dtype != object:
+        if allow_numbers or not pd.api.types.is_float_dtype(values):
+            return pd.Series(False, index=values.index)
+        return pd.Series(values.notna() & (values != np.floor(values)), index=values.index)
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty") or (
+        allow_numbers and kind in ("integer", "floating", "mixed-integer-float")
+    ):
+        return pd.Series(False, index=values.index)
+
+    def bad(v: object) -> bool:
+        if v is None or isinstance(v, str):
+            return False
+        if isinstance(v, bool | np.bool_):
+            return True
+        if isinstance(v, int | np.integer):
+            return False
+        if isinstance(v, float | np.floating):
+            return not (np.isnan(v) or allow_numbers or (np.isfinite(v) and v == np.floor(v)))
+        return not (allow_numbers and isinstance(v, pd.Timestamp | datetime))
+
+    return pd.Series(
+        np.fromiter((bad(v) for v in values.to_numpy(dtype=object)), dtype=bool, count=len(values)),
+        index=values.index,
+    )
 
 
 def strip_strings(values: pd.Series) -> pd.Series:
@@ -165,8 +225,10 @@ def validate_events(
     *,
     now: datetime | pd.Timestamp | None = None,
     future_tolerance_s: float = 300.0,
-    seen_ids: Iterable[str] | None = None,
+    seen_ids: Iterable[str] | Callable[[list[str]], Iterable[str]] | None = None,
     source: str | None = None,
+    max_id_chars: int = MAX_ID_CHARS,
+    min_event_time: datetime | pd.Timestamp = MIN_EVENT_TIME,
 ) -> ValidationResult:
     """Split a batch of events into accepted rows and quarantined rows with their reasons.
 
@@ -174,8 +236,14 @@ def validate_events(
         df: raw events; needs the columns of :data:`EVENT_COLUMNS` (values may be strings).
         now: the reference time for the future check (default: the current UTC time).
         future_tolerance_s: how far in the future a timestamp may be (clock skew).
-        seen_ids: event ids already stored; rows carrying one are quarantined as ``event_id_seen``.
+        seen_ids: event ids already stored; rows carrying one are quarantined as ``event_id_seen``. A
+            callable is given the sorted ``YYYY-MM-DD`` dates of the batch's parsed timestamps and returns
+            the ids stored for those dates (only they can hold the batch's duplicates).
         source: the file or stream the rows came from, used in error messages.
+        max_id_chars: longer ids are quarantined as ``<column>_too_long``.
+        min_event_time: earlier timestamps are quarantined as ``timestamp_before_min``.
+
+    A row with a reader's ``_read_error`` (an unreadable JSONL line) is quarantined with that reason alone.
 
     Raises:
         FileFormatError: when required columns are missing.
@@ -190,9 +258,18 @@ def validate_events(
     now_ts = pd.Timestamp(now if now is not None else datetime.now(UTC))
     now_ts = now_ts.tz_localize("UTC") if now_ts.tzinfo is None else now_ts.tz_convert("UTC")
 
+    unread = (
+        df[READ_ERROR].notna().to_numpy(dtype=bool) if READ_ERROR in df.columns else np.zeros(received, bool)
+    )
+    min_ts = pd.Timestamp(min_event_time)
+    min_ts = min_ts.tz_localize("UTC") if min_ts.tzinfo is None else min_ts.tz_convert("UTC")
+
+    id_wrong = {c: wrong_type(df[c], allow_numbers=False) for c in ID_COLUMNS}
     ids = {c: id_strings(df[c]) for c in ID_COLUMNS}
-    ts, ts_missing = parse_timestamps(df["event_timestamp"])
-    failed = ts.isna() & ~ts_missing
+    ts_wrong = wrong_type(df["event_timestamp"], allow_numbers=True)
+    ts, ts_missing = parse_timestamps(df["event_timestamp"].where(~ts_wrong, None))
+    ts_missing &= ~ts_wrong
+    failed = ts.isna() & ~ts_missing & ~ts_wrong
     beyond_np = np.zeros(received, dtype=bool)
     failed_pos = np.flatnonzero(failed.to_numpy(dtype=bool))
     if len(failed_pos):
@@ -200,16 +277,26 @@ def validate_events(
     beyond = pd.Series(beyond_np, index=df.index)
     label, label_missing, label_bad = _labels(df["label"])
 
-    checks: list[tuple[str, pd.Series]] = [
-        (EVENT_ID_EMPTY, ids["event_id"] == ""),
-        (USER_ID_EMPTY, ids["user_id"] == ""),
-        (ITEM_ID_EMPTY, ids["item_id"] == ""),
+    checks: list[tuple[str, pd.Series]] = []
+    for c in ID_COLUMNS:
+        checks.append((f"{c}{WRONG_TYPE}", id_wrong[c]))
+        checks.append((f"{c}_empty", (ids[c] == "") & ~id_wrong[c]))
+        checks.append((f"{c}{TOO_LONG}", (ids[c].str.len() > max_id_chars) & ~id_wrong[c]))
+    checks += [
         (LABEL_MISSING, label_missing),
         (LABEL_NOT_BINARY, label_bad),
+        (TIMESTAMP_WRONG_TYPE, ts_wrong),
         (TIMESTAMP_MISSING, ts_missing),
         (TIMESTAMP_UNPARSEABLE, failed & ~beyond),
         (TIMESTAMP_IN_FUTURE, (ts > now_ts + pd.Timedelta(seconds=future_tolerance_s)) | beyond),
+        (TIMESTAMP_BEFORE_MIN, ts < min_ts),
     ]
+    # an unreadable line carries its reader's reason only (its other cells are empty by construction)
+    checks = [(name, mask & ~unread) for name, mask in checks]
+    if unread.any():
+        read_errors = df[READ_ERROR].astype(object).where(pd.Series(unread, index=df.index), None)
+        for name in sorted(set(read_errors.dropna())):
+            checks.append((str(name), read_errors == name))
     bad_so_far = np.zeros(received, dtype=bool)
     for _, mask in checks:
         bad_so_far |= mask.to_numpy(dtype=bool)
@@ -223,6 +310,9 @@ def validate_events(
     valid_id_set = set(cand_ids)
     dup = (eid != "") & eid.isin(valid_id_set) & ~first_valid
     checks.append((EVENT_ID_DUPLICATE, dup))
+    if callable(seen_ids):
+        days = ts.dropna().dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+        seen_ids = seen_ids([str(d) for d in np.unique(days)])
     if seen_ids is not None:
         seen = seen_ids if isinstance(seen_ids, set | frozenset) else set(seen_ids)
         checks.append((EVENT_ID_SEEN, (eid != "") & eid.isin(seen)))
@@ -233,7 +323,7 @@ def validate_events(
         any_bad |= mask
     counts = {name: int(mask.sum()) for name, mask in reason_cols.items() if mask.any()}
 
-    accepted = df.loc[~any_bad].copy()
+    accepted = df.loc[~any_bad].drop(columns=[c for c in READER_COLUMNS if c in df.columns])
     for c in ID_COLUMNS:
         accepted[c] = ids[c][~any_bad].astype(object)
     accepted["event_timestamp"] = ts[~any_bad].astype("datetime64[ns, UTC]")
@@ -265,8 +355,10 @@ def _as_strings(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for c in df.columns:
         col = df[c]
-        obj = col.astype(object)
-        out[str(c)] = obj.where(col.notna(), "").astype(str).astype(object)
+        obj = col.astype(object).where(col.notna(), "")
+        if pd.api.types.infer_dtype(obj, skipna=False) != "string":
+            obj = obj.map(safe_str)
+        out[str(c)] = obj.astype(object)
     return out
 
 
