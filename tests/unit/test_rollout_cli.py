@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -137,10 +138,14 @@ def test_analyze_waits_for_the_plans_clicks(settings, tmp_path):
     """--min-clicks (the plan's until_clicks) keeps a passing canary waiting until it has that many clicks."""
     preds, events = write_logs(tmp_path, 4000, "good")
     args = [f"--predictions={preds}", f"--events={events}", "--interval-s=0.05", "--json"]
+    started = time.monotonic()
     passing = invoke(settings, "analyze", *args)
+    one_analysis_s = time.monotonic() - started
     assert passing.exit_code == 0, passing.output
     clicks = json.loads(passing.stdout)["counts"]["canary"]["clicks"]
-    waited = invoke(settings, "analyze", *args, f"--min-clicks={clicks + 1}", "--max-wait-s=0.2")
+    # Long enough for at least three analyses however slow this machine is (CI has 2 shared cores).
+    max_wait = 3 * one_analysis_s + 0.2
+    waited = invoke(settings, "analyze", *args, f"--min-clicks={clicks + 1}", f"--max-wait-s={max_wait:.2f}")
     assert waited.stderr.count(f"{clicks} canary clicks < {clicks + 1}") >= 2
     # After the wait it judges what it has (still a pass here: the clicks suffice for rollout.min_clicks).
     assert waited.exit_code == 0
