@@ -27,9 +27,11 @@ Everything is vectorised: events are sorted by (entity, time) once and every win
 
 from __future__ import annotations
 
+import zipfile
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -317,3 +319,79 @@ class ActivityState:
     def item_rows(self, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray) -> pd.DataFrame:
         """``item_id``, ``ITEM_ACTIVITY`` and ``event_timestamp`` (= as_of) per id, from events before as_of."""
         return self._rows("item", ids, as_of)
+
+    # Saved as plain arrays (npz, read with allow_pickle=False): loading a state file never runs code.
+    _FORMAT = 1
+
+    def save(self, path: Path) -> None:
+        """Write the state to ``path`` as an ``.npz`` of plain arrays (ids as UTF-8 bytes + offsets)."""
+        arrays: dict[str, np.ndarray] = {
+            "format": np.asarray([self._FORMAT], dtype=np.int64),
+            "events_seen": np.asarray([self.events_seen], dtype=np.int64),
+        }
+        for entity, states in self._states.items():
+            encoded = [eid.encode("utf-8") for eid in states]
+            lengths = np.asarray([len(b) for b in encoded], dtype=np.int64)
+            arrays[f"{entity}_id_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            arrays[f"{entity}_id_ends"] = np.cumsum(lengths)
+            sts = list(states.values())
+            arrays[f"{entity}_total"] = np.asarray([st.total for st in sts], dtype=np.int64)
+            arrays[f"{entity}_clicks"] = np.asarray([st.clicks for st in sts], dtype=np.int64)
+            dropped = [st.last_dropped_ns for st in sts]
+            arrays[f"{entity}_has_dropped"] = np.asarray([d is not None for d in dropped], dtype=bool)
+            arrays[f"{entity}_dropped_ns"] = np.asarray([d or 0 for d in dropped], dtype=np.int64)
+            arrays[f"{entity}_recent_ends"] = np.cumsum(
+                np.asarray([len(st.recent) for st in sts], dtype=np.int64)
+            )
+            pairs = [p for st in sts for p in st.recent]
+            arrays[f"{entity}_recent_ts"] = np.asarray([p[0] for p in pairs], dtype=np.int64)
+            arrays[f"{entity}_recent_label"] = np.asarray([p[1] for p in pairs], dtype=np.int64)
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> ActivityState:
+        """Read a state written by :meth:`save`.
+
+        Raises:
+            ValueError: the file is not such a state (wrong format, inconsistent arrays).
+        """
+        state = cls()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if int(data["format"][0]) != cls._FORMAT:
+                    raise ValueError(f"activity state format {int(data['format'][0])} is not {cls._FORMAT}")
+                state.events_seen = int(data["events_seen"][0])
+                for entity in ("user", "item"):
+                    raw = data[f"{entity}_id_bytes"].tobytes()
+                    id_ends = data[f"{entity}_id_ends"]
+                    recent_ends = data[f"{entity}_recent_ends"]
+                    ts, lab = data[f"{entity}_recent_ts"], data[f"{entity}_recent_label"]
+                    total, clicks = data[f"{entity}_total"], data[f"{entity}_clicks"]
+                    has_dropped, dropped = data[f"{entity}_has_dropped"], data[f"{entity}_dropped_ns"]
+                    n = len(id_ends)
+                    if not (
+                        len(recent_ends) == len(total) == len(clicks) == len(has_dropped) == len(dropped) == n
+                        and len(ts) == len(lab) == (int(recent_ends[-1]) if n else 0)
+                        and (int(id_ends[-1]) if n else 0) == len(raw)
+                    ):
+                        raise ValueError(f"inconsistent {entity} arrays")
+                    states = state._states[entity]
+                    id_start = rec_start = 0
+                    ts_list, lab_list = ts.tolist(), lab.tolist()
+                    for i in range(n):
+                        id_end, rec_end = int(id_ends[i]), int(recent_ends[i])
+                        states[raw[id_start:id_end].decode("utf-8")] = _EntityState(
+                            recent=deque(
+                                zip(ts_list[rec_start:rec_end], lab_list[rec_start:rec_end], strict=True)
+                            ),
+                            total=int(total[i]),
+                            clicks=int(clicks[i]),
+                            last_dropped_ns=int(dropped[i]) if has_dropped[i] else None,
+                        )
+                        id_start, rec_start = id_end, rec_end
+        except (KeyError, IndexError, UnicodeDecodeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is not an activity state file: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{path} is not an activity state file: {exc}") from exc
+        return state
