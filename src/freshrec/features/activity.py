@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -317,3 +319,89 @@ class ActivityState:
     def item_rows(self, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray) -> pd.DataFrame:
         """``item_id``, ``ITEM_ACTIVITY`` and ``event_timestamp`` (= as_of) per id, from events before as_of."""
         return self._rows("item", ids, as_of)
+
+    def newest_ns(self, entity: str, ids: Iterable[str]) -> np.ndarray:
+        """Time (int64 ns) of each id's newest event; ``-1`` for an id with none."""
+        states = self._states[entity]
+        out = []
+        for eid in ids:
+            st = states.get(str(eid))
+            if st is None or not st.recent:
+                out.append(-1 if st is None or st.last_dropped_ns is None else st.last_dropped_ns)
+            else:
+                out.append(st.recent[-1][0])
+        return np.asarray(out, dtype=np.int64)
+
+    def tail_rows(self, entity: str, ids: Iterable[str]) -> pd.DataFrame:
+        """Rows of ``ids`` as of just after each one's newest event (``newest + TAIL_OFFSET``).
+
+        These are exactly :func:`compute_activity`'s tail rows (what the online store should serve) on the
+        same events; ids with no events are left out.
+        """
+        ids_list = [str(i) for i in ids]
+        newest = self.newest_ns(entity, ids_list)
+        keep = newest >= 0
+        kept = [i for i, k in zip(ids_list, keep.tolist(), strict=True) if k]
+        return self._rows(entity, kept, newest[keep] + TAIL_OFFSET.value)
+
+    # -------------------------------------------------------------------------------- checkpoint (no pickle)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The whole state as plain arrays (for ``numpy.savez``; :meth:`from_arrays` reads them back)."""
+        out: dict[str, np.ndarray] = {"events_seen": np.asarray([self.events_seen], dtype=np.int64)}
+        for entity, states in self._states.items():
+            ids = list(states)
+            sts = [states[i] for i in ids]
+            out[f"{entity}_ids"] = np.asarray(ids, dtype=str)
+            out[f"{entity}_total"] = np.asarray([s.total for s in sts], dtype=np.int64)
+            out[f"{entity}_clicks"] = np.asarray([s.clicks for s in sts], dtype=np.int64)
+            dropped = [s.last_dropped_ns for s in sts]
+            out[f"{entity}_has_dropped"] = np.asarray([d is not None for d in dropped], dtype=bool)
+            out[f"{entity}_dropped"] = np.asarray([0 if d is None else d for d in dropped], dtype=np.int64)
+            out[f"{entity}_lengths"] = np.asarray([len(s.recent) for s in sts], dtype=np.int64)
+            out[f"{entity}_recent_ts"] = np.fromiter((p[0] for s in sts for p in s.recent), dtype=np.int64)
+            out[f"{entity}_recent_label"] = np.fromiter((p[1] for s in sts for p in s.recent), dtype=np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> ActivityState:
+        """The state :meth:`to_arrays` wrote (a dict or an open ``.npz``)."""
+        state = cls()
+        state.events_seen = int(np.asarray(arrays["events_seen"])[0])
+        for entity in ("user", "item"):
+            ids = np.asarray(arrays[f"{entity}_ids"]).astype(str).tolist()
+            total = np.asarray(arrays[f"{entity}_total"]).tolist()
+            clicks = np.asarray(arrays[f"{entity}_clicks"]).tolist()
+            has_dropped = np.asarray(arrays[f"{entity}_has_dropped"]).tolist()
+            dropped = np.asarray(arrays[f"{entity}_dropped"]).tolist()
+            lengths = np.asarray(arrays[f"{entity}_lengths"])
+            ts = np.asarray(arrays[f"{entity}_recent_ts"]).tolist()
+            labels = np.asarray(arrays[f"{entity}_recent_label"]).tolist()
+            if not (len(ids) == len(total) == len(lengths) and int(lengths.sum()) == len(ts) == len(labels)):
+                raise ValueError(f"activity state arrays for {entity!r} are inconsistent")
+            ends = np.cumsum(lengths).tolist()
+            start = 0
+            states = state._states[entity]
+            for k, eid in enumerate(ids):
+                end = ends[k]
+                states[eid] = _EntityState(
+                    recent=deque(zip(ts[start:end], labels[start:end], strict=True)),
+                    total=int(total[k]),
+                    clicks=int(clicks[k]),
+                    last_dropped_ns=int(dropped[k]) if has_dropped[k] else None,
+                )
+                start = end
+        return state
+
+    def save(self, path: Path | str) -> Path:
+        """Write the state to ``path`` (``.npz``, atomically; no pickle)."""
+        from freshrec.io import atomic_path
+
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **self.to_arrays())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ActivityState:
+        """The state :meth:`save` wrote."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls.from_arrays(data)
