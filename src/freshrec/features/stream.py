@@ -121,7 +121,7 @@ class OnlineRowWriter:
 
         names = _NAMES[entity]
         ids = rows[f"{entity}_id"].astype(str).tolist()
-        stamps = pd.to_datetime(rows["event_timestamp"], utc=True).dt.to_pydatetime().tolist()
+        stamps = list(pd.DatetimeIndex(pd.to_datetime(rows["event_timestamp"], utc=True)).to_pydatetime())
         values = np.column_stack([rows[n].to_numpy(dtype=np.float32) for n in names]).tolist()
         data = [
             (
