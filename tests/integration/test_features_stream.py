@@ -176,3 +176,50 @@ def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing_and_poison_
         _check_store_equals_batch(settings, events)
     finally:
         client.delete(stream)
+
+
+def test_redis_online_store_rows_equal_batch_and_read_back_through_feast(prepared, redis_url, postgres_dsn):
+    """The cluster store: the job's bulk Redis writes are Feast's layout (Feast's own ``online_read`` reads
+    them) and equal the batch features; a late event never moves a row back in event time."""
+    from freshrec.features.stream import StreamFeatureJob
+
+    settings, events = prepared
+    rest = redis_url.split("://", 1)[1]
+    hostport, _, db = rest.partition("/")
+    project = f"freshrec_test_{uuid.uuid4().hex[:8]}"
+    redis_settings = settings.model_copy(
+        update={
+            "features": settings.features.model_copy(
+                update={
+                    "environment": "redis",
+                    "project": project,
+                    "redis_connection": f"{hostport},db={db or 0}",
+                    "postgres_url": postgres_dsn,
+                }
+            )
+        }
+    )
+    try:
+        store.apply(redis_settings)
+        job = StreamFeatureJob(redis_settings)
+        for chunk in np.array_split(np.arange(len(events)), 7):
+            job.process(events.iloc[chunk])
+        _check_store_equals_batch(redis_settings, events)
+        via_feast = store.OnlineFeatures(redis_settings)
+        via_feast._redis = None  # Feast's own online_read
+        ids = events["item_id"].drop_duplicates().iloc[:10].tolist()
+        pd.testing.assert_frame_equal(
+            store.OnlineFeatures(redis_settings).lookup("u", ids), via_feast.lookup("u", ids)
+        )
+        # a late event (older than the item's newest): the row's stamp still moves forward, the value follows
+        item = ids[0]
+        late = events[events["item_id"] == item].iloc[[0]].copy()
+        late["event_id"] = "late-1"
+        before = via_feast.lookup("u", [item])["item_events_total"].iloc[0]
+        job.process(late)
+        after = store.OnlineFeatures(redis_settings).lookup("u", [item])["item_events_total"].iloc[0]
+        assert after == before + 1
+    finally:
+        fs = store.feature_store(redis_settings)
+        fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
+        fs.registry.delete_project(project, commit=True)

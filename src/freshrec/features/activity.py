@@ -251,22 +251,33 @@ class ActivityState:
         ts = _ts_ns(events["event_timestamp"])
         labels = events["label"].to_numpy().astype(np.int64)
         order = np.argsort(ts, kind="stable")
+        ts_sorted = ts[order]
+        lab_sorted = labels[order]
         for entity in ("user", "item"):
             ids = events[f"{entity}_id"].astype(str).to_numpy()[order]
-            frame = pd.DataFrame({"id": ids, "ts": ts[order], "label": labels[order]})
+            vocab, codes = np.unique(ids, return_inverse=True)
+            by_id = np.argsort(codes, kind="stable")  # grouped by id, time order kept inside a group
+            bounds = np.flatnonzero(np.diff(codes[by_id])) + 1
+            starts = np.concatenate([[0], bounds]).tolist()
+            ends = np.concatenate([bounds, [len(by_id)]]).tolist()
+            g_ts = ts_sorted[by_id].tolist()
+            g_lab = lab_sorted[by_id].tolist()
+            g_codes = codes[by_id]
+            g_clicks = np.add.reduceat(lab_sorted[by_id], starts).tolist() if len(by_id) else []
             states = self._states[entity]
             # one Python step per entity in the batch (not per event): the deque is extended in bulk
-            for eid, grp in frame.groupby("id", sort=False):
+            for k, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+                eid = str(vocab[g_codes[lo]])
                 st = states.get(eid)
                 if st is None:
                     st = states[eid] = _EntityState()
-                pairs = list(zip(grp["ts"].tolist(), grp["label"].tolist(), strict=True))
+                pairs = list(zip(g_ts[lo:hi], g_lab[lo:hi], strict=True))
                 if st.recent and pairs[0][0] < st.recent[-1][0]:
                     st.recent = deque(sorted([*st.recent, *pairs]))
                 else:
                     st.recent.extend(pairs)
                 st.total += len(pairs)
-                st.clicks += int(grp["label"].sum())
+                st.clicks += int(g_clicks[k])
                 # keep 2 x 30 days so that queries up to 30 days before the newest event stay exact
                 horizon = st.recent[-1][0] - 2 * WINDOWS_DAYS[-1] * _NS_PER_DAY
                 while st.recent and st.recent[0][0] < horizon:
@@ -280,35 +291,59 @@ class ActivityState:
         q_all = _as_of_ns(as_of, len(ids_list))
         states = self._states[entity]
         defaults = activity_defaults(entity)
-        cols: dict[str, list[float]] = {name: [] for name in defaults}
-        for eid, q in zip(ids_list, q_all.tolist(), strict=True):
-            st = states.get(eid)
-            if st is None or st.total == 0:
-                for name, value in defaults.items():
-                    cols[name].append(value)
-                continue
-            rts = np.fromiter((p[0] for p in st.recent), dtype=np.int64, count=len(st.recent))
-            rlab = np.fromiter((p[1] for p in st.recent), dtype=np.int64, count=len(st.recent))
-            before = rts < q
-            later = int((~before).sum())
-            total = st.total - later
-            total_clicks = st.clicks - int(rlab[~before].sum())
+        n = len(ids_list)
+        sts = [states.get(eid) for eid in ids_list]
+        have = np.asarray([st is not None and st.total > 0 for st in sts], dtype=bool)
+        cols: dict[str, np.ndarray] = {
+            name: np.full(n, value, dtype=np.float64) for name, value in defaults.items()
+        }
+        rows = np.flatnonzero(have)
+        if len(rows):
+            # every known id's recent (time, label) pairs, concatenated; segment k belongs to rows[k]
+            known = [sts[r] for r in rows.tolist()]
+            lengths = np.asarray([len(st.recent) for st in known], dtype=np.int64)
+            size = int(lengths.sum())
+            rts = np.fromiter((p[0] for st in known for p in st.recent), dtype=np.int64, count=size)
+            rlab = np.fromiter((p[1] for st in known for p in st.recent), dtype=np.float64, count=size)
+            seg = np.repeat(np.arange(len(rows)), lengths)
+            q = q_all[rows]
+            qs = q[seg]
+            before = rts < qs
+            k = len(rows)
+
+            def per_segment(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+                w = mask.astype(np.float64) if weights is None else np.where(mask, weights, 0.0)
+                return np.bincount(seg, weights=w, minlength=k)
+
+            n_before = per_segment(before)
+            later = lengths - n_before
+            totals = np.asarray([st.total for st in known], dtype=np.float64) - later
+            clicks_later = per_segment(~before, rlab)
+            total_clicks = np.asarray([st.clicks for st in known], dtype=np.float64) - clicks_later
             for days in WINDOWS_DAYS:
-                in_win = before & (rts >= q - days * _NS_PER_DAY)
-                n = float(in_win.sum())
-                cols[f"{entity}_events_{days}d"].append(n)
+                in_win = before & (rts >= qs - days * _NS_PER_DAY)
+                count = per_segment(in_win)
+                cols[f"{entity}_events_{days}d"][rows] = count
                 if days == WINDOWS_DAYS[-1]:
-                    cols[f"{entity}_ctr_30d"].append(float(_smoothed_ctr(float(rlab[in_win].sum()), n)))
-            cols[f"{entity}_events_total"].append(float(total))
-            cols[f"{entity}_ctr_total"].append(float(_smoothed_ctr(float(total_clicks), float(total))))
-            prev = int(rts[before].max()) if before.any() else st.last_dropped_ns
-            hours = (
-                HOURS_SINCE_LAST_CAP if prev is None else min((q - prev) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
+                    cols[f"{entity}_ctr_30d"][rows] = _smoothed_ctr(per_segment(in_win, rlab), count)
+            cols[f"{entity}_events_total"][rows] = totals
+            cols[f"{entity}_ctr_total"][rows] = _smoothed_ctr(total_clicks, totals)
+            # recent is time-ordered: the events before q are a prefix; the newest of them is its last
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            nb = n_before.astype(np.int64)
+            last_idx = np.maximum(starts + nb - 1, 0)
+            prev_recent = rts[last_idx] if size else np.zeros(k, dtype=np.int64)
+            dropped = np.asarray(
+                [-1 if st.last_dropped_ns is None else st.last_dropped_ns for st in known], dtype=np.int64
             )
-            cols[f"{entity}_hours_since_last"].append(hours)
+            has_dropped = np.asarray([st.last_dropped_ns is not None for st in known], dtype=bool)
+            prev = np.where(nb > 0, prev_recent, dropped)
+            has_prev = (nb > 0) | has_dropped
+            hours = np.where(has_prev, (q - prev) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
+            cols[f"{entity}_hours_since_last"][rows] = np.minimum(hours, HOURS_SINCE_LAST_CAP)
         frame = pd.DataFrame({f"{entity}_id": ids_list})
         for name in defaults:
-            frame[name] = np.asarray(cols[name], dtype=np.float64).astype(ACTIVITY_DTYPE)
+            frame[name] = cols[name].astype(ACTIVITY_DTYPE)
         frame["event_timestamp"] = pd.to_datetime(q_all, utc=True)
         return frame
 

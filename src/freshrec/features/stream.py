@@ -80,10 +80,10 @@ class StreamStats:
 
 
 class OnlineRowWriter:
-    """Writes activity rows to the configured Feast online store with the store's ``online_write_batch``.
+    """Writes activity rows to the configured Feast online store, in Feast's own layout, one bulk write per call.
 
-    The entity keys and view objects are built once; values go in as ``float_val`` protos, as Feast's push
-    would write them (the stored bytes are the same: the lookup tests read them back through Feast).
+    The entity keys and view objects are built once; values go in as serialized ``float_val`` protos, as
+    Feast's push writes them (the tests read them back through Feast's readers and ``OnlineFeatures``).
     """
 
     def __init__(self, settings: Settings, store: Any | None = None) -> None:
@@ -99,6 +99,8 @@ class OnlineRowWriter:
                 f"the online store has no activity feature views ({exc}); run `freshrec features apply` first"
             ) from exc
         self._keys: dict[tuple[str, str], Any] = {}
+        self._bytes: dict[str, dict[str, bytes]] = {}
+        self._fields: dict[str, list[Any]] = {}
 
     def _key(self, entity: str, eid: str) -> Any:
         key = self._keys.get((entity, eid))
@@ -114,7 +116,14 @@ class OnlineRowWriter:
         return key
 
     def write(self, entity: str, rows: pd.DataFrame) -> int:
-        """Write ``rows`` (``<entity>_id``, ``event_timestamp``, the activity features); returns rows sent."""
+        """Write ``rows`` (``<entity>_id``, ``event_timestamp``, the activity features); returns rows sent.
+
+        A row stamped before the one stored for its entity is dropped (the store never moves back): on
+        SQLite inside one ``BEGIN IMMEDIATE`` transaction with one ``executemany`` (what
+        ``MonotonicSqliteOnlineStore`` does row by row); on Redis with Feast's rule (a stored stamp at or
+        after the row's wins), one pipeline to read the stamps and one to write; other stores through
+        their ``online_write_batch``.
+        """
         if rows.empty:
             return 0
         from feast.protos.feast.types.Value_pb2 import Value
@@ -123,17 +132,118 @@ class OnlineRowWriter:
         ids = rows[f"{entity}_id"].astype(str).tolist()
         stamps = list(pd.DatetimeIndex(pd.to_datetime(rows["event_timestamp"], utc=True)).to_pydatetime())
         values = np.column_stack([rows[n].to_numpy(dtype=np.float32) for n in names]).tolist()
-        data = [
-            (
-                self._key(entity, eid),
-                {n: Value(float_val=v) for n, v in zip(names, vals, strict=True)},
-                ts,
-                None,
-            )
-            for eid, vals, ts in zip(ids, values, stamps, strict=True)
-        ]
-        self.online.online_write_batch(self.config, self.views[entity], data, None)
-        return len(data)
+        blobs = [[Value(float_val=v).SerializeToString() for v in vals] for vals in values]
+        kind = self.config.online_store.type
+        if kind.endswith("SqliteOnlineStore") or kind == "sqlite":
+            self._write_sqlite(entity, ids, stamps, blobs)
+        elif kind == "redis":
+            self._write_redis(entity, ids, stamps, blobs)
+        else:
+            data = [
+                (
+                    self._key(entity, eid),
+                    {n: Value(float_val=v) for n, v in zip(names, vals, strict=True)},
+                    ts,
+                    None,
+                )
+                for eid, vals, ts in zip(ids, values, stamps, strict=True)
+            ]
+            self.online.online_write_batch(self.config, self.views[entity], data, None)
+        return len(ids)
+
+    def _key_bytes(self, entity: str, eid: str) -> bytes:
+        cache = self._bytes.setdefault(entity, {})
+        key = cache.get(eid)
+        if key is None:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            if self.config.online_store.type == "redis":
+                from feast.infra.online_stores.helpers import _redis_key
+
+                key = _redis_key(
+                    self.config.project,
+                    self._key(entity, eid),
+                    entity_key_serialization_version=self.config.entity_key_serialization_version,
+                )
+            else:
+                from feast.infra.key_encoding_utils import serialize_entity_key
+
+                key = serialize_entity_key(
+                    self._key(entity, eid),
+                    entity_key_serialization_version=self.config.entity_key_serialization_version,
+                )
+            cache[eid] = key
+        return key
+
+    def _write_sqlite(
+        self, entity: str, ids: list[str], stamps: list[datetime], blobs: list[list[bytes]]
+    ) -> None:
+        from feast.infra.online_stores.sqlite import _quote_id, _table_id
+        from feast.utils import to_naive_utc
+
+        from freshrec.features.local_store import _stored_times
+
+        conn = self.online._get_conn(self.config)
+        table = _table_id(
+            self.config.project,
+            self.views[entity],
+            self.config.registry.enable_online_feature_view_versioning,
+        )
+        sql = (
+            f"INSERT INTO {_quote_id(table)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+            "VALUES (?, ?, ?, NULL, ?, NULL) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+            "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+            "created_ts = excluded.created_ts"
+        )
+        names = _NAMES[entity]
+        keys = [self._key_bytes(entity, eid) for eid in ids]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            stored = _stored_times(conn, table, keys)
+            params = []
+            for key, ts, row in zip(keys, stamps, blobs, strict=True):
+                naive = to_naive_utc(ts)
+                held = stored.get(key)
+                if held is not None and naive < held:
+                    continue
+                params += [(key, n, b, naive) for n, b in zip(names, row, strict=True)]
+            conn.executemany(sql, params)
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+
+    def _write_redis(
+        self, entity: str, ids: list[str], stamps: list[datetime], blobs: list[list[bytes]]
+    ) -> None:
+        from feast.infra.online_stores.helpers import _mmh3
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        view = self.views[entity].name
+        fields = self._fields.get(entity)
+        if fields is None:
+            fields = self._fields[entity] = [_mmh3(f"{view}:{n}") for n in _NAMES[entity]]
+        ts_key = f"_ts:{view}"
+        client = self.online._get_client(self.config.online_store)
+        keys = [self._key_bytes(entity, eid) for eid in ids]
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, ts_key)
+            held = pipe.execute()
+        with client.pipeline(transaction=False) as pipe:
+            for key, ts, row, prev in zip(keys, stamps, blobs, held, strict=True):
+                stamp = Timestamp()
+                stamp.FromDatetime(ts)
+                if prev:
+                    old = Timestamp()
+                    old.ParseFromString(prev)
+                    if (old.seconds, old.nanos) >= (stamp.seconds, stamp.nanos):
+                        continue  # Feast's rule: the stored row is as new or newer
+                mapping: dict[Any, bytes] = dict(zip(fields, row, strict=True))
+                mapping[ts_key] = stamp.SerializeToString()
+                pipe.hset(key, mapping=mapping)
+            pipe.execute()
 
 
 # ------------------------------------------------------------------------------------------------ metrics
