@@ -346,3 +346,40 @@ def render_markdown(expl: Explanation, top: int = 10) -> str:
                 f"{_f(m.get('logloss'))} | {_f(m.get('ece'))} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def render_html(explanations: Sequence[Mapping[str, Any]], top: int = 10) -> str:
+    """The run report's section body: per explained version, its top features and slice metrics.
+
+    ``explanations`` are :meth:`Explanation.to_dict` records (what the run record keeps).
+    """
+    import html
+
+    if not explanations:
+        return "<p class='muted'>no version was explained in this run (<code>freshrec explain --version N</code>)</p>"
+    parts = []
+    for raw in explanations:
+        expl = Explanation.from_dict(raw)
+        who = f"version {expl.version}" if expl.version is not None else "model"
+        rows = "".join(
+            f"<tr><td>{i}</td><td>{html.escape(f.feature)}</td><td>{_f(f.auc_drop)}</td>"
+            f"<td>{_f(f.auc_drop_std)}</td></tr>"
+            for i, f in enumerate(expl.top(top), 1)
+        )
+        parts.append(
+            f"<h3>{html.escape(who)}</h3><p>Permutation importance on AUC over {expl.n_rows} evaluation rows "
+            f"({expl.repeats} shuffles per feature, {expl.seconds:.1f} s); base AUC {_f(expl.base_auc)}.</p>"
+            "<table><thead><tr><th>rank</th><th>feature</th><th>AUC drop</th><th>±</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+        if expl.slices:
+            srows = "".join(
+                f"<tr><td>{html.escape(name)}</td><td>{'—' if m.get('n') is None else int(m['n'])}</td>"
+                f"<td>{_f(m.get('auc'))}</td><td>{_f(m.get('logloss'))}</td><td>{_f(m.get('ece'))}</td></tr>"
+                for name, m in expl.slices.items()
+            )
+            parts.append(
+                "<table><thead><tr><th>slice</th><th>n</th><th>AUC</th><th>logloss</th><th>ECE</th></tr>"
+                f"</thead><tbody>{srows}</tbody></table>"
+            )
+    return "".join(parts)
