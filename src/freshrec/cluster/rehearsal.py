@@ -266,6 +266,12 @@ class Rehearsal:
         finally:
             if self.cluster is not None:
                 self.report.notes += self.cluster.notes
+                failed = [x for x in self.cluster.network.connections if not x.ok]
+                if failed:
+                    self.report.notes.append(
+                        f"{len(failed)} proxied connection(s) failed, first: "
+                        + "; ".join(f"{x.client} -> {x.service}:{x.port} ({x.detail})" for x in failed[:3])
+                    )
                 self.report.stand_ins = self._stand_ins()
                 self.report.timeline = list(self.state.get("timeline", []))
                 self._teardown()

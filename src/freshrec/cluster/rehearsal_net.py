@@ -268,8 +268,8 @@ class Network:
                     await prelude(reader, writer, up_r, up_w)
             else:
                 up_r, up_w = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout=5)
-        except (TimeoutError, OSError) as exc:
-            record.detail = f"backend refused: {exc}"
+        except (TimeoutError, OSError, EOFError) as exc:
+            record.detail = f"backend refused: {type(exc).__name__}: {exc}"
             self.connections.append(record)
             writer.close()
             return
