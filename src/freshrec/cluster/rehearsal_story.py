@@ -93,7 +93,7 @@ class Story:
             ", ".join(sorted({ref(t) for t, _ in prom})) or "no Prometheus analysis",
             soft=True,
         ) as conn:
-            from freshrec.cluster.rehearsal_prom import evaluate_measurement
+            from freshrec.cluster.rehearsal_prom import assess_metric, evaluate_measurement
 
             judged = []
             for t, m in prom:
@@ -104,6 +104,16 @@ class Story:
                         "empty-analysis", "Prometheus (no samples: [])", f"{ref(t)} metric {m['name']}",
                         f"successCondition {m.get('successCondition')!r} holds on an empty result, so a canary that "
                         "no metrics describe passes this analysis",
+                    )  # fmt: skip
+                # Every measurement of the metric empty (a Prometheus that never scraped the canary):
+                # the metric's phase by Argo's limits must not be Successful either.
+                count = int(m.get("count") or 1)
+                overall = assess_metric(m, [phase] * count)
+                if overall == "Successful":
+                    raise Broken(
+                        "empty-analysis", f"Prometheus (no samples in all {count} measurements)", f"{ref(t)} metric {m['name']}",
+                        f"each empty result is {phase}, but inconclusiveLimit {m.get('inconclusiveLimit', 0)} is not below "
+                        f"count {count}: Argo counts the metric Successful after {count} inconclusive measurements",
                     )  # fmt: skip
                 nan_phase, _ = evaluate_measurement(m, [float("nan")])
                 if nan_phase == "Successful":
