@@ -70,6 +70,15 @@ def break_rolebinding(docs):
     return ("freshrec-deployer", "freshrec-deployer")
 
 
+def break_role_verb(docs):
+    """The deployer Role loses ``patch`` on the Rollout: the pipeline's rollout task cannot hand over."""
+    role = _obj(docs, "Role", "freshrec-deployer")
+    for rule in role["rules"]:
+        if "rollouts" in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    return ("freshrec-pipeline", "ctr-serving")
+
+
 def break_pvc(docs):
     """The model claim renamed: the Rollout's volume names a claim that does not exist."""
     _obj(docs, "PersistentVolumeClaim", "freshrec-models")["metadata"]["name"] = "freshrec-model-store"
@@ -81,6 +90,7 @@ BREAKS = {
     "image": break_image,
     "empty-analysis": break_empty_analysis,
     "rbac-reference": break_rolebinding,
+    "rbac-verb": break_role_verb,
     "configmap": break_configmap,
     "pvc": break_pvc,
     "path": break_subpath,
