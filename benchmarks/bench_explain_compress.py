@@ -163,7 +163,6 @@ def compress_rows(quick: bool) -> list[Row]:
         repo = ModelRepository(models, "ctr")
         v = repo.publish(parent.export(Path(tmp) / "export"), {"parent_version": None, "dataset": desc.name})
         out = compress_version(repo, v, train_df, valid_df, test_df, epochs=3 if quick else 6, publish=True)
-        print("compress:", out.to_dict(), flush=True)
         child_dir = out.version and repo.path(out.version)
         if child_dir is None:  # not blessed: export the student anyway to time it
             from freshrec.model.compress import distil

@@ -7,6 +7,13 @@ probabilities (soft labels, the distillation target) blended with the clicks, th
 against the parent on the same window with :func:`freshrec.evaluation.bless` — the parent plays the
 production model — and published as its own version with ``parent_version`` and ``compressed_from``.
 
+Verdict (``benchmarks/bench_explain_compress.py``): on MovieLens-100k the student loses < 0.002 AUC with
+a quarter of the parameters, but it is NOT faster at batch 100 in-process (ratio ~0.95): at that batch the
+cost is the per-op overhead of the raw-input encodings (hashing, lookups, normalisation of every input),
+not the cross and deep layers the student shrinks. So nothing compresses by default — the loop and the
+pipeline never call it; ``freshrec models compress --version N`` is there for a deployment whose batches
+are large enough for the dense layers to dominate.
+
 float16 weights are not offered: TF Serving on CPU runs float16 matmuls slower than float32, and the
 SavedModel would still carry float32 casts on its inputs.
 """
