@@ -53,6 +53,7 @@ from rich.console import Console
 
 from freshrec.config import Settings
 from freshrec.report import RunRecord, StageRecord, render
+from freshrec.rollout.controller import CanaryStopped
 
 log = logging.getLogger(__name__)
 
@@ -877,7 +878,7 @@ def _preload() -> None:
                 log.debug("preloading %s failed: %s", name, exc)
 
 
-class _ReplayEnded(RuntimeError):
+class _ReplayEnded(CanaryStopped):
     """No replay window is left to give a canary traffic."""
 
 

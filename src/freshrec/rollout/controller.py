@@ -248,6 +248,11 @@ class RolloutReport:
         }
 
 
+class CanaryStopped(RuntimeError):
+    """Raised by an injected ``sleep`` or traffic source to stop a canary on purpose (e.g. a replay that has
+    no traffic left): the canary is rolled back like on an error, logged as a warning without a traceback."""
+
+
 class LocalCanaryController:
     """Runs a canary plan against a traffic router, analysing joined predictions between steps."""
 
@@ -291,7 +296,10 @@ class LocalCanaryController:
             outcome = self._walk(version)
         except BaseException as exc:
             # Ctrl-C included: a half-done canary must not keep taking traffic.
-            log.exception("canary of v%s failed; rolling back", version)
+            if isinstance(exc, CanaryStopped):
+                log.warning("canary of v%s stopped (%s); rolling back", version, exc)
+            else:
+                log.exception("canary of v%s failed; rolling back", version)
             try:
                 self._rollback(version, None, [f"error: {exc!r}"])
             except Exception as rollback_exc:
