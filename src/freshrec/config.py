@@ -375,8 +375,16 @@ class OnlineSettings(BaseModel):
     guard_reference_size: int = 2000
     prequential_window: int = 5000
     consumer: str = "learner-1"
-    # Pending entries of a dead consumer idle this long are claimed by a live one (XAUTOCLAIM).
+    # Pending entries of a dead consumer idle this long are claimed by a live one (XAUTOCLAIM), in a sweep
+    # repeated every claim_interval_s while running (not only at start-up).
     claim_min_idle_ms: int = 30_000
+    claim_interval_s: float = 10.0
+    # Entries that cannot become an event (not UTF-8, a required field missing, over max_entry_bytes) or
+    # that were delivered more than max_deliveries times (a poison that kills its consumer) go, with their
+    # reason, to the dead-letter stream (default "<stream>:dead") instead of being retried forever.
+    dead_letter_stream: str | None = None
+    max_deliveries: int = 5
+    max_entry_bytes: int = 65_536
     seen_ids_capacity: int = 1_000_000
     checkpoint_every_batches: int = 1
     epochs_per_batch: int = 1

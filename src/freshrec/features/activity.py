@@ -27,6 +27,7 @@ Everything is vectorised: events are sorted by (entity, time) once and every win
 
 from __future__ import annotations
 
+import zipfile
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -437,6 +438,22 @@ class ActivityState:
 
     @classmethod
     def load(cls, path: Path | str) -> ActivityState:
-        """The state :meth:`save` wrote."""
-        with np.load(path, allow_pickle=False) as data:
-            return cls.from_arrays(data)
+        """The state :meth:`save` wrote.
+
+        Raises:
+            ValueError: ``path`` is not such a state (not an npz, object arrays, missing or inconsistent
+                arrays); ``allow_pickle=False`` means loading never runs code.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls.from_arrays(data)
+        except (
+            KeyError,
+            IndexError,
+            ValueError,
+            UnicodeDecodeError,
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
+            raise ValueError(f"{path} is not an activity state file: {exc}") from exc
