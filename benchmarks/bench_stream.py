@@ -63,6 +63,7 @@ class _Recorder:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.batches: list[dict[str, pd.DataFrame]] = []
+        self.sizes: list[int] = []  # accepted events of each batch written
         self._current: dict[str, pd.DataFrame] = {}
 
     def write(self, entity: str, rows: pd.DataFrame) -> int:
@@ -167,6 +168,16 @@ def _throughput(settings, n_events: int) -> tuple[float, float, _Recorder, objec
         writer=recorder,
         state_dir=settings.state_dir / f"bench-{uuid.uuid4().hex[:6]}",
     )
+    process = job.process
+
+    def counted(events, entered_at=None):
+        before = job.stats.accepted
+        out = process(events, entered_at)
+        if job.stats.accepted > before:
+            recorder.sizes.append(job.stats.accepted - before)
+        return out
+
+    job.process = counted
     start = time.perf_counter()
     job.run(until_idle=True, max_events=n_events)
     took = time.perf_counter() - start - settings.features.stream.idle_poll_s
@@ -228,7 +239,7 @@ def _feast_push(
     for b in batches:
         online.push(user_rows=b.get("user"), item_rows=b.get("item"))
     per_batch_s = time.perf_counter() - start
-    per_batch_events = n_batches * settings.features.stream.max_batch_events
+    per_batch_events = sum(recorder.sizes[: len(batches)])
     state = ActivityState()
     evs = events.iloc[:n_single]
     start = time.perf_counter()

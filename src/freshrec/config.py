@@ -45,7 +45,7 @@ class StreamFeatureSettings(BaseModel):
     """The stream feature job (``freshrec features stream``, :mod:`freshrec.features.stream`)."""
 
     # micro-batches: at most this many events, written at most max_batch_s after the first one arrived
-    max_batch_events: int = Field(default=2000, ge=1)
+    max_batch_events: int = Field(default=10_000, ge=1)
     max_batch_s: float = Field(default=0.2, ge=0.0)
     idle_poll_s: float = Field(default=0.5, ge=0.0)
     # positions are committed only with a checkpoint (state + seen ids), at most this often

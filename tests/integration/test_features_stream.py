@@ -223,3 +223,26 @@ def test_redis_online_store_rows_equal_batch_and_read_back_through_feast(prepare
         fs = store.feature_store(redis_settings)
         fs._get_provider().online_store.teardown(fs.config, fs.list_feature_views(), fs.list_entities())
         fs.registry.delete_project(project, commit=True)
+
+
+def test_cli_without_an_applied_store_says_what_to_do(settings):
+    """A user's mistake (no `features apply` yet) is a clear error and exit 1, not a traceback."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freshrec.cli",
+            "--workdir",
+            str(settings.workdir),
+            "features",
+            "stream",
+            "--until-idle",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "freshrec features apply" in " ".join(done.stdout.split())
+    assert "Traceback" not in done.stdout + done.stderr

@@ -636,10 +636,8 @@ def build_stream_source(
             start_after=start_after,
         )
     if kind == "redis":
-        online = settings.online
-        return RedisStreamSource.from_url(
-            online.redis_url, online.stream, cfg.group, cfg.consumer, online.claim_min_idle_ms
-        )
+        # the online settings' stream, claiming, dead-letter stream and limits; the job's own group
+        return RedisStreamSource.from_settings(settings.online, group=cfg.group, consumer=cfg.consumer)
     raise StreamJobError(f"unknown stream source {kind!r} (expected 'eventlog' or 'redis')")
 
 
