@@ -369,3 +369,5 @@ def test_train_evaluate_infra_check_push(chain, tmp_path):
     assert infra_check(model, splits["test"], _art(Metrics, tmp_path / "im")) is True
     version = push(str(s.workdir), _settings_json(s), model, outs["blessing"], splits["train"], True)
     assert ModelRepository(s.models_dir, s.model.name).versions() == [version]
+    explained = ModelRepository(s.models_dir, s.model.name).metadata(version)["explanation"]
+    assert explained["features"] == saved["explanation"]["features"]
