@@ -34,6 +34,7 @@ GROUPS: dict[str, str] = {
     "rollout": "freshrec.rollout.cli",
     "pipeline": "freshrec.pipelines.cli",
     "cluster": "freshrec.cluster.cli",
+    "online": "freshrec.online.cli",  # `freshrec online [options]` runs the learner; subcommands: held ...
 }
 # (top-level command, module, function) — `freshrec train`, `freshrec serve`, ...
 COMMANDS: list[tuple[str, str, str]] = [
@@ -42,7 +43,6 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "freshrec.model.cli", "evaluate"),
     ("explain", "freshrec.model.explain_cli", "explain"),
     ("serve", "freshrec.serving.cli", "serve"),
-    ("online", "freshrec.online.cli", "online"),
     ("rehearse", "freshrec.cluster.rehearsal", "rehearse"),
 ]
 

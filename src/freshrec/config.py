@@ -344,6 +344,32 @@ class TriggerSettings(BaseModel):
     schedule_s: float | None = None
 
 
+class ScreeningSettings(BaseModel):
+    """Anomaly screening of each micro-batch before the online learner learns it (``online.screening``)."""
+
+    # Off until benchmarks/bench_update_loop.py has measured its false holds on the clean replay.
+    enabled: bool = False
+    reference_batches: int = Field(50, ge=1)  # the recent learned batches a batch is compared with
+    min_reference_batches: int = Field(5, ge=1)  # before this many, only the absolute tests apply
+    min_batch_events: int = Field(50, ge=1)  # smaller batches: only the absolute tests (too noisy)
+    # Hold when a statistic is further than this many robust sd (1.4826 MAD) from the reference median.
+    max_robust_z: float = Field(6.0, gt=0)
+    # Floors on the robust sd, per statistic (a reference of near-equal batches must not hold every batch).
+    min_scale: dict[str, float] = Field(
+        default_factory=lambda: {
+            "label_rate": 0.03,
+            "mean_score": 0.02,
+            "serving_logloss": 0.03,
+            "serving_auc": 0.03,
+            "entity_share": 0.03,
+        }
+    )
+    max_duplicate_share: float = Field(0.05, ge=0, le=1)
+    recent_keys: int = Field(5000, ge=0)  # recent (user, item, time) keys remembered for the duplicate test
+    range_margin: float = Field(0.5, ge=0)  # the reference range is widened by this share of its width
+    max_out_of_range_share: float = Field(0.2, ge=0, le=1)
+
+
 class OnlineSettings(BaseModel):
     """The streaming learner."""
 
@@ -391,6 +417,7 @@ class OnlineSettings(BaseModel):
     # Online exports are labelled "stable" directly when they pass the guard (no canary for them).
     label_stable: bool = True
     push_features: bool = True
+    screening: ScreeningSettings = Field(default_factory=ScreeningSettings)
 
 
 class TaskResources(BaseModel):

@@ -110,6 +110,7 @@ def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, s
         guard_min_events=200,
         reset_on_guard_failure=True,
     )
+    assert learner.screener is None  # the guard alone here (screening would hold the flip before it)
     learner.on_guard_failure = alert
     after = bootstrap["after"]
     clean, poisoned = after.iloc[:1800].copy(), after.iloc[1800:].copy()
@@ -130,6 +131,34 @@ def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, s
     assert any(not e.guard["checks"]["recent_auc"]["passed"] for e in failed)
     assert f"{settings.model.name}/online_guard_failed" in alerts.open_alerts()
     assert learner.totals.resets == learner.totals.guard_failures
+
+
+def test_screening_holds_flipped_batches_before_they_are_learned_and_release_learns_them(bootstrap, settings):
+    """The same label flip as above, with screening on: no flipped batch moves the weights until released."""
+    from freshrec.config import ScreeningSettings
+    from freshrec.online.sources import Batch
+
+    learner = _learner(bootstrap, settings, screening=ScreeningSettings(enabled=True))
+    after = bootstrap["after"]
+    clean, poisoned = after.iloc[:1800].copy(), after.iloc[1800:3000].copy()
+    _stream(learner, clean)
+    assert learner.screener.counters["batches_held"] == 0  # no clean batch held
+    assert learner.totals.learned == len(clean)
+    poisoned["label"] = (1 - poisoned["label"]).astype("int8")
+    weights = [w.copy() for w in learner.model.get_weights()]
+    activity_events = learner.featurizer.activity.events_seen
+    _stream(learner, poisoned)
+    held = learner.screener.held.list()
+    assert sum(h["events"] for h in held) == len(poisoned)  # every flipped batch held, none learned
+    assert learner.totals.learned == len(clean)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, learner.model.get_weights(), strict=True))
+    assert learner.featurizer.activity.events_seen == activity_events  # held events left activity alone
+    assert all(any("serving_auc" in r or "serving_logloss" in r for r in h["reasons"]) for h in held)
+
+    learner.screener.held.release([held[0]["batch_id"]])  # an operator says the first one is fine
+    learner.step(Batch(poisoned.iloc[:0], None, np.zeros(0)))  # the next step learns it
+    assert learner.totals.learned == len(clean) + held[0]["events"]
+    assert len(learner.screener.held.list()) == len(held) - 1
 
 
 def test_embedding_tables_learn_with_their_own_faster_optimizer(bootstrap, settings):

@@ -241,3 +241,50 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1") -> No
     from prometheus_client import start_http_server
 
     start_http_server(port, addr=addr, registry=registry)
+
+
+def record_screening(
+    summary: dict, model: str, registry: CollectorRegistry | None = None
+) -> CollectorRegistry:
+    """The online learner's screening counters (``Screener.summary()``) as Prometheus series.
+
+    ``freshrec_screening_held_batches`` (batches waiting for an operator) is what to alert on: held data
+    is neither learned nor lost until someone releases or drops it.
+    """
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = registry or CollectorRegistry()
+
+    def gauge(name: str, doc: str, value: float, **extra: str) -> None:
+        Gauge(name, doc, ["model", *extra], registry=registry).labels(model=model, **extra).set(float(value))
+
+    gauge("freshrec_screening_batches_screened", "Micro-batches screened.", summary["batches_screened"])
+    gauge("freshrec_screening_batches_held_total", "Micro-batches held so far.", summary["batches_held"])
+    gauge(
+        "freshrec_screening_events_held_total", "Events in held micro-batches so far.", summary["events_held"]
+    )
+    gauge(
+        "freshrec_screening_held_batches",
+        "Micro-batches held now (not released, not dropped).",
+        summary["held_now"],
+    )
+    gauge("freshrec_screening_held_events", "Events held now.", summary["held_events_now"])
+    gauge(
+        "freshrec_screening_batches_released_total",
+        "Held batches released and learned.",
+        summary["batches_released"],
+    )
+    gauge(
+        "freshrec_screening_batches_dropped_total",
+        "Held batches dropped by an operator.",
+        summary["batches_dropped"],
+    )
+    by_test = Gauge(
+        "freshrec_screening_holds_by_test_total",
+        "Held micro-batches per failed screening test.",
+        ["model", "test"],
+        registry=registry,
+    )
+    for test, n in summary["holds_by_test"].items():
+        by_test.labels(model=model, test=test).set(float(n))
+    return registry

@@ -1,4 +1,8 @@
-"""``freshrec online``: run the streaming learner on the event log or a Redis stream."""
+"""``freshrec online``: run the streaming learner on the event log or a Redis stream.
+
+``freshrec online held | release | drop``: the micro-batches that screening held (see
+:mod:`freshrec.online.screening`), listed, released to be learned, or dropped with a reason.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,11 @@ from freshrec.config import Settings
 from freshrec.io import atomic_write_json
 
 console = Console(stderr=True)
+
+app = typer.Typer(
+    help="Learn online from new events; list, release or drop the micro-batches screening held.",
+    pretty_exceptions_show_locals=False,
+)
 
 
 def online(
@@ -41,7 +50,9 @@ def online(
         help="Touch this file on every poll, idle ones too (a Deployment's liveness probe).",
     ),
 ) -> None:
-    """Learn online from new events: test-then-train, checkpoint, guarded export of new versions."""
+    """Learn online from new events: screen, test-then-train, checkpoint, guarded export of new versions."""
+    if ctx.invoked_subcommand is not None:
+        return
     import pandas as pd
 
     from freshrec.model.repository import ModelRepository
@@ -132,6 +143,81 @@ def online(
         f"report {path}",
         highlight=False,
     )
+
+
+app.callback(invoke_without_command=True)(online)
+
+
+@app.command("held")
+def held_cmd(
+    ctx: typer.Context,
+    output: str = typer.Option("table", "--output", "-o", help="table | json"),
+) -> None:
+    """List the micro-batches screening held (not learned until released)."""
+    import json
+
+    from freshrec.online.screening import held_store
+
+    if output not in ("table", "json"):
+        raise typer.BadParameter(f"--output must be table | json, got {output!r}")
+    held = held_store(ctx.obj).list()
+    if output == "json":
+        typer.echo(json.dumps({"model": ctx.obj.model.name, "held": held}, indent=1, default=str))
+        return
+    if not held:
+        console.print("no held batches")
+        return
+    from rich.table import Table
+
+    table = Table("batch", "events", "first event", "released", "reasons")
+    for v in held:
+        table.add_row(
+            v["batch_id"],
+            str(v["events"]),
+            str(v["first_event_time"]),
+            "yes" if v["released"] else "",
+            "; ".join(v["reasons"]),
+        )
+    Console().print(table)
+
+
+def _ids(batch_ids: list[str] | None, all_: bool) -> list[str] | None:
+    if bool(batch_ids) == all_:
+        raise typer.BadParameter("give batch ids or --all (not both)")
+    return None if all_ else list(batch_ids or [])
+
+
+@app.command("release")
+def release_cmd(
+    ctx: typer.Context,
+    batch_ids: list[str] = typer.Argument(None, help="Held batch ids (see `freshrec online held`)."),
+    all_: bool = typer.Option(False, "--all", help="Release every held batch."),
+) -> None:
+    """Release held batches: the learner learns them at its next step and takes them as the new normal."""
+    from freshrec.online.screening import held_store
+
+    try:
+        ids = held_store(ctx.obj).release(_ids(batch_ids, all_))
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    console.print(f"released {len(ids)} batch(es): {', '.join(ids) or 'none'}")
+
+
+@app.command("drop")
+def drop_cmd(
+    ctx: typer.Context,
+    batch_ids: list[str] = typer.Argument(None, help="Held batch ids (see `freshrec online held`)."),
+    all_: bool = typer.Option(False, "--all", help="Drop every held batch."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in held/dropped.jsonl)."),
+) -> None:
+    """Drop held batches for good (their events are never learned); the reason is kept."""
+    from freshrec.online.screening import held_store
+
+    try:
+        ids = held_store(ctx.obj).drop(_ids(batch_ids, all_), reason=reason)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    console.print(f"dropped {len(ids)} batch(es): {', '.join(ids) or 'none'}")
 
 
 def _beat(path: Path | None) -> bool:

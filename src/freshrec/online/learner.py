@@ -96,13 +96,21 @@ class Featurizer:
 
     def __call__(self, events: pd.DataFrame) -> pd.DataFrame:
         """Update the activity state with ``events`` and return one feature row per event (same order)."""
-        from freshrec.features.activity import ITEM_ACTIVITY, USER_ACTIVITY
-        from freshrec.features.training_set import build_training_frame
-
         events = events.reset_index(drop=True)
         # Adding the batch first, then asking "as of each event's own time" (strictly earlier events) gives
         # the exact point-in-time value, including earlier events of the same batch.
         self.activity.update(events)
+        return self.peek(events)
+
+    def peek(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Feature rows from the activity state as it is, without adding ``events`` to it.
+
+        What screening scores a batch on (a held batch must leave the activity state untouched).
+        """
+        from freshrec.features.activity import ITEM_ACTIVITY, USER_ACTIVITY
+        from freshrec.features.training_set import build_training_frame
+
+        events = events.reset_index(drop=True)
         frame = build_training_frame(events, self.users, self.items)
         ts = events["event_timestamp"]
         user = self.activity.user_rows(events["user_id"].astype(str), ts)
@@ -274,6 +282,8 @@ class OnlineLearner:
         on_export: optional callable(ExportRecord) after a version is published (e.g. freshness tracking).
         keep_all_predictions: keep every prequential pair (exact whole-stream AUC, for the benchmark).
         validate: validate events (False when the caller already holds validated, typed events).
+        screening_metrics: the Prometheus textfile of the screening verdicts (None: none written).
+        model_name: the model's name (the screening metrics' label).
     """
 
     def __init__(
@@ -292,8 +302,11 @@ class OnlineLearner:
         keep_all_predictions: bool = False,
         validate: bool = True,
         future_tolerance_s: float = 300.0,
+        screening_metrics: Path | None = None,
+        model_name: str = "model",
     ) -> None:
         from freshrec.model.export import spec_of
+        from freshrec.online.screening import Screener
 
         self.model = model
         self.spec = spec_of(model)
@@ -327,6 +340,16 @@ class OnlineLearner:
         self._learned_since_export = 0
         self._newest_entered_at: float | None = None
         self._checkpoint_seq = 0
+        self.screener = (
+            Screener(
+                settings.screening,
+                self.state_dir / "screening" if self.state_dir is not None else None,
+                screening_metrics,
+                model_name,
+            )
+            if settings.screening.enabled
+            else None
+        )
         self.activity_restored = False  # whether restore() brought the activity state back
         self.trainer = Trainer(self.model, settings)
         if self.serving_model is None:
@@ -361,6 +384,10 @@ class OnlineLearner:
         else:
             events = raw
         record: dict[str, Any] = {"received": len(batch.events), "accepted": len(events)}
+        if self.screener is not None:
+            self._learn_released()
+            if len(events) and not self._screen(events, record):
+                events = events.iloc[:0]
         if len(events):
             if len(entered):
                 self._newest_entered_at = max(self._newest_entered_at or 0.0, float(entered.max()))
@@ -375,6 +402,31 @@ class OnlineLearner:
         if self._export_due():
             record["export"] = self.maybe_export()
         return record
+
+    def _screen(self, events: pd.DataFrame, record: dict[str, Any]) -> bool:
+        """Screen a batch before it is learned (see :mod:`freshrec.online.screening`); False: it is held."""
+        assert self.screener is not None
+        events = events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+        peek = getattr(self.featurizer, "peek", None)
+        frame = peek(events) if peek is not None else None
+        scores = predict(self.serving_model, frame, self.spec) if frame is not None else None
+        numeric = [f.name for f in self.spec.features if f.encoding == "normalize"]
+        verdict = self.screener.screen(events, frame, scores, numeric)
+        if verdict.held:
+            self.screener.hold(verdict)
+            record["held"] = {"batch_id": verdict.batch_id, "reasons": verdict.reasons}
+            return False
+        self.screener.accept(verdict)
+        return True
+
+    def _learn_released(self) -> None:
+        """Learn the batches an operator released since the last step (they join the reference)."""
+        assert self.screener is not None
+        for events, verdict in self.screener.released():
+            events = events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+            self._learn(events)
+            self.screener.learned_released(events, verdict)
+            log.info("learned released batch %s (%d events)", verdict["batch_id"], len(events))
 
     def _validated(self, raw: pd.DataFrame) -> pd.DataFrame:
         if not self.validate or raw.empty:
@@ -781,6 +833,7 @@ def build_learner(
     """
     from freshrec.model.export import load_keras_model
     from freshrec.model.repository import ModelRepository
+    from freshrec.online.screening import metrics_textfile
 
     repo = ModelRepository(settings.models_dir, settings.model.name)
     version = repo.stable() or repo.latest()
@@ -834,6 +887,8 @@ def build_learner(
         on_guard_failure=on_guard_failure,
         on_export=on_export,
         future_tolerance_s=settings.data.future_tolerance_s,
+        screening_metrics=metrics_textfile(settings),
+        model_name=settings.model.name,
     )
     restored = learner.restore()
     if restored and learner.serving_version != version:
