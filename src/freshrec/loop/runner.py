@@ -103,6 +103,25 @@ class RunOptions:
         return cls(**base)
 
 
+def apply_options(settings: Settings, options: RunOptions) -> Settings:
+    """The run's settings: ``options`` applied onto ``settings`` once (a copy; ``settings`` is untouched).
+
+    Every stage and every child pipeline reads this one object (the child gets it as its ``--config``), so
+    ``freshrec run --dataset X`` trains, serves and monitors X's features, not the default dataset's.
+    """
+    update: dict[str, Any] = {}
+    if options.dataset:
+        dataset = options.dataset
+        path = Path(dataset).expanduser()
+        if path.suffix in {".yaml", ".yml"} or path.is_file():
+            dataset = str(path.resolve())  # the child pipeline's tasks run elsewhere
+        update["data"] = settings.data.model_copy(update={"dataset": dataset})
+    if options.epochs:
+        update["training"] = settings.training.model_copy(update={"epochs": options.epochs})
+    update["online"] = settings.online.model_copy(update={"export_every_events": options.export_every_events})
+    return settings.model_copy(update=update)
+
+
 class LoopError(RuntimeError):
     """A stage failed; the message says which and why."""
 
@@ -111,13 +130,13 @@ class Loop:
     """Runs the stages and keeps the :class:`RunRecord` up to date."""
 
     def __init__(self, settings: Settings, options: RunOptions, console: Console | None = None) -> None:
-        self.settings = settings
+        self.settings = apply_options(settings, options)
         self.options = options
         self.console = console or Console()
         self.report_dir = settings.reports_dir / options.run_id
         self.record = RunRecord(
             run_id=options.run_id,
-            dataset=options.dataset or settings.data.dataset,
+            dataset=self.settings.data.dataset,
             options={
                 **{k: v for k, v in vars(options).items() if k != "run_id"},
                 "drift_share_threshold": settings.drift.drift_share_threshold,
@@ -188,7 +207,7 @@ class Loop:
         from freshrec.data.datasets import Dataset, load_dataset, load_description
         from freshrec.data.prepare import prepare_dataset
 
-        desc = load_description(self.options.dataset or self.settings.data.dataset)
+        desc = load_description(self.settings.data.dataset)
         data = load_dataset(desc, self.settings.data.datasets_dir)
         events = data.events.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(
             drop=True
@@ -251,13 +270,7 @@ class Loop:
         A child process keeps the tasks' long logs in a file of the report and out of the console, gets
         exactly this loop's settings (written next to the log), and lets the replay go on meanwhile.
         """
-        import yaml
-
-        self.report_dir.mkdir(parents=True, exist_ok=True)
-        config = self.report_dir / "settings.yaml"
-        data = self.settings.model_dump(mode="json")
-        data.pop("workdir")
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        config = self.write_child_settings()
         log_path = self.report_dir / f"pipeline-{label}.log"
         cmd = [
             sys.executable,
@@ -273,8 +286,6 @@ class Loop:
             "--rollout-mode",
             rollout_mode,
         ]
-        if self.options.epochs:
-            cmd += ["--epochs", str(self.options.epochs)]
         self.console.print(
             f"  kfp.local: continuous_training ({label}, rollout {rollout_mode}); log → {log_path}"
         )
@@ -289,6 +300,18 @@ class Loop:
             fh.close()
             raise
         return _PipelineJob(label, proc, log_path, fh, before, time.perf_counter())
+
+    def write_child_settings(self) -> Path:
+        """The run's settings as the child pipeline's ``--config`` (``<report>/settings.yaml``)."""
+        import yaml
+
+        from freshrec.io import atomic_write_text
+
+        data = self.settings.model_dump(mode="json")
+        data.pop("workdir")  # given on the command line
+        path = self.report_dir / "settings.yaml"
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+        return path
 
     def _finish_pipeline(self, job: _PipelineJob) -> Any:
         """Wait for a started pipeline; its :class:`LocalRun`. Ctrl-C while waiting stops the child."""
@@ -528,14 +551,10 @@ class Loop:
         self.freshness = FreshnessTracker(self._server.rest_url, self.settings.model.name)
         # A guarded export every ``export_every_events`` learned events: what is served is at most that
         # many events behind what the learner knows (the replay's stream time is days per wall minute).
-        online = self.settings.online.model_copy(
-            update={"export_every_events": self.options.export_every_events}
-        )
-        settings = self.settings.model_copy(update={"online": online})
         # The click feed writes the activity rows (one writer); the learner's features are the same code
         # (ActivityState) on the same events.
         learner = build_learner(
-            settings, on_export=self._on_export, history=self.history, push_features=False
+            self.settings, on_export=self._on_export, history=self.history, push_features=False
         )
         learner.metrics.keep_all = True  # every (label, score) pair, for exact per-window AUC in the report
         source = build_source(
