@@ -37,7 +37,9 @@ def _renamed_description(tmp_path: Path) -> Path:
 
 
 def _feature_names(settings) -> set[str]:
-    spec = FeatureSpec.for_description(load_description(settings.data.dataset), settings.model.id_hash_buckets)
+    spec = FeatureSpec.for_description(
+        load_description(settings.data.dataset), settings.model.id_hash_buckets
+    )
     return {f.name for f in spec.features}
 
 
