@@ -65,3 +65,17 @@ def test_apply_options_leaves_the_given_settings_alone(settings):
     assert settings.model_dump() == before
     # no dataset given: the configured one
     assert apply_options(settings, RunOptions()).data.dataset == settings.data.dataset
+
+
+def test_summary_starts_with_what_production_serves(settings):
+    from freshrec.model.repository import ModelRepository
+
+    loop = Loop(settings, RunOptions(run_id="t"))
+    loop.record.summary = {"mean window AUC, served": 0.7}
+    loop._summarise()  # before the bootstrap: no repository yet, no labels line
+    assert "stable version" not in loop.record.summary
+    loop.repo = ModelRepository(settings.models_dir, settings.model.name)
+    loop._summarise()
+    assert list(loop.record.summary)[:2] == ["stable version", "canary version"]
+    assert loop.record.summary["stable version"] == "none"
+    assert loop.record.summary["mean window AUC, served"] == 0.7

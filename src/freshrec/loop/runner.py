@@ -844,7 +844,13 @@ class Loop:
                     log.warning("stopping %s: %s", type(svc).__name__, exc)
 
     def _summarise(self) -> None:
-        s = self.record.summary
+        # What production serves now comes first (the report's summary table is the top of the page).
+        head: dict[str, Any] = {}
+        if hasattr(self, "repo"):  # set once the bootstrap pushed a model
+            labels = self.repo.labels()
+            head["stable version"] = f"v{labels['stable']}" if labels.get("stable") else "none"
+            head["canary version"] = f"v{labels['canary']}" if labels.get("canary") else "none"
+        s = {**head, **{k: v for k, v in self.record.summary.items() if k not in head}}
         s["status"] = self.record.status
         if self.record.stream:
             df = pd.DataFrame(self.record.stream)
