@@ -255,9 +255,11 @@ img {{ max-width: 100%; }} figure {{ margin: .5rem 0; }} figcaption {{ color: #6
 <p>Prequential metrics per replay window: <b>static</b> is the bootstrap model frozen, <b>online</b> the
 streaming learner scored before it trains on each batch, <b>served</b> what users actually got from the
 gateway (stable or canary), joined with their later clicks. Static and online see each event's exact
-point-in-time features; served ones come from the online store, where a user's activity is pushed as each
-page's clicks land (before the user's next page) but item activity only with the learner, after each
-window. That item lag, not the model, is most of the gap between served and the others.</p>
+point-in-time features (each event sees every earlier one, even those of its own page); served ones come
+from the online store as of the page's request: pages are served in request-time order, and before each
+one the events up to its time land (user and item activity rows pushed, event log appended), the learner
+learns them and its guarded versions are served as soon as they are published (every
+<code>export_every_events</code>). What served still lacks is the page's own earlier impressions.</p>
 {figure("quality", "AUC and logloss over stream time")}
 {table(record.stream, ["window_end", "n", "static_auc", "online_auc", "served_auc", "static_logloss", "online_logloss", "served_logloss"])}
 <h2>Monitor: pages and notices</h2>

@@ -8,6 +8,7 @@ The real loader is exercised in tests/integration/test_server_*.py.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -108,3 +109,24 @@ def test_unreadable_config_keeps_previous_state(manager, tmp_path):
     (tmp_path / "models.config").write_text("this is { not a config")
     manager.poll_once()
     assert manager.resolve("ctr", label="stable") == "ctr:1"
+
+
+def test_notify_loads_a_published_version_before_the_next_poll(tmp_path):
+    """A publish notification (local mode) loads the new version at once; polling stays the contract."""
+    calls: list = []
+    manager = ModelManager(tmp_path, "ctr", poll_interval_s=3600.0, loader=fake_loader(calls))
+    make_version(tmp_path, "ctr", 1)
+    manager.poll_once()
+    manager.start()
+    try:
+        make_version(tmp_path, "ctr", 2)
+        assert manager.notify(wait=True)
+        assert ("ctr", 2) in calls
+        make_version(tmp_path, "ctr", 3)
+        manager.notify()  # wakes the poller thread: loaded long before the hour-long interval
+        deadline = time.monotonic() + 10
+        while ("ctr", 3) not in calls:
+            assert time.monotonic() < deadline, "the notified poller did not load version 3"
+            time.sleep(0.02)
+    finally:
+        manager.stop()

@@ -84,6 +84,9 @@ class RunOptions:
     # for an analysis that needs more clicks before it can conclude.
     canary_reserve_windows: int = 3
     max_retrains: int = 1
+    # The learner exports (guarded) every N learned events; the replay lets it learn the landed events
+    # that often, so a page is served by a version at most N events behind it.
+    export_every_events: int = 500
     drift_windows_to_retrain: int = 2  # consecutive drifted windows before the retraining pipeline starts
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
 
@@ -101,6 +104,25 @@ class RunOptions:
         return cls(**base)
 
 
+def apply_options(settings: Settings, options: RunOptions) -> Settings:
+    """The run's settings: ``options`` applied onto ``settings`` once (a copy; ``settings`` is untouched).
+
+    Every stage and every child pipeline reads this one object (the child gets it as its ``--config``), so
+    ``freshrec run --dataset X`` trains, serves and monitors X's features, not the default dataset's.
+    """
+    update: dict[str, Any] = {}
+    if options.dataset:
+        dataset = options.dataset
+        path = Path(dataset).expanduser()
+        if path.suffix in {".yaml", ".yml"} or path.is_file():
+            dataset = str(path.resolve())  # the child pipeline's tasks run elsewhere
+        update["data"] = settings.data.model_copy(update={"dataset": dataset})
+    if options.epochs:
+        update["training"] = settings.training.model_copy(update={"epochs": options.epochs})
+    update["online"] = settings.online.model_copy(update={"export_every_events": options.export_every_events})
+    return settings.model_copy(update=update)
+
+
 class LoopError(RuntimeError):
     """A stage failed; the message says which and why."""
 
@@ -109,13 +131,13 @@ class Loop:
     """Runs the stages and keeps the :class:`RunRecord` up to date."""
 
     def __init__(self, settings: Settings, options: RunOptions, console: Console | None = None) -> None:
-        self.settings = settings
+        self.settings = apply_options(settings, options)
         self.options = options
         self.console = console or Console()
         self.report_dir = settings.reports_dir / options.run_id
         self.record = RunRecord(
             run_id=options.run_id,
-            dataset=options.dataset or settings.data.dataset,
+            dataset=self.settings.data.dataset,
             options={
                 **{k: v for k, v in vars(options).items() if k != "run_id"},
                 "drift_share_threshold": settings.drift.drift_share_threshold,
@@ -127,6 +149,7 @@ class Loop:
         self._in_canary = False
         self._retrains = 0
         self._job: _PipelineJob | None = None  # the retraining pipeline running in the background
+        self._landed = 0  # batches of replayed events appended to the event log
 
     # ------------------------------------------------------------------------------------------ driver
     def run(self) -> RunRecord:
@@ -185,7 +208,7 @@ class Loop:
         from freshrec.data.datasets import Dataset, load_dataset, load_description
         from freshrec.data.prepare import prepare_dataset
 
-        desc = load_description(self.options.dataset or self.settings.data.dataset)
+        desc = load_description(self.settings.data.dataset)
         data = load_dataset(desc, self.settings.data.datasets_dir)
         events = data.events.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(
             drop=True
@@ -248,13 +271,7 @@ class Loop:
         A child process keeps the tasks' long logs in a file of the report and out of the console, gets
         exactly this loop's settings (written next to the log), and lets the replay go on meanwhile.
         """
-        import yaml
-
-        self.report_dir.mkdir(parents=True, exist_ok=True)
-        config = self.report_dir / "settings.yaml"
-        data = self.settings.model_dump(mode="json")
-        data.pop("workdir")
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        config = self.write_child_settings()
         log_path = self.report_dir / f"pipeline-{label}.log"
         cmd = [
             sys.executable,
@@ -270,8 +287,6 @@ class Loop:
             "--rollout-mode",
             rollout_mode,
         ]
-        if self.options.epochs:
-            cmd += ["--epochs", str(self.options.epochs)]
         self.console.print(
             f"  kfp.local: continuous_training ({label}, rollout {rollout_mode}); log → {log_path}"
         )
@@ -286,6 +301,18 @@ class Loop:
             fh.close()
             raise
         return _PipelineJob(label, proc, log_path, fh, before, time.perf_counter())
+
+    def write_child_settings(self) -> Path:
+        """The run's settings as the child pipeline's ``--config`` (``<report>/settings.yaml``)."""
+        import yaml
+
+        from freshrec.io import atomic_write_text
+
+        data = self.settings.model_dump(mode="json")
+        data.pop("workdir")  # given on the command line
+        path = self.report_dir / "settings.yaml"
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+        return path
 
     def _finish_pipeline(self, job: _PipelineJob) -> Any:
         """Wait for a started pipeline; its :class:`LocalRun`. Ctrl-C while waiting stops the child."""
@@ -346,14 +373,15 @@ class Loop:
         self.monitor = self._make_monitor()
         self.history = self.bootstrap_events
         self.learner, self.source = self._make_learner()
-        # The click feed: user activity from every event so far, updated as each page's clicks land.
-        from freshrec.features.activity import ActivityState
+        # The click feed: the activity state of every event so far; each page's events land in event time
+        # and their rows go to the online store (the streaming feature job's part in a cluster).
         from freshrec.features.store import OnlineFeatures
+        from freshrec.loop.replay import ClickFeed
 
-        self._clicks = ActivityState()
-        self._clicks.update(self.history)
-        self._clicks_newest = self.history["event_timestamp"].max()  # the click feed's progress
-        self._online_features = OnlineFeatures(self.settings)
+        self._to_learn: list[pd.DataFrame] = []
+        self.feed = ClickFeed(
+            self.history, OnlineFeatures(self.settings).push, on_events=self._to_learn.append
+        )
         # Keras/NumPy 2 deprecation chatter on every micro-batch says nothing to the person watching.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         self.http = requests.Session()
@@ -398,7 +426,6 @@ class Loop:
 
     def _play_next_window(self) -> dict[str, Any]:
         """One replay window: traffic → clicks → features → metrics → online learning → drift check."""
-        from freshrec.data.ingest import ingest_frame
         from freshrec.features.training_set import build_training_frame
         from freshrec.model.export import spec_of
         from freshrec.online.learner import predict
@@ -406,11 +433,15 @@ class Loop:
         w, window = self._windows.popleft()
         row: dict[str, Any] = {"window_end": window["event_timestamp"].max().isoformat(), "n": len(window)}
         self._pace(window)
-        # 1. traffic: each user's impressions of the window become ranking requests through the gateway
+        learned_before = len(self.learner.metrics.all_pairs()[0])
+        # 1. traffic: each user's impressions become ranking requests through the gateway, in request-time
+        # order; before each, the events up to its time land (features, event log) and the learner learns
+        # them every ``export_every_events`` (its guarded versions are served as soon as they are published)
         served = self._traffic(window)
-        # 2. the outcomes land in the event log (validated; bad rows would go to quarantine)
-        ingest_frame(window, self.settings, source=f"replay:{self.options.run_id}:{w}")
-        # 3. features as of each event, from strictly earlier events (history + this window)
+        self.feed.finish()
+        self._learn_landed(force=True)
+        labels_online, scores_online = self.learner.metrics.all_pairs()
+        # 2. features as of each event, from strictly earlier events (history + this window)
         both = pd.concat([self.history, window], ignore_index=True)
         frame = build_training_frame(both, self.users, self.items).iloc[len(self.history) :]
         frame = frame.reset_index(drop=True)
@@ -420,9 +451,9 @@ class Loop:
         static_scores = predict(self.static, frame, spec_of(self.static))
         row.update(_metrics("static", labels, static_scores))
         row.update(_metrics("served", *served_pairs(window, served)))
-        # 4. the online learner: test-then-train on the new events, guarded exports
-        row.update(self._learn())
-        # 5. the monitor: drift (a notice), data and served quality, the loop's parts → pages, notices
+        # 3. the online learner: test-then-train on the window's events (prequential), guarded exports
+        row.update(_metrics("online", labels_online[learned_before:], scores_online[learned_before:]))
+        # 4. the monitor: drift (a notice), data and served quality, the loop's parts → pages, notices
         keys = zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
         served_scores = np.array([served.get(k, (np.nan,))[0] for k in keys], dtype=np.float64)
         current = frame.assign(score=np.where(np.isnan(served_scores), static_scores, served_scores))
@@ -461,47 +492,56 @@ class Loop:
         to the online store as of that request (what a streaming feature job does in a cluster), so a
         rating session's later pages see its earlier ones. Item rows follow with the learner, per window.
         """
+        from freshrec.loop.replay import pages_of
+
         served: dict[tuple[str, str], tuple[float, int, str]] = {}
         latencies = self.record.latency_ms.setdefault("gateway rank (client, HTTP)", [])
-        page = self.options.page_size
-        for user_id, group in window.groupby("user_id", sort=False):
-            group = group.drop_duplicates("item_id")
-            for i in range(0, len(group), page):
-                part = group.iloc[i : i + page]
-                as_of = part["event_timestamp"].min() - pd.Timedelta(seconds=1)
-                if i > 0:
-                    self._push_user(str(user_id), as_of)
-                body = {
-                    "user_id": str(user_id),
-                    "item_ids": part["item_id"].astype(str).tolist(),
-                    "as_of": as_of.isoformat(),
-                }
-                start = time.perf_counter()
-                resp = self.http.post(f"{self.gateway_url}/v1/rank", json=body, timeout=10)
-                latencies.append((time.perf_counter() - start) * 1000)
-                if resp.status_code != 200:
-                    log.warning(
-                        "rank for user %s answered %s: %s", user_id, resp.status_code, resp.text[:200]
-                    )
-                    continue
-                out = resp.json()
-                for item in out["items"]:
-                    served[(str(user_id), str(item["item_id"]))] = (
-                        float(item["score"]),
-                        int(out["model_version"]),
-                        out["arm"],
-                    )
-                self._clicks.update(part)  # the page's outcomes are known now
-                self._clicks_newest = max(self._clicks_newest, part["event_timestamp"].max())
+        self.feed.start_window(window)
+        for page in pages_of(window, self.options.page_size):
+            self.feed.advance(page.as_of)  # the events before the request have landed
+            self._learn_landed()
+            body = {
+                "user_id": page.user_id,
+                "item_ids": page.events["item_id"].astype(str).tolist(),
+                "as_of": page.as_of.isoformat(),
+            }
+            start = time.perf_counter()
+            resp = self.http.post(f"{self.gateway_url}/v1/rank", json=body, timeout=10)
+            latencies.append((time.perf_counter() - start) * 1000)
+            if resp.status_code != 200:
+                log.warning(
+                    "rank for user %s answered %s: %s", page.user_id, resp.status_code, resp.text[:200]
+                )
+                continue
+            out = resp.json()
+            for item in out["items"]:
+                served[(page.user_id, str(item["item_id"]))] = (
+                    float(item["score"]),
+                    int(out["model_version"]),
+                    out["arm"],
+                )
         self._gateway.predlog.flush()  # the canary analysis reads the log right after the window
         return served
 
-    def _push_user(self, user_id: str, as_of: pd.Timestamp) -> None:
-        """Push ``user_id``'s activity as of ``as_of`` (its clicks before it) to the online store."""
-        try:
-            self._online_features.push(user_rows=self._clicks.user_rows([user_id], as_of))
-        except Exception as exc:  # a feature-store hiccup costs freshness, not the replay
-            log.warning("pushing user %s's activity failed: %s", user_id, exc)
+    def _learn_landed(self, force: bool = False) -> None:
+        """Append the landed events to the event log and let the learner learn them, once there are
+        ``export_every_events`` of them (``force``: whatever has landed).
+
+        One change to production at a time: while a canary runs, the learner keeps learning but does not
+        export (an export would move the stable label under the canary's comparison).
+        """
+        from freshrec.data.ingest import ingest_frame
+
+        landed = sum(len(b) for b in self._to_learn)
+        if landed == 0 or (not force and landed < self.options.export_every_events):
+            return
+        batch = pd.concat(self._to_learn, ignore_index=True)
+        self._to_learn.clear()
+        self._landed += 1
+        ingest_frame(batch, self.settings, source=f"replay:{self.options.run_id}:{self._landed}")
+        self.learner.repository = None if self._in_canary else self.repo
+        # the replay appended the events synchronously: everything to learn is there, no need to wait
+        self.learner.run(self.source, until_idle=True, idle_timeout_s=0.0)
 
     def _make_learner(self) -> tuple[Any, Any]:
         """The online learner from the stable version, following the event log after the bootstrap part."""
@@ -510,35 +550,23 @@ class Loop:
         from freshrec.online.sources import build_source
 
         self.freshness = FreshnessTracker(self._server.rest_url, self.settings.model.name)
-        # A guarded export per replay window at most (a window is minutes to days of stream time).
-        online = self.settings.online.model_copy(
-            update={
-                "export_every_events": min(
-                    self.settings.online.export_every_events, self.options.window_events
-                )
-            }
+        # A guarded export every ``export_every_events`` learned events: what is served is at most that
+        # many events behind what the learner knows (the replay's stream time is days per wall minute).
+        # The click feed writes the activity rows (one writer); the learner's features are the same code
+        # (ActivityState) on the same events.
+        learner = build_learner(
+            self.settings, on_export=self._on_export, history=self.history, push_features=False
         )
-        settings = self.settings.model_copy(update={"online": online})
-        learner = build_learner(settings, on_export=self._on_export, history=self.history)
         learner.metrics.keep_all = True  # every (label, score) pair, for exact per-window AUC in the report
         source = build_source(
             self.settings, "eventlog", start_after=self.bootstrap_events["event_timestamp"].max()
         )
         return learner, source
 
-    def _learn(self) -> dict[str, Any]:
-        """Let the learner catch up with the event log; its prequential metrics on this window's events."""
-        metrics = self.learner.metrics
-        start = len(metrics.all_pairs()[0])
-        # One change to production at a time: while a canary runs, the learner keeps learning but does
-        # not export (an export would move the stable label under the canary's comparison).
-        self.learner.repository = None if self._in_canary else self.repo
-        # the replay appended the window synchronously: everything to learn is there, no need to wait
-        self.learner.run(self.source, until_idle=True, idle_timeout_s=0.0)
-        labels, scores = metrics.all_pairs()
-        return _metrics("online", labels[start:], scores[start:])
-
     def _on_export(self, rec: Any) -> None:
+        # Local mode: the server hears of the publish and loads the version now (it polls too, as TF
+        # Serving does; the notification only saves the rest of a poll interval).
+        self._server.manager.notify(wait=True)
         self.freshness.on_export(rec)
         self._note_version(rec.version, "online learner")
 
@@ -584,7 +612,7 @@ class Loop:
             current,
             now=time.time(),
             progress={
-                "stream_features": self._clicks_newest,
+                "stream_features": self.feed.newest,
                 "online_learner": pd.Timestamp(learned) if learned else None,
             },
             serving=ServingState(
@@ -817,7 +845,13 @@ class Loop:
                     log.warning("stopping %s: %s", type(svc).__name__, exc)
 
     def _summarise(self) -> None:
-        s = self.record.summary
+        # What production serves now comes first (the report's summary table is the top of the page).
+        head: dict[str, Any] = {}
+        if hasattr(self, "repo"):  # set once the bootstrap pushed a model
+            labels = self.repo.labels()
+            head["stable version"] = f"v{labels['stable']}" if labels.get("stable") else "none"
+            head["canary version"] = f"v{labels['canary']}" if labels.get("canary") else "none"
+        s = {**head, **{k: v for k, v in self.record.summary.items() if k not in head}}
         s["status"] = self.record.status
         if self.record.stream:
             df = pd.DataFrame(self.record.stream)

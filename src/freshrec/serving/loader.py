@@ -394,6 +394,7 @@ class ModelManager:
         self._failed_stamps: dict[tuple[str, int], float] = {}
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._config_error_logged: str | None = None
         self._label_warnings: set[tuple[str, str, int]] = set()
@@ -575,14 +576,31 @@ class ModelManager:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)  # a poll interval, or less when notified of a publish
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             try:
                 self.poll_once()
             except Exception:  # the poller must survive a bad poll; the next one retries
                 log.exception("model repository poll failed")
 
+    def notify(self, wait: bool = False) -> bool:
+        """A version was published: poll now instead of at the end of the interval (local mode only).
+
+        Polling stays the contract (TF Serving's binary knows no notification); this only shortens the
+        wait where the publisher runs beside the server. ``wait``: poll in the caller's thread and return
+        once the new version is loaded (what :meth:`poll_once` returns); otherwise wake the poller.
+        """
+        if wait or self._thread is None:
+            return self.poll_once()
+        self._wake.set()
+        return False
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
