@@ -220,6 +220,7 @@ class Rehearsal:
                 if self.docs is not None
                 else kustomize(self.repo / "manifests" / "overlays" / self.overlay)
             )
+            docs = self._runbook_secrets(docs)
             from freshrec.cluster.rehearsal_kfp import split_package
 
             self.package, self.platform = split_package(self.pipeline)
@@ -266,6 +267,13 @@ class Rehearsal:
         finally:
             if self.cluster is not None:
                 self.report.notes += self.cluster.notes
+                network = getattr(self.cluster, "network", None)
+                failed = [x for x in (network.connections if network else []) if not x.ok]
+                if failed:
+                    self.report.notes.append(
+                        f"{len(failed)} proxied connection(s) failed, first: "
+                        + "; ".join(f"{x.client} -> {x.service}:{x.port} ({x.detail})" for x in failed[:3])
+                    )
                 self.report.stand_ins = self._stand_ins()
                 self.report.timeline = list(self.state.get("timeline", []))
                 self._teardown()
@@ -294,6 +302,41 @@ class Rehearsal:
         return out
 
     # --- helpers ---------------------------------------------------------------------------------------
+    def _runbook_secrets(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The README runbook's step 3: the operator creates the secrets an overlay leaves to them.
+
+        Only those the cluster layout names as external (``ClusterLayout.external_secrets``) and only when the
+        overlay does not render them (production); a workload referring to any other missing Secret breaks.
+        """
+        import base64
+
+        from freshrec.config import load_settings
+
+        layout = load_settings().cluster
+        rendered = {(d.get("metadata") or {}).get("name") for d in docs if d and d.get("kind") == "Secret"}
+        out = list(docs)
+        for name, keys in layout.external_secrets().items():
+            if name in rendered:
+                continue
+            out.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "Opaque",
+                    "metadata": {
+                        "name": name,
+                        "namespace": layout.namespace,
+                        "annotations": {"rehearsal.freshrec.io/created-by": "README runbook step 3"},
+                    },
+                    "data": {k: base64.b64encode(secrets.token_hex(24).encode()).decode() for k in keys},
+                }
+            )
+            self.report.notes.append(
+                f"Secret {layout.namespace}/{name} created as the runbook's step 3 says (`kubectl create secret "
+                f"generic {name}`): the {self.overlay} overlay leaves it to the operator"
+            )
+        return out
+
     def _project_image(self) -> str:
         images = {e["container"]["image"] for e in self.package["deploymentSpec"]["executors"].values()}
         if len(images) != 1:
@@ -464,33 +507,71 @@ def crd_files(repo: Path) -> list[Path]:
     return files
 
 
-def write_rows(report: Report, path: Path | None = None) -> None:
+def write_rows(
+    reports: list[Report], breaks: list[dict[str, Any]] | None = None, path: Path | None = None
+) -> None:
     """The rehearsal's figures into benchmarks/results.md (row names fixed by the issue)."""
     sys.path.insert(0, str(REPO))
     from benchmarks.results import RESULTS, Row
     from benchmarks.results import write_rows as write
 
-    names = "; ".join(c.name for c in report.exercised)
-    write(
-        [
+    full = reports[-1]
+    names = "; ".join(c.name for c in full.exercised)
+    every = ", ".join(f"{r.overlay} {'PASS' if r.ok else 'FAIL'} {len(r.exercised)}" for r in reports)
+    walls = ", ".join(f"{r.overlay} {r.wall_s:.0f} s" for r in reports)
+    rows = [
+        Row(
+            "cluster rehearsal: connections exercised",
+            len(full.exercised),
+            None,
+            None,
+            f"{full.overlay} overlay + {full.pipeline}: {names}; per overlay: {every} (load {full.load})",
+        ),
+        Row(
+            "cluster rehearsal: wall (s)",
+            round(full.wall_s, 1),
+            300,
+            None,
+            f"one full story ({full.overlay}), budget 300 s on 2 cores; each overlay: {walls}; load {full.load}; "
+            f"{os.cpu_count()} CPU cores",
+            "s",
+        ),
+    ]
+    if breaks:
+        caught = sum(1 for b in breaks if b["caught"])
+        kinds = "; ".join(
+            f"{b['kind']}: {'caught' if b['caught'] else 'MISSED'} as [{b['failure'].get('kind')}] "
+            f"{str(b['failure'].get('writer'))[:60]} -> {str(b['failure'].get('reader'))[:60]}"
+            for b in breaks
+        )
+        rows.append(
             Row(
-                "cluster rehearsal: connections exercised",
-                len(report.exercised),
+                "cluster rehearsal: injected breaks caught",
+                f"{caught}/{len(breaks)}",
                 None,
                 None,
-                f"{report.overlay}: {names} (load {report.load})",
-            ),
+                f"local overlay, one rendered object broken per kind ({len(breaks)} kinds): {kinds}",
+            )
+        )
+    # The GPU figure of issue 13 (benchmarks/gpu_check.py) needs a lent GPU; without one the row says so,
+    # and a measured figure already in the table is left alone.
+    from benchmarks.gpu_check import GPU_ROW
+    from benchmarks.results import read_rows
+
+    current = read_rows(path or RESULTS).get(GPU_ROW)
+    if current is None or current[1].startswith("not run"):
+        rows.append(
             Row(
-                "cluster rehearsal: wall (s)",
-                round(report.wall_s, 1),
-                300,
+                GPU_ROW,
+                "not run: no GPU lent to this task",
                 None,
-                f"{report.overlay}, 2 cores, budget 300 s, load {report.load}",
-                "s",
-            ),
-        ],
-        path or RESULTS,
-    )
+                None,
+                "no GPU visible on this machine (CPU image, TensorFlow without CUDA) and the device tool lent none "
+                "to this task (status: not_drawn); `python -m benchmarks.gpu_check` on a GPU node measures it "
+                "against the CPU in the same run",
+            )
+        )
+    write(rows, path or RESULTS)
 
 
 OVERLAYS = ("local", "gpu", "production")
@@ -506,16 +587,29 @@ def rehearse_overlays(
 ) -> list[Report]:
     """Rehearse each overlay in turn, print each report; optionally save JSON and the results rows."""
     reports = []
+    # One day-0 model for every overlay (what `freshrec train --publish` made once).
+    bootstrap = Path(os.environ.get("TMPDIR", "/tmp")) / f"freshrec-bootstrap-{secrets.token_hex(3)}"
     for overlay in overlays:
         report = Rehearsal(
-            overlay, keep=keep, keep_going=keep_going, progress=lambda m: print(m, flush=True)
+            overlay,
+            keep=keep,
+            keep_going=keep_going,
+            progress=lambda m: print(m, flush=True),
+            bootstrap_cache=bootstrap,
         ).run()
         print(report.summary(), flush=True)
         reports.append(report)
     if json_out:
         json_out.write_text(json.dumps([r.to_dict() for r in reports], indent=1, default=str))
     if rows:
-        write_rows(reports[-1])
+        # The breaks are rehearsed whatever the overlays gave: each must fail naming both of its ends.
+        from freshrec.cluster.rehearsal_breaks import rehearse_breaks
+
+        root = Path(os.environ.get("TMPDIR", "/tmp")) / f"freshrec-breaks-{secrets.token_hex(3)}"
+        breaks = rehearse_breaks(kustomize(REPO / "manifests" / "overlays" / "local"), root, bootstrap)
+        for b in breaks:
+            print(f"break {b['kind']}: {'caught' if b['caught'] else 'MISSED'}\n{b['summary']}", flush=True)
+        write_rows(reports, breaks)
     return reports
 
 

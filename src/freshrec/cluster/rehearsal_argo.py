@@ -367,6 +367,25 @@ class RolloutController:
         self.log(f"aborted: {why}")
 
     # --- analysis ----------------------------------------------------------------------------------
+    def _cluster_dns(self, url: str) -> str:
+        """``url`` with a Service name (``name[.ns[.svc[.cluster.local]]]``) replaced by its ClusterIP, as the
+        controller's cluster DNS resolves it; other hosts are left as they are (and may not resolve)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        labels = host.split(".")
+        suffix = labels[2:]
+        if not labels[0] or suffix not in ([], ["svc"], ["svc", "cluster", "local"]):
+            return url
+        ns = labels[1] if len(labels) > 1 else self.ns
+        svc = self.cluster.objects.get("Service", ns, labels[0])
+        ip = ((svc or {}).get("spec") or {}).get("clusterIP")
+        if not ip or ip == "None":
+            return url
+        netloc = ip + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
     def _args(self, obj: dict[str, Any], step_args: list[dict[str, Any]], h: str) -> dict[str, str]:
         out: dict[str, str] = {}
         for a in step_args or []:
@@ -466,7 +485,7 @@ class RolloutController:
                 elif "prometheus" in provider:
                     prom = provider["prometheus"]
                     try:
-                        result = prometheus_result(prom["address"], prom["query"])
+                        result = prometheus_result(self._cluster_dns(prom["address"]), prom["query"])
                         phase, msg = evaluate_measurement(metric, result)
                     except Exception as exc:  # unreachable address: Argo records an Error measurement
                         phase, msg = "Error", f"{type(exc).__name__}: {exc}"

@@ -63,6 +63,13 @@ def setns(netns_path: str) -> None:
         os.close(fd)
 
 
+def _setns_fd(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns(host network namespace): {os.strerror(err)}")
+
+
 @dataclass
 class PodNet:
     """A pod's network: its namespace and address."""
@@ -121,7 +128,14 @@ class Network:
         self._loop_thread: threading.Thread | None = None
         # Sockets to this machine's own services must be made in its network namespace: by this pool,
         # whose threads are created now, before anything moves into the cluster namespace.
-        self.host_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="host-net")
+        # ThreadPoolExecutor starts its workers lazily, from the thread that submits (the event loop's, in the
+        # cluster namespace), and a new thread inherits its creator's namespace: each worker first moves back
+        # into this machine's namespace (kept open here) — else 127.0.0.1:6379 is the cluster's loopback, and
+        # the connection is refused.
+        self._host_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        self.host_pool = ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="host-net", initializer=_setns_fd, initargs=(self._host_netns,)
+        )
         self.host_pool.submit(lambda: None).result()
         self._created: list[str] = []
         _ip("netns", "add", self.cluster_ns)
@@ -268,8 +282,8 @@ class Network:
                     await prelude(reader, writer, up_r, up_w)
             else:
                 up_r, up_w = await asyncio.wait_for(asyncio.open_connection(addr, port), timeout=5)
-        except (TimeoutError, OSError) as exc:
-            record.detail = f"backend refused: {exc}"
+        except (TimeoutError, OSError, EOFError) as exc:
+            record.detail = f"backend refused: {type(exc).__name__}: {exc}"
             self.connections.append(record)
             writer.close()
             return
@@ -291,6 +305,8 @@ class Network:
             _ip("netns", "del", name, check=False)
         self._created.clear()
         self.host_pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            os.close(self._host_netns)
 
 
 def _connect(host: str, port: int) -> socket.socket:

@@ -93,7 +93,7 @@ class Story:
             ", ".join(sorted({ref(t) for t, _ in prom})) or "no Prometheus analysis",
             soft=True,
         ) as conn:
-            from freshrec.cluster.rehearsal_prom import evaluate_measurement
+            from freshrec.cluster.rehearsal_prom import assess_metric, evaluate_measurement
 
             judged = []
             for t, m in prom:
@@ -104,6 +104,16 @@ class Story:
                         "empty-analysis", "Prometheus (no samples: [])", f"{ref(t)} metric {m['name']}",
                         f"successCondition {m.get('successCondition')!r} holds on an empty result, so a canary that "
                         "no metrics describe passes this analysis",
+                    )  # fmt: skip
+                # Every measurement of the metric empty (a Prometheus that never scraped the canary):
+                # the metric's phase by Argo's limits must not be Successful either.
+                count = int(m.get("count") or 1)
+                overall = assess_metric(m, [phase] * count)
+                if overall == "Successful":
+                    raise Broken(
+                        "empty-analysis", f"Prometheus (no samples in all {count} measurements)", f"{ref(t)} metric {m['name']}",
+                        f"each empty result is {phase}, but inconclusiveLimit {m.get('inconclusiveLimit', 0)} is not below "
+                        f"count {count}: Argo counts the metric Successful after {count} inconclusive measurements",
                     )  # fmt: skip
                 nan_phase, _ = evaluate_measurement(m, [float("nan")])
                 if nan_phase == "Successful":
@@ -745,10 +755,39 @@ class Story:
 
         users = Users(self)
         self.users = users
-        self.say(f"traffic: {self.r.n_requests} ranking requests through the gateway Service")
+        self.say(
+            f"traffic: ranking requests through the gateway Service (at least {self.r.n_requests}, until the "
+            f"canary has the {self.canary_clicks_wanted()} clicks its analysis waits for)"
+        )
         users.rank_and_check()
         users.clicks_and_check()
         self.ctl.release_pause()
+
+    def canary_clicks_wanted(self) -> int:
+        """Canary clicks the Rollout's next analysis waits for (its ``min-clicks`` arg), with a margin.
+
+        The users' traffic stands for what the canary sees during its pause; the analysis Job (as rendered,
+        ``--min-clicks={{args.min-clicks}}``) waits up to its ``--max-wait-s`` until the canary has that many.
+        """
+        obj = self.api.get("Rollout", self.ns, self.rollout["metadata"]["name"])
+        steps = ((obj["spec"].get("strategy") or {}).get("canary") or {}).get("steps") or []
+        current = int((obj.get("status") or {}).get("currentStepIndex") or 0)
+        for step in steps[current:]:
+            if "analysis" not in step:
+                continue
+            given = {a["name"]: a.get("value") for a in step["analysis"].get("args") or []}
+            value = given.get("min-clicks")
+            if value is None:
+                for t in step["analysis"].get("templates") or []:
+                    tpl = self.api.get("AnalysisTemplate", self.ns, t["templateName"]) or {}
+                    for a in (tpl.get("spec") or {}).get("args") or []:
+                        if a["name"] == "min-clicks" and a.get("value") is not None:
+                            value = a["value"]
+            try:
+                return int(int(value or 0) * 1.1 + 0.999)
+            except ValueError:
+                return 0
+        return 0
 
     # --- 8. verdict ----------------------------------------------------------------------------------------
     def verdict(self) -> None:

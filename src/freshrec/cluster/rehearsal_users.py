@@ -22,6 +22,8 @@ import pandas as pd
 from freshrec.cluster.rehearsal_objects import Broken, container_env, pod_templates, ref
 
 PAGE = 10
+ROUND = 80  # requests between two looks at the canary's clicks
+MAX_REQUESTS = 4000
 
 
 class Users:
@@ -41,6 +43,7 @@ class Users:
                 pages.append(
                     (str(user), [str(i) for i in chunk["item_id"]], [int(x) for x in chunk["label"]])
                 )
+        self.all_pages = pages
         self.pages = pages[: story.r.n_requests]
         self.responses: list[dict[str, Any]] = []
         self.errors: list[str] = []
@@ -80,14 +83,35 @@ class Users:
             "users (the rehearsal)",
             f"gateway {ref(self.s.gateway)} via Service {svc}",
         ) as conn:
+            target = self.s.canary_clicks_wanted()
             with ThreadPoolExecutor(8) as pool:
                 list(pool.map(one, self.pages))
+                # The canary's pause stands for the traffic the plan waits for (pause.until_clicks reaches
+                # the next analysis as min-clicks): the users go on until the canary arm has that many clicks.
+                sent = len(self.pages)
+                while self._canary_clicks() < target and sent < MAX_REQUESTS:
+                    more = self._pages(sent, min(ROUND, MAX_REQUESTS - sent))
+                    self.pages += more
+                    sent += len(more)
+                    list(pool.map(one, more))
             if len(self.errors) > 0.05 * len(self.pages):
                 raise Broken(
                     "gateway", f"gateway {ref(self.s.gateway)}", "users",
                     f"{len(self.errors)}/{len(self.pages)} requests failed, first: {self.errors[0]}" + self.s.gateway_pods[0].logs_summary(20),
                 )  # fmt: skip
-            conn.evidence = f"{len(self.responses)} ranked, {len(self.errors)} errors"
+            clicks = self._canary_clicks()
+            if clicks < target:
+                raise Broken(
+                    "traffic", f"users ({len(self.pages)} requests, {clicks} clicks on the canary)",
+                    f"{ref(self.s.rollout)} analysis (min-clicks {target})",
+                    f"the canary got too little traffic to reach the analysis' min-clicks within {MAX_REQUESTS} requests "
+                    f"(weights set: {self.s.ctl.weights}); the analysis Job would wait out its --max-wait-s",
+                )  # fmt: skip
+            conn.evidence = (
+                f"{len(self.responses)} ranked, {len(self.errors)} errors"
+                + (f" (first: {self.errors[0][:200]})" if self.errors else "")
+                + f"; {clicks} canary clicks for min-clicks {target}"
+            )
         gw_pods = {p.name for p in self.s.gateway_pods}
         with self.s.r.connection(
             "gateway -> Feast online store (Redis)",
@@ -122,6 +146,18 @@ class Users:
             by = {v: sum(1 for r in self.responses if int(r["model_version"]) == v) for v in sorted(versions)}
             conn.evidence = f"requests per version {by}"
         self._prediction_log_check()
+
+    def _canary_clicks(self) -> int:
+        version = self.s.version
+        return sum(
+            sum(r["page"][2])
+            for r in self.responses
+            if r.get("model_version") is not None and int(r["model_version"]) == version
+        )
+
+    def _pages(self, start: int, n: int) -> list[tuple[str, list[str], list[int]]]:
+        """The next ``n`` held-out pages, from the start again once all were sent (fresh request ids)."""
+        return [self.all_pages[(start + i) % len(self.all_pages)] for i in range(n)]
 
     def _analysis_job(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         for t in self.c.objects.of_kind("AnalysisTemplate"):

@@ -690,13 +690,17 @@ def analysis_templates(layout: ClusterLayout, model: str) -> list[dict[str, Any]
     )
     has_data = "len(result) > 0 && !isNaN(result[0])"
 
+    count = 5
+
     def metric(name: str, query: str, limit: float) -> dict[str, Any]:
+        # Argo marks a metric Successful once it has `count` measurements and no limit is exceeded: with
+        # inconclusiveLimit >= count, five empty answers would pass. count - 1: all empty is Inconclusive.
         return {
             "name": name,
             "interval": "1m",
-            "count": 5,
+            "count": count,
             "failureLimit": 1,
-            "inconclusiveLimit": 5,
+            "inconclusiveLimit": count - 1,
             "successCondition": f"{has_data} && result[0] <= {limit:g}",
             "failureCondition": f"{has_data} && result[0] > {limit:g}",
             "provider": {"prometheus": {"address": "{{args.prometheus-address}}", "query": query}},
