@@ -94,15 +94,22 @@ class ModelSettings(BaseModel):
     id_embedding_l2: float = 1e-6
     dense_l2: float = 0.0
     numeric_embeddings: bool = False  # DCN: also embed each standardised numeric by its z-bucket
+    deep_batch_norm: bool = False  # DCN: batch norm before each deep layer's ReLU
 
 
 class TrainingSettings(BaseModel):
     """Batch training."""
 
     batch_size: int = 512
-    epochs: int = 10
+    # A cap, not the usual stop: early stopping (patience epochs without a better validation AUC, or
+    # logloss when a window has one class; best weights restored) ends a run first.
+    epochs: int = 30
     learning_rate: float = 1e-3
     early_stopping_patience: int = 2
+    # Learning rate x lr_reduce_factor after lr_reduce_patience epochs without improvement (1.0: off).
+    lr_reduce_factor: float = Field(default=0.5, gt=0, le=1)
+    lr_reduce_patience: int = Field(default=1, ge=0)
+    min_learning_rate: float = Field(default=1e-5, ge=0)
     seed: int = 42
     mixed_precision: bool = False
     warm_start: bool = True

@@ -86,3 +86,20 @@ def test_bad_configs_are_refused():
         ContextConfig(split_fractions=(0.5, 0.2, 0.2))
     with pytest.raises(ValueError, match="context_fields"):
         ContextConfig(context_fields={})
+
+
+def test_the_readme_shows_the_shipped_description():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from freshrec.data.datasets import DatasetDescription
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme.split("## Your own dataset")[1], re.S)
+    shown = [b for b in blocks if "name: synthetic-context" in b]
+    assert len(shown) == 1
+    readme_desc = DatasetDescription.model_validate(yaml.safe_load(shown[0]))
+    shipped = load_description("synthetic-context")
+    assert readme_desc.events == shipped.events and readme_desc.split == shipped.split

@@ -36,9 +36,10 @@ def spec(frame):
     [
         ModelSettings(architecture="dcn", **SMALL),
         ModelSettings(architecture="dcn", cross_rank=3, **SMALL),
+        ModelSettings(architecture="dcn", deep_batch_norm=True, **SMALL),
         ModelSettings(architecture="lr", **SMALL),
     ],
-    ids=["dcn-full-rank", "dcn-low-rank", "lr"],
+    ids=["dcn-full-rank", "dcn-low-rank", "dcn-batch-norm", "lr"],
 )
 def test_output_shape_dtype_and_range(settings, spec, frame):
     model = attach(build_model(spec, settings), spec, settings)

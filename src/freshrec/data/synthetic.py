@@ -318,7 +318,7 @@ class ContextConfig(BaseModel):
     n_events: int = 150_000
     context_fields: dict[str, int] = Field(default_factory=lambda: dict(CONTEXT_FIELDS))
     factor_dim: int = 4
-    interaction_scale: float = 1.0
+    interaction_scale: float = 0.3
     first_order_scale: float = 0.5
     base_ctr: float = 0.25
     popularity_exponent: float = 0.6  # Zipf exponent of user activity and item popularity

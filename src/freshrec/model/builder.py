@@ -238,12 +238,17 @@ def build_model(spec: FeatureSpec, settings: ModelSettings | None = None):
         x = _layers()["CrossLayer"](rank=rank, l2=cross_l2, name=f"cross_{i}")([x0, x])
     deep = x0
     for i, units in enumerate(settings.deep_units):
+        batch_norm = bool(getattr(settings, "deep_batch_norm", False))
         deep = keras.layers.Dense(
             units,
-            activation="relu",
+            activation=None if batch_norm else "relu",
+            use_bias=not batch_norm,
             kernel_regularizer=keras.regularizers.L2(cross_l2) if cross_l2 else None,
             name=f"deep_{i}",
         )(deep)
+        if batch_norm:
+            deep = keras.layers.BatchNormalization(name=f"deep_bn_{i}")(deep)
+            deep = keras.layers.ReLU(name=f"deep_relu_{i}")(deep)
         if settings.dropout:
             deep = keras.layers.Dropout(settings.dropout, name=f"deep_dropout_{i}")(deep)
     both = keras.layers.Concatenate(name="cross_and_deep")([x, deep]) if settings.deep_units else x

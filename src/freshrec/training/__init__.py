@@ -130,6 +130,17 @@ def _callbacks(
             monitor=monitor, mode=mode, patience=training.early_stopping_patience, restore_best_weights=True
         )
     ]
+    if training.lr_reduce_factor < 1:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                mode=mode,
+                factor=training.lr_reduce_factor,
+                patience=training.lr_reduce_patience,
+                min_lr=training.min_learning_rate,
+                min_delta=0.0,
+            )
+        )
     if checkpoint_dir is not None:
         # Saves the model, optimizer and epoch counter each epoch; a rerun with the same folder resumes.
         callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True))
@@ -137,6 +148,9 @@ def _callbacks(
     class _Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = {k: float(v) for k, v in (logs or {}).items()}
+            logs.setdefault(
+                "learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            )
             log.info(
                 "epoch %d/%d %s",
                 epoch + 1,
