@@ -28,7 +28,7 @@ def evaluate(
         test_set: the evaluation frame (newest events).
         metrics: the candidate's metrics (AUC, GAUC, logloss, ECE, ...), shown in the KFP UI.
         curves: ROC curve and confusion matrix at 0.5.
-        report: Markdown: candidate vs production, slices, blessing checks.
+        report: Markdown: candidate vs production, blessing checks, feature attributions, slices.
         blessing: JSON with the candidate and production metrics and the blessing decision.
     """
     import gc
@@ -59,6 +59,15 @@ def evaluate(
             test.assign(score=predict_saved_model(repo.path(production_version), test)), **known
         )
     decision = bless(candidate.metrics, production.metrics if production else None, settings.blessing)
+    # Which raw inputs the candidate relies on: permutation importance on AUC over (up to) 5,000 rows.
+    from freshrec.model.explain import permutation_importance, render_markdown, saved_model_predictor
+    from freshrec.model.export import load_spec
+
+    spec = load_spec(model.path)
+    explanation = permutation_importance(
+        saved_model_predictor(model.path), test, spec.input_names, spec.label, repeats=2, max_rows=5000
+    )
+    explanation.slices = candidate.to_dict()["slices"]
 
     for name, value in candidate.metrics.items():
         metrics.log_metric(name, float(value))
@@ -77,6 +86,7 @@ def evaluate(
         "production": production.metrics if production else None,
         "slices": candidate.slices,
         "blessing": decision.to_dict(),
+        "explanation": explanation.to_dict(),
     }
     with open(blessing.path, "w") as f:
         json.dump(summary, f, indent=2, default=float)
@@ -100,6 +110,8 @@ def evaluate(
                     *reasons,
                     "",
                     *rows,
+                    "",
+                    render_markdown(explanation),
                 ]
             )
             + "\n"

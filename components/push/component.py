@@ -45,6 +45,8 @@ def push(
         "parent": None if parent in (None, -1) else int(parent),
         "data_window": {key: train_set.metadata.get(key) for key in ("start", "end", "rows")},
         "source": "continuous_training",
+        # feature attributions + slices on the evaluation window (freshrec.model.explain), for the report
+        "explanation": evaluation.get("explanation"),
     }
     from freshrec.model.references import ReferenceStore
 

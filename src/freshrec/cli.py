@@ -40,6 +40,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("run", "freshrec.loop.cli", "run"),
     ("train", "freshrec.model.cli", "train"),
     ("evaluate", "freshrec.model.cli", "evaluate"),
+    ("explain", "freshrec.model.explain_cli", "explain"),
     ("serve", "freshrec.serving.cli", "serve"),
     ("online", "freshrec.online.cli", "online"),
     ("rehearse", "freshrec.cluster.rehearsal", "rehearse"),

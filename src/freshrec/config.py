@@ -41,6 +41,24 @@ class DataSettings(BaseModel):
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
 
 
+class StreamFeatureSettings(BaseModel):
+    """The stream feature job (``freshrec features stream``, :mod:`freshrec.features.stream`)."""
+
+    # micro-batches: at most this many events, written at most max_batch_s after the first one arrived
+    max_batch_events: int = Field(default=2000, ge=1)
+    max_batch_s: float = Field(default=0.2, ge=0.0)
+    idle_poll_s: float = Field(default=0.5, ge=0.0)
+    # positions are committed only with a checkpoint (state + seen ids), at most this often
+    checkpoint_every_s: float = Field(default=1.0, ge=0.0)
+    report_every_s: float = Field(default=10.0, gt=0.0)
+    metrics_textfile: bool = True
+    seen_ids_capacity: int = 1_000_000
+    future_tolerance_s: float = 300.0
+    # Redis Streams: the job's own consumer group (the learner has its own), same stream as online.stream
+    group: str = "freshrec-features"
+    consumer: str = "features-1"
+
+
 class FeatureSettings(BaseModel):
     """Feast repository and online store."""
 
@@ -58,6 +76,7 @@ class FeatureSettings(BaseModel):
     # strictly-earlier join computed from the event log and profile tables in-process; a parity test keeps
     # the two equal). Feast's file offline store needs ~100x the time on MovieLens, so local runs use pandas.
     training_set_engine: Literal["feast", "pandas"] = "pandas"
+    stream: StreamFeatureSettings = Field(default_factory=StreamFeatureSettings)
 
 
 class ModelSettings(BaseModel):
@@ -356,8 +375,16 @@ class OnlineSettings(BaseModel):
     guard_reference_size: int = 2000
     prequential_window: int = 5000
     consumer: str = "learner-1"
-    # Pending entries of a dead consumer idle this long are claimed by a live one (XAUTOCLAIM).
+    # Pending entries of a dead consumer idle this long are claimed by a live one (XAUTOCLAIM), in a sweep
+    # repeated every claim_interval_s while running (not only at start-up).
     claim_min_idle_ms: int = 30_000
+    claim_interval_s: float = 10.0
+    # Entries that cannot become an event (not UTF-8, a required field missing, over max_entry_bytes) or
+    # that were delivered more than max_deliveries times (a poison that kills its consumer) go, with their
+    # reason, to the dead-letter stream (default "<stream>:dead") instead of being retried forever.
+    dead_letter_stream: str | None = None
+    max_deliveries: int = 5
+    max_entry_bytes: int = 65_536
     seen_ids_capacity: int = 1_000_000
     checkpoint_every_batches: int = 1
     epochs_per_batch: int = 1

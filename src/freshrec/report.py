@@ -50,6 +50,8 @@ class RunRecord:
     latency_ms: dict[str, list[float]] = field(default_factory=dict)
     versions: list[dict[str, Any]] = field(default_factory=list)
     links: list[dict[str, str]] = field(default_factory=list)
+    # Feature attributions + slice metrics per explained version (freshrec.model.explain.Explanation.to_dict).
+    explanations: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
@@ -198,6 +200,7 @@ def render(record: RunRecord, out_dir: Path) -> Path:
     record.save(out_dir / "run.json")
     plots = _plots(record, out_dir)
     e = html.escape
+    from freshrec.model.explain import render_html as render_explanations
 
     def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         if not rows:
@@ -271,6 +274,7 @@ calibrated on the training window's own window-to-window variation.</p>
 <h2>Latency</h2>{figure("latency", "feature lookup and serving latency")}
 {table(lat_rows, ["what", "n", "p50 ms", "p99 ms"])}
 <h2>Model versions</h2>{table(record.versions, ["version", "source", "label", "auc", "logloss", "created_at"])}
+<h2>Explanations</h2>{render_explanations(record.explanations)}
 <h2>Artifacts</h2><ul>{links or "<li class='muted'>none</li>"}</ul>
 <h2>Options</h2><pre>{e(json.dumps(record.options, indent=2, default=str))}</pre>
 </body></html>

@@ -1,7 +1,8 @@
 """The event sink as the cluster runs it: ``freshrec data sink`` on a real Redis stream into a real event log.
 
 Good entries reach the event log once (a redelivery after a crash adds nothing), bad ones the quarantine
-with their reasons, and every entry of the sink's group is acknowledged.
+with their reasons (or, for entries that are no event at all, the dead-letter stream), and every entry of
+the sink's group is acknowledged.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def test_sink_appends_the_stream_to_the_event_log(settings, redis_url, tmp_path)
     client = redis.Redis.from_url(redis_url)
     try:
         publish_events(client, stream, _events(300))
-        client.xadd(stream, {"event_id": "bad-1", "user_id": "u1", "item_id": "i1", "label": "7"})
+        now = pd.Timestamp.now(tz="UTC").isoformat()
+        client.xadd(
+            stream,
+            {"event_id": "bad-1", "event_timestamp": now, "user_id": "u1", "item_id": "i1", "label": "7"},
+        )
+        # Not an event at all (no timestamp field): set aside in the dead-letter stream by the source.
+        client.xadd(stream, {"event_id": "bad-2", "user_id": "u1", "item_id": "i1", "label": "1"})
         publish_events(client, stream, _events(50, start=250))  # 50 redeliveries of ids already sent
         heartbeat = tmp_path / "heartbeat"
         env = {
@@ -73,11 +80,15 @@ def test_sink_appends_the_stream_to_the_event_log(settings, redis_url, tmp_path)
         assert sorted(events["event_id"]) == sorted(f"e{i}" for i in range(300)), out
         quarantined = pd.concat(pd.read_parquet(p) for p in settings.quarantine_dir.rglob("*.parquet"))
         reasons = dict(zip(quarantined["event_id"], quarantined["reasons"], strict=True))
-        assert reasons.pop("bad-1")  # no timestamp, label 7: rejected with its reasons
+        assert reasons.pop("bad-1") == "label_not_binary"
+        ((_, dead),) = client.xrange(f"{stream}:dead")
+        assert (
+            dead[b"event_id"] == b"bad-2" and dead[b"_dead_reason"] == b"entry_missing_field:event_timestamp"
+        )
         # Ids sent twice in one batch are the validator's duplicates; across batches the log drops them.
         assert set(reasons) == {f"e{i}" for i in range(250, 300)}
         assert {r for r in reasons.values()} == {"event_id_duplicate"}
         assert client.xpending(stream, "freshrec-eventlog")["pending"] == 0
         assert "351 received, 300 appended" in " ".join(out.split()), out
     finally:
-        client.delete(stream)
+        client.delete(stream, f"{stream}:dead")

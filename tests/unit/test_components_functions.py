@@ -338,6 +338,7 @@ def test_train_evaluate_infra_check_push(chain, tmp_path):
     from freshrec.components.infra_check.component import infra_check
     from freshrec.components.push.component import push
     from freshrec.components.train.component import train
+    from freshrec.model.export import load_spec
     from freshrec.model.repository import ModelRepository
 
     s, splits = chain["settings"], chain["splits"]
@@ -361,7 +362,12 @@ def test_train_evaluate_infra_check_push(chain, tmp_path):
     saved = json.loads(Path(outs["blessing"].path).read_text())
     assert saved["blessing"]["blessed"] is result.blessed and saved["production_version"] is None
     assert "Candidate vs production" in Path(outs["report"].path).read_text()
+    # The evaluation artefact explains the candidate: every raw input attributed, slices beside them.
+    assert len(saved["explanation"]["features"]) == len(load_spec(model.path).input_names)
+    assert "Permutation importance on AUC" in Path(outs["report"].path).read_text()
 
     assert infra_check(model, splits["test"], _art(Metrics, tmp_path / "im")) is True
     version = push(str(s.workdir), _settings_json(s), model, outs["blessing"], splits["train"], True)
     assert ModelRepository(s.models_dir, s.model.name).versions() == [version]
+    explained = ModelRepository(s.models_dir, s.model.name).metadata(version)["explanation"]
+    assert explained["features"] == saved["explanation"]["features"]

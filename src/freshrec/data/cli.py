@@ -324,9 +324,7 @@ def sink_cmd(
 
     settings: Settings = ctx.obj
     cfg = settings.online
-    source = RedisStreamSource.from_url(
-        cfg.redis_url, cfg.stream, group, consumer or socket.gethostname(), cfg.claim_min_idle_ms
-    )
+    source = RedisStreamSource.from_settings(cfg, group=group, consumer=consumer or socket.gethostname())
     stopped = {"flag": False}
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopped.update(flag=True))

@@ -11,13 +11,15 @@ in ``Dataset.truth`` so tests can check what a model or a drift detector should 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from freshrec.data.datasets import Dataset, load_description
+from freshrec.data.datasets import Dataset, load_description, split_cuts
 
 GENRES = [
     "Action",
@@ -291,3 +293,135 @@ def _item_profiles(
         [rng.integers(1950, drift.year, size=n_old), np.full(n - n_old, drift.year)]
     ).astype(np.int64)
     return pd.DataFrame({"item_id": item_ids, "item_genres": genres, "item_year": year})
+
+
+# ------------------------------------------------------------------------------------ context CTR (FM truth)
+
+CONTEXT_FIELDS = {"device": 4, "slot": 6, "hour": 24}  # context field -> number of values
+CONTEXT_SPLITS = ("train", "valid", "test")
+
+
+class ContextConfig(BaseModel):
+    """Parameters of :func:`generate_context`, a random-split CTR log with context fields per event.
+
+    The click logit is a factorisation machine over the user, the item and each context field:
+    ``bias + w_u + w_i + sum_c w_c + <v_u, v_i> + sum_c (<v_u, v_c> + <v_i, v_c>)`` (no context x context
+    term). ``interaction_scale`` scales every factor product, so it sets how much the crosses matter
+    (what a logistic regression over the same fields cannot learn).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    n_users: int = 400
+    n_items: int = 200
+    n_events: int = 150_000
+    context_fields: dict[str, int] = Field(default_factory=lambda: dict(CONTEXT_FIELDS))
+    factor_dim: int = 4
+    interaction_scale: float = 1.0
+    first_order_scale: float = 0.5
+    base_ctr: float = 0.25
+    popularity_exponent: float = 0.6  # Zipf exponent of user activity and item popularity
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ContextConfig:
+        if min(self.n_users, self.n_items, self.n_events, self.factor_dim) < 1:
+            raise ValueError("n_users, n_items, n_events and factor_dim must be >= 1")
+        if not self.context_fields or min(self.context_fields.values()) < 1:
+            raise ValueError("context_fields needs at least one field, each with >= 1 value")
+        if not 0 < self.base_ctr < 1:
+            raise ValueError(f"base_ctr must be in (0, 1), got {self.base_ctr}")
+        if min(self.split_fractions) <= 0 or abs(sum(self.split_fractions) - 1) > 1e-9:
+            raise ValueError(f"split_fractions must be positive and sum to 1, got {self.split_fractions}")
+        return self
+
+
+@dataclass
+class ContextData:
+    """What :func:`generate_context` drew: the raw event table per split and the truth behind it.
+
+    ``splits[name]`` has the raw columns a description reads (``impression``, ``user``, ``item``, one
+    column per context field, ``clicked``); ``p_click[name]`` is the true click probability of each of
+    its rows (same order), ``factors`` the drawn FM parameters.
+    """
+
+    config: ContextConfig
+    splits: dict[str, pd.DataFrame]
+    p_click: dict[str, np.ndarray]
+    factors: dict[str, np.ndarray]
+    bias: float
+
+    def write(self, folder: Path | str) -> dict[str, Path]:
+        """Write ``train.parquet``, ``valid.parquet`` and ``test.parquet`` into ``folder`` (atomically)."""
+        from freshrec.io import atomic_write_parquet
+
+        return {
+            name: atomic_write_parquet(frame, Path(folder) / f"{name}.parquet")
+            for name, frame in self.splits.items()
+        }
+
+    def oracle(self, split: str = "test") -> pd.Series:
+        """The true click probability by event id (``{impression}``) of one split."""
+        frame = self.splits[split]
+        return pd.Series(self.p_click[split], index=frame["impression"].to_numpy(), name="p_click")
+
+
+def generate_context(config: ContextConfig | None = None, **overrides: object) -> ContextData:
+    """Draw a seeded random-split CTR log whose labels follow a known factorisation machine.
+
+    Users and items are drawn Zipf-weighted, each context field uniformly; the label is a Bernoulli draw
+    of the FM probability; rows are shuffled and cut into train/valid/test by ``split_fractions``
+    (cut points as :func:`freshrec.data.datasets.split_cuts` rounds them). Everything is reproducible from ``seed``.
+    """
+    cfg = config or ContextConfig()
+    if overrides:
+        cfg = ContextConfig.model_validate({**cfg.model_dump(), **overrides})
+    rng = np.random.default_rng(cfg.seed)
+    k, n = cfg.factor_dim, cfg.n_events
+    sizes = {"user": cfg.n_users, "item": cfg.n_items, **cfg.context_fields}
+    # Factors ~ N(0, 1/sqrt(k)) so that a product of two has unit variance before interaction_scale.
+    w = {f: cfg.first_order_scale * rng.normal(size=m) for f, m in sizes.items()}
+    v = {f: rng.normal(size=(m, k)) / np.sqrt(np.sqrt(k)) for f, m in sizes.items()}
+
+    def zipf(m: int) -> np.ndarray:
+        p = 1.0 / np.arange(1, m + 1) ** cfg.popularity_exponent
+        return (p / p.sum())[rng.permutation(m)]
+
+    idx = {
+        "user": rng.choice(cfg.n_users, size=n, p=zipf(cfg.n_users)),
+        "item": rng.choice(cfg.n_items, size=n, p=zipf(cfg.n_items)),
+        **{f: rng.integers(0, m, size=n) for f, m in cfg.context_fields.items()},
+    }
+    raw = sum(w[f][idx[f]] for f in sizes)
+    vu, vi = v["user"][idx["user"]], v["item"][idx["item"]]
+    cross = np.einsum("nk,nk->n", vu, vi)
+    for f in cfg.context_fields:
+        vc = v[f][idx[f]]
+        cross = cross + np.einsum("nk,nk->n", vu, vc) + np.einsum("nk,nk->n", vi, vc)
+    raw = raw + cfg.interaction_scale * cross
+    bias = _solve_bias(raw, cfg.base_ctr)
+    p_click = _sigmoid(raw + bias)
+    clicked = (rng.random(n) < p_click).astype(np.int64)
+
+    frame = pd.DataFrame(
+        {
+            "impression": np.array([f"ctx{cfg.seed}-{j:08d}" for j in range(n)], dtype=object),
+            "user": np.array([f"u{j}" for j in idx["user"]], dtype=object),
+            "item": np.array([f"i{j}" for j in idx["item"]], dtype=object),
+            **{f: np.array([f"{f}{j}" for j in idx[f]], dtype=object) for f in cfg.context_fields},
+            "clicked": clicked,
+        }
+    )
+    order = rng.permutation(n)
+    parts = {
+        name: order[start:stop]
+        for name, (start, stop) in zip(CONTEXT_SPLITS, split_cuts(n, cfg.split_fractions), strict=True)
+    }
+    return ContextData(
+        config=cfg,
+        splits={s: frame.iloc[rows].reset_index(drop=True) for s, rows in parts.items()},
+        p_click={s: p_click[rows] for s, rows in parts.items()},
+        factors={**{f"w_{f}": w[f] for f in sizes}, **{f"v_{f}": v[f] for f in sizes}},
+        bias=bias,
+    )

@@ -27,9 +27,12 @@ Everything is vectorised: events are sorted by (entity, time) once and every win
 
 from __future__ import annotations
 
+import zipfile
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -249,22 +252,33 @@ class ActivityState:
         ts = _ts_ns(events["event_timestamp"])
         labels = events["label"].to_numpy().astype(np.int64)
         order = np.argsort(ts, kind="stable")
+        ts_sorted = ts[order]
+        lab_sorted = labels[order]
         for entity in ("user", "item"):
             ids = events[f"{entity}_id"].astype(str).to_numpy()[order]
-            frame = pd.DataFrame({"id": ids, "ts": ts[order], "label": labels[order]})
+            vocab, codes = np.unique(ids, return_inverse=True)
+            by_id = np.argsort(codes, kind="stable")  # grouped by id, time order kept inside a group
+            bounds = np.flatnonzero(np.diff(codes[by_id])) + 1
+            starts = np.concatenate([[0], bounds]).tolist()
+            ends = np.concatenate([bounds, [len(by_id)]]).tolist()
+            g_ts = ts_sorted[by_id].tolist()
+            g_lab = lab_sorted[by_id].tolist()
+            g_codes = codes[by_id]
+            g_clicks = np.add.reduceat(lab_sorted[by_id], starts).tolist() if len(by_id) else []
             states = self._states[entity]
             # one Python step per entity in the batch (not per event): the deque is extended in bulk
-            for eid, grp in frame.groupby("id", sort=False):
+            for k, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+                eid = str(vocab[g_codes[lo]])
                 st = states.get(eid)
                 if st is None:
                     st = states[eid] = _EntityState()
-                pairs = list(zip(grp["ts"].tolist(), grp["label"].tolist(), strict=True))
+                pairs = list(zip(g_ts[lo:hi], g_lab[lo:hi], strict=True))
                 if st.recent and pairs[0][0] < st.recent[-1][0]:
                     st.recent = deque(sorted([*st.recent, *pairs]))
                 else:
                     st.recent.extend(pairs)
                 st.total += len(pairs)
-                st.clicks += int(grp["label"].sum())
+                st.clicks += int(g_clicks[k])
                 # keep 2 x 30 days so that queries up to 30 days before the newest event stay exact
                 horizon = st.recent[-1][0] - 2 * WINDOWS_DAYS[-1] * _NS_PER_DAY
                 while st.recent and st.recent[0][0] < horizon:
@@ -278,35 +292,59 @@ class ActivityState:
         q_all = _as_of_ns(as_of, len(ids_list))
         states = self._states[entity]
         defaults = activity_defaults(entity)
-        cols: dict[str, list[float]] = {name: [] for name in defaults}
-        for eid, q in zip(ids_list, q_all.tolist(), strict=True):
-            st = states.get(eid)
-            if st is None or st.total == 0:
-                for name, value in defaults.items():
-                    cols[name].append(value)
-                continue
-            rts = np.fromiter((p[0] for p in st.recent), dtype=np.int64, count=len(st.recent))
-            rlab = np.fromiter((p[1] for p in st.recent), dtype=np.int64, count=len(st.recent))
-            before = rts < q
-            later = int((~before).sum())
-            total = st.total - later
-            total_clicks = st.clicks - int(rlab[~before].sum())
+        n = len(ids_list)
+        sts = [states.get(eid) for eid in ids_list]
+        have = np.asarray([st is not None and st.total > 0 for st in sts], dtype=bool)
+        cols: dict[str, np.ndarray] = {
+            name: np.full(n, value, dtype=np.float64) for name, value in defaults.items()
+        }
+        rows = np.flatnonzero(have)
+        if len(rows):
+            # every known id's recent (time, label) pairs, concatenated; segment k belongs to rows[k]
+            known = [sts[r] for r in rows.tolist()]
+            lengths = np.asarray([len(st.recent) for st in known], dtype=np.int64)
+            size = int(lengths.sum())
+            rts = np.fromiter((p[0] for st in known for p in st.recent), dtype=np.int64, count=size)
+            rlab = np.fromiter((p[1] for st in known for p in st.recent), dtype=np.float64, count=size)
+            seg = np.repeat(np.arange(len(rows)), lengths)
+            q = q_all[rows]
+            qs = q[seg]
+            before = rts < qs
+            k = len(rows)
+
+            def per_segment(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+                w = mask.astype(np.float64) if weights is None else np.where(mask, weights, 0.0)
+                return np.bincount(seg, weights=w, minlength=k)
+
+            n_before = per_segment(before)
+            later = lengths - n_before
+            totals = np.asarray([st.total for st in known], dtype=np.float64) - later
+            clicks_later = per_segment(~before, rlab)
+            total_clicks = np.asarray([st.clicks for st in known], dtype=np.float64) - clicks_later
             for days in WINDOWS_DAYS:
-                in_win = before & (rts >= q - days * _NS_PER_DAY)
-                n = float(in_win.sum())
-                cols[f"{entity}_events_{days}d"].append(n)
+                in_win = before & (rts >= qs - days * _NS_PER_DAY)
+                count = per_segment(in_win)
+                cols[f"{entity}_events_{days}d"][rows] = count
                 if days == WINDOWS_DAYS[-1]:
-                    cols[f"{entity}_ctr_30d"].append(float(_smoothed_ctr(float(rlab[in_win].sum()), n)))
-            cols[f"{entity}_events_total"].append(float(total))
-            cols[f"{entity}_ctr_total"].append(float(_smoothed_ctr(float(total_clicks), float(total))))
-            prev = int(rts[before].max()) if before.any() else st.last_dropped_ns
-            hours = (
-                HOURS_SINCE_LAST_CAP if prev is None else min((q - prev) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
+                    cols[f"{entity}_ctr_30d"][rows] = _smoothed_ctr(per_segment(in_win, rlab), count)
+            cols[f"{entity}_events_total"][rows] = totals
+            cols[f"{entity}_ctr_total"][rows] = _smoothed_ctr(total_clicks, totals)
+            # recent is time-ordered: the events before q are a prefix; the newest of them is its last
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            nb = n_before.astype(np.int64)
+            last_idx = np.maximum(starts + nb - 1, 0)
+            prev_recent = rts[last_idx] if size else np.zeros(k, dtype=np.int64)
+            dropped = np.asarray(
+                [-1 if st.last_dropped_ns is None else st.last_dropped_ns for st in known], dtype=np.int64
             )
-            cols[f"{entity}_hours_since_last"].append(hours)
+            has_dropped = np.asarray([st.last_dropped_ns is not None for st in known], dtype=bool)
+            prev = np.where(nb > 0, prev_recent, dropped)
+            has_prev = (nb > 0) | has_dropped
+            hours = np.where(has_prev, (q - prev) / _NS_PER_HOUR, HOURS_SINCE_LAST_CAP)
+            cols[f"{entity}_hours_since_last"][rows] = np.minimum(hours, HOURS_SINCE_LAST_CAP)
         frame = pd.DataFrame({f"{entity}_id": ids_list})
         for name in defaults:
-            frame[name] = np.asarray(cols[name], dtype=np.float64).astype(ACTIVITY_DTYPE)
+            frame[name] = cols[name].astype(ACTIVITY_DTYPE)
         frame["event_timestamp"] = pd.to_datetime(q_all, utc=True)
         return frame
 
@@ -317,3 +355,105 @@ class ActivityState:
     def item_rows(self, ids: Iterable[str], as_of: pd.Timestamp | pd.Series | np.ndarray) -> pd.DataFrame:
         """``item_id``, ``ITEM_ACTIVITY`` and ``event_timestamp`` (= as_of) per id, from events before as_of."""
         return self._rows("item", ids, as_of)
+
+    def newest_ns(self, entity: str, ids: Iterable[str]) -> np.ndarray:
+        """Time (int64 ns) of each id's newest event; ``-1`` for an id with none."""
+        states = self._states[entity]
+        out = []
+        for eid in ids:
+            st = states.get(str(eid))
+            if st is None or not st.recent:
+                out.append(-1 if st is None or st.last_dropped_ns is None else st.last_dropped_ns)
+            else:
+                out.append(st.recent[-1][0])
+        return np.asarray(out, dtype=np.int64)
+
+    def tail_rows(self, entity: str, ids: Iterable[str]) -> pd.DataFrame:
+        """Rows of ``ids`` as of just after each one's newest event (``newest + TAIL_OFFSET``).
+
+        These are exactly :func:`compute_activity`'s tail rows (what the online store should serve) on the
+        same events; ids with no events are left out.
+        """
+        ids_list = [str(i) for i in ids]
+        newest = self.newest_ns(entity, ids_list)
+        keep = newest >= 0
+        kept = [i for i, k in zip(ids_list, keep.tolist(), strict=True) if k]
+        return self._rows(entity, kept, newest[keep] + TAIL_OFFSET.value)
+
+    # -------------------------------------------------------------------------------- checkpoint (no pickle)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The whole state as plain arrays (for ``numpy.savez``; :meth:`from_arrays` reads them back)."""
+        out: dict[str, np.ndarray] = {"events_seen": np.asarray([self.events_seen], dtype=np.int64)}
+        for entity, states in self._states.items():
+            ids = list(states)
+            sts = [states[i] for i in ids]
+            out[f"{entity}_ids"] = np.asarray(ids, dtype=str)
+            out[f"{entity}_total"] = np.asarray([s.total for s in sts], dtype=np.int64)
+            out[f"{entity}_clicks"] = np.asarray([s.clicks for s in sts], dtype=np.int64)
+            dropped = [s.last_dropped_ns for s in sts]
+            out[f"{entity}_has_dropped"] = np.asarray([d is not None for d in dropped], dtype=bool)
+            out[f"{entity}_dropped"] = np.asarray([0 if d is None else d for d in dropped], dtype=np.int64)
+            out[f"{entity}_lengths"] = np.asarray([len(s.recent) for s in sts], dtype=np.int64)
+            out[f"{entity}_recent_ts"] = np.fromiter((p[0] for s in sts for p in s.recent), dtype=np.int64)
+            out[f"{entity}_recent_label"] = np.fromiter((p[1] for s in sts for p in s.recent), dtype=np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> ActivityState:
+        """The state :meth:`to_arrays` wrote (a dict or an open ``.npz``)."""
+        state = cls()
+        state.events_seen = int(np.asarray(arrays["events_seen"])[0])
+        for entity in ("user", "item"):
+            ids = np.asarray(arrays[f"{entity}_ids"]).astype(str).tolist()
+            total = np.asarray(arrays[f"{entity}_total"]).tolist()
+            clicks = np.asarray(arrays[f"{entity}_clicks"]).tolist()
+            has_dropped = np.asarray(arrays[f"{entity}_has_dropped"]).tolist()
+            dropped = np.asarray(arrays[f"{entity}_dropped"]).tolist()
+            lengths = np.asarray(arrays[f"{entity}_lengths"])
+            ts = np.asarray(arrays[f"{entity}_recent_ts"]).tolist()
+            labels = np.asarray(arrays[f"{entity}_recent_label"]).tolist()
+            if not (len(ids) == len(total) == len(lengths) and int(lengths.sum()) == len(ts) == len(labels)):
+                raise ValueError(f"activity state arrays for {entity!r} are inconsistent")
+            ends = np.cumsum(lengths).tolist()
+            start = 0
+            states = state._states[entity]
+            for k, eid in enumerate(ids):
+                end = ends[k]
+                states[eid] = _EntityState(
+                    recent=deque(zip(ts[start:end], labels[start:end], strict=True)),
+                    total=int(total[k]),
+                    clicks=int(clicks[k]),
+                    last_dropped_ns=int(dropped[k]) if has_dropped[k] else None,
+                )
+                start = end
+        return state
+
+    def save(self, path: Path | str) -> Path:
+        """Write the state to ``path`` (``.npz``, atomically; no pickle)."""
+        from freshrec.io import atomic_path
+
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **self.to_arrays())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> ActivityState:
+        """The state :meth:`save` wrote.
+
+        Raises:
+            ValueError: ``path`` is not such a state (not an npz, object arrays, missing or inconsistent
+                arrays); ``allow_pickle=False`` means loading never runs code.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls.from_arrays(data)
+        except (
+            KeyError,
+            IndexError,
+            ValueError,
+            UnicodeDecodeError,
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
+            raise ValueError(f"{path} is not an activity state file: {exc}") from exc

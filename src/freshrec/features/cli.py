@@ -177,3 +177,80 @@ def lookup_cmd(
         table.add_row(col, *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in values])
     console.print(table)
     console.print(f"lookup took {ms:.1f} ms")
+
+
+@app.command("stream")
+def stream_cmd(
+    ctx: typer.Context,
+    source: str = typer.Option(
+        None,
+        "--source",
+        help="eventlog (follow the event log) or redis (Redis Streams). Default: online.source.",
+    ),
+    until_idle: bool = typer.Option(False, "--until-idle", help="Stop once the source has nothing new."),
+    max_events: int | None = typer.Option(None, "--max-events", min=1, help="Stop after this many events."),
+    max_batch_events: int | None = typer.Option(
+        None, "--max-batch-events", min=1, help="Micro-batch size bound."
+    ),
+    max_batch_s: float | None = typer.Option(
+        None, "--max-batch-s", min=0.0, help="Micro-batch time bound (s)."
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Serve Prometheus metrics on this port (0.0.0.0)."
+    ),
+) -> None:
+    """Follow the event stream; keep user/item activity state; write changed rows to the online store.
+
+    Exactly once with respect to stream positions (checkpoint under <state_dir>/features_stream); Ctrl-C or
+    SIGTERM checkpoints and stops. Freshness (event in → row readable) is exported as
+    freshrec_stream_features_freshness_seconds.
+    """
+    import signal
+
+    from freshrec.features import stream
+
+    settings: Settings = ctx.obj
+    _quiet_feast()
+    knobs = {
+        k: v
+        for k, v in {"max_batch_events": max_batch_events, "max_batch_s": max_batch_s}.items()
+        if v is not None
+    }
+    if knobs:
+        features = settings.features.model_copy(
+            update={"stream": settings.features.stream.model_copy(update=knobs)}
+        )
+        settings = settings.model_copy(update={"features": features})
+    if source is not None and source not in ("eventlog", "redis"):
+        _fail(ValueError(f"--source must be 'eventlog' or 'redis', got {source!r}"))
+    try:
+        job = stream.build_stream_job(settings, source)
+    except stream.StreamJobError as exc:
+        _fail(exc)
+    except Exception as exc:  # a Redis that does not answer, a registry Feast cannot read
+        _fail(ValueError(f"cannot start the stream feature job: {exc}"))
+    job.say = lambda line: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}")
+    if metrics_port is not None:
+        from freshrec.monitoring.prometheus import serve
+
+        serve(job.metrics.registry, metrics_port, addr="0.0.0.0")
+        console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics")
+    stopping = {"now": False}
+
+    def stop(signum, frame):  # type: ignore[no-untyped-def]
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    kind = source or settings.online.source
+    console.print(
+        f"stream features: following {kind}, writing to the {settings.features.environment} online store "
+        f"(batches ≤ {job.cfg.max_batch_events} events / {job.cfg.max_batch_s} s); resumed at "
+        f"{job.stats.accepted:,} events"
+    )
+    try:
+        job.run(until=lambda: stopping["now"], until_idle=until_idle, max_events=max_events)
+    except KeyboardInterrupt:
+        console.print("interrupted: checkpointed, stopping")
+    except Exception as exc:  # a store or source failure: the checkpoint holds what was committed
+        _fail(ValueError(f"stream feature job stopped: {exc} (restart resumes from the last checkpoint)"))
+    console.print(f"done: {job.progress_line()}")

@@ -800,6 +800,8 @@ class Loop:
                 "created_at": meta.get("created_at"),
             }
         )
+        if meta.get("explanation"):  # the evaluate step's feature attributions (freshrec.model.explain)
+            self.record.explanations.append({**meta["explanation"], "version": version})
 
     def _shutdown(self) -> None:
         if self._job is not None:  # stopped mid-replay: the background pipeline goes too

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from freshrec.config import Settings
+from freshrec.model.compress_cli import compress
 
 app = typer.Typer(
     help="The model repository: list versions, show one, move the stable/canary labels.", no_args_is_help=True
@@ -161,6 +162,9 @@ def evaluate(
     console.print(slices)
     verdict = bless(candidate.metrics, production, settings.blessing)
     console.print(f"blessed: {verdict.blessed} — " + "; ".join(verdict.reasons))
+
+
+app.command("compress")(compress)
 
 
 @app.command("list")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import shutil
 import time
 import uuid
@@ -45,6 +44,7 @@ from freshrec.online.sources import Batch, EventSource, SeenIds
 log = logging.getLogger(__name__)
 
 CHECKPOINT_POINTER = "CURRENT"
+ACTIVITY_FILE = "activity.npz"
 
 
 @dataclass
@@ -327,6 +327,7 @@ class OnlineLearner:
         self._learned_since_export = 0
         self._newest_entered_at: float | None = None
         self._checkpoint_seq = 0
+        self.activity_restored = False  # whether restore() brought the activity state back
         self.trainer = Trainer(self.model, settings)
         if self.serving_model is None:
             from freshrec.model.builder import build_model
@@ -431,7 +432,10 @@ class OnlineLearner:
         self.serving_metrics.update(y, serv, first, last)
         self._window.add(y, cand, serv)
         self.totals.scored += len(frame)
-        self.totals.newest_event_time = last
+        # The newest time seen, not the last: a late redelivery must not move it backwards.
+        self.totals.newest_event_time = _newest(
+            self.totals.newest_event_time, events["event_timestamp"].max()
+        )
         return {"batch_logloss": rec.logloss, "window_auc": rec.window_auc, "learned": learned}
 
     def _train(self, frame: pd.DataFrame) -> int:
@@ -456,7 +460,9 @@ class OnlineLearner:
         """Book-keeping for rows just learned (totals, export counter, the guard's reference rows)."""
         self.totals.learned += len(ready)
         self._learned_since_export += len(ready)
-        self.totals.newest_learned_time = str(ready["event_timestamp"].max())
+        self.totals.newest_learned_time = _newest(
+            self.totals.newest_learned_time, ready["event_timestamp"].max()
+        )
         self._recent_learned.append(ready)
         # Bounded: only the newest guard_reference_size learned rows are kept for the next reference set.
         while sum(len(f) for f in self._recent_learned[1:]) >= self.settings.guard_reference_size:
@@ -638,9 +644,7 @@ class OnlineLearner:
             self.buffer.to_parquet(tmp / "buffer.parquet", index=False)
         activity = getattr(self.featurizer, "activity", None)
         if activity is not None:
-            # The activity state is plain Python (dicts of deques); pickle is the faithful way to keep it.
-            with open(tmp / "activity.pkl", "wb") as fh:
-                pickle.dump(activity, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            activity.save(tmp / ACTIVITY_FILE)  # plain arrays: loading it never runs code (no pickle)
         state = {
             "totals": asdict(self.totals),
             "serving_version": self.serving_version,
@@ -679,10 +683,19 @@ class OnlineLearner:
         self.seen = SeenIds(
             self.settings.seen_ids_capacity, pd.read_parquet(path / "seen.parquet")["event_id"].tolist()
         )
-        act = path / "activity.pkl"
+        self.activity_restored = False
+        act = path / ACTIVITY_FILE
         if act.is_file() and hasattr(self.featurizer, "activity"):
-            with open(act, "rb") as fh:
-                self.featurizer.activity = pickle.load(fh)  # our own checkpoint file
+            from freshrec.features.activity import ActivityState
+
+            self.featurizer.activity = ActivityState.load(act)
+            self.activity_restored = True
+        elif (path / "activity.pkl").is_file():
+            # A checkpoint of an older learner: a pickle would run whatever code the file holds, so it is
+            # never loaded; the activity state is rebuilt from the event log instead (build_learner).
+            log.warning(
+                "checkpoint %s keeps its activity state as a pickle: not loaded, rebuilt from events", path
+            )
         buf = path / "buffer.parquet"
         self.buffer = pd.read_parquet(buf) if buf.is_file() else pd.DataFrame()
         self.totals = Totals(**state["totals"])
@@ -709,6 +722,19 @@ class OnlineLearner:
             "batches": [r.to_dict() for r in self.metrics.records[-500:]],
             "exports": [asdict(e) for e in self.exports],
         }
+
+
+def _newest(current: str | None, candidate: Any) -> str | None:
+    """The later of a stored time (as text) and ``candidate`` (NaT/None keeps ``current``)."""
+    if candidate is None or pd.isna(candidate):
+        return current
+    candidate = pd.Timestamp(candidate)
+    try:
+        if current is not None and pd.Timestamp(current) >= candidate:
+            return current
+    except (TypeError, ValueError):  # an unreadable or tz-naive stored value: the new one replaces it
+        pass
+    return str(candidate)
 
 
 def _finite(x: float) -> float | None:
@@ -830,7 +856,7 @@ def build_learner(
     elif restored and learner.serving_version is not None:
         learner.serving_model.set_weights(load_keras_model(repo.path(learner.serving_version)).get_weights())
         learner._good_weights = learner.serving_model.get_weights()
-    if not restored:
+    if not restored or not learner.activity_restored:
         if history is None:
             from freshrec.data.eventlog import EventLog
 

@@ -221,36 +221,129 @@ def stream_entries_frame(entries: Iterable[tuple[str, dict[str, str]]]) -> pd.Da
     return frame.fillna("")
 
 
+# Why an entry went to the dead-letter stream (the ``reason`` field of its dead-letter entry).
+DEAD_NOT_UTF8 = "entry_not_utf8"
+DEAD_MISSING_FIELD = "entry_missing_field"  # "entry_missing_field:<name>"
+DEAD_TOO_LARGE = "entry_too_large"
+DEAD_TOO_MANY_DELIVERIES = "entry_delivered_too_often"
+# Fields of a dead-letter entry besides the original ones (which are copied byte for byte).
+# Each consumer group that meets a bad entry sets it aside once (the learner's and the event sink's).
+DEAD_FIELDS = (
+    "_dead_reason",
+    "_dead_entry_id",
+    "_dead_deliveries",
+    "_dead_consumer",
+    "_dead_group",
+    "_dead_at",
+)
+
+
+def _text(value: Any) -> str:
+    """Redis ids and names as text (an undecodable byte is replaced: only for comparisons and logs)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError)
+
+
 class RedisStreamSource:
     """Reads a Redis stream through a consumer group (XREADGROUP), acknowledging (XACK) only on commit.
 
-    After a restart the consumer first re-reads its own pending entries (delivered, never acknowledged),
-    and claims (XAUTOCLAIM) entries left pending by other consumers for at least ``claim_min_idle_ms``;
-    only then does it read new entries.
+    After a (re)connection the consumer first re-reads its own pending entries (delivered, never
+    acknowledged). Every ``claim_interval_s``, while running, it sweeps the group's pending list with
+    XAUTOCLAIM and takes over entries idle for at least ``claim_min_idle_ms`` (a dead consumer's); in
+    between it reads new entries.
+
+    Each entry is checked on its own before it is handed out: one that cannot become an event row (a key
+    or value not UTF-8, a required field missing, larger than ``max_entry_bytes``), or one delivered more
+    than ``max_deliveries`` times (it keeps killing whoever reads it), is copied byte for byte to the
+    dead-letter stream with its reason, delivery count and consumer, and acknowledged in the same
+    MULTI/EXEC: it is set aside once, never lost and never retried forever. Values that are well-formed
+    strings but not valid events (a bad timestamp or label) are the validation's job downstream.
+
+    A lost connection does not raise from :meth:`poll`: it waits (exponential backoff with jitter, at most
+    ``timeout_s`` per poll) and returns an empty batch, so the caller's loop keeps checking its stop flag.
 
     Args:
         client: a ``redis.Redis`` connection.
         stream, group, consumer: the stream key, consumer group and this consumer's name.
         claim_min_idle_ms: idle time after which another consumer's pending entry is taken over.
+        claim_interval_s: how often the pending list is swept for such entries while running.
+        dead_letter_stream: where set-aside entries go (default ``<stream>:dead``).
+        max_deliveries: deliveries after which a pending entry is dead-lettered instead of handed out.
+        max_entry_bytes: larger entries (keys + values) are dead-lettered.
+        required_fields: fields every entry must have.
     """
 
     def __init__(
-        self, client: Any, stream: str, group: str, consumer: str, claim_min_idle_ms: int = 30_000
+        self,
+        client: Any,
+        stream: str,
+        group: str,
+        consumer: str,
+        claim_min_idle_ms: int = 30_000,
+        *,
+        claim_interval_s: float = 10.0,
+        dead_letter_stream: str | None = None,
+        max_deliveries: int = 5,
+        max_entry_bytes: int = 65_536,
+        required_fields: Iterable[str] = EVENT_COLUMNS,
     ) -> None:
+        from redis.backoff import ExponentialWithJitterBackoff
+
         self.client = client
         self.stream = stream
         self.group = group
         self.consumer = consumer
         self.claim_min_idle_ms = claim_min_idle_ms
+        self.claim_interval_s = claim_interval_s
+        self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
+        self.max_deliveries = max_deliveries
+        self.max_entry_bytes = max_entry_bytes
+        self.required_fields = tuple(required_fields)
+        self.dead_lettered: dict[str, int] = {}  # reason → entries set aside by this consumer
+        self.claimed = 0  # entries taken over from other consumers by this one
+        self.connection_failures = 0  # consecutive failed calls (0 once a call succeeds)
+        self._backoff = ExponentialWithJitterBackoff(base=0.05, cap=5.0)
         self._recovering = True
         self._pending_cursor = "0-0"
-        self._ensure_group()
+        self._claim_cursor = "0-0"
+        self._next_claim = time.monotonic() + claim_interval_s  # the start-up scan claims first
+        self._outstanding: set[str] = set()  # handed out in this session, not yet committed
+        self._group_ready = False
+        try:
+            self._ensure_group()
+        except _connection_errors() as exc:  # poll retries with backoff
+            log.warning("redis unreachable for %s at start: %s", stream, exc)
 
     @classmethod
-    def from_url(cls, url: str, stream: str, group: str, consumer: str, claim_min_idle_ms: int = 30_000):
+    def from_url(
+        cls, url: str, stream: str, group: str, consumer: str, claim_min_idle_ms: int = 30_000, **kwargs: Any
+    ) -> RedisStreamSource:
+        """A source on a new connection to ``url`` (keyword arguments as for the constructor)."""
         import redis
 
-        return cls(redis.Redis.from_url(url), stream, group, consumer, claim_min_idle_ms)
+        return cls(redis.Redis.from_url(url), stream, group, consumer, claim_min_idle_ms, **kwargs)
+
+    @classmethod
+    def from_settings(
+        cls, cfg: Any, *, group: str | None = None, consumer: str | None = None
+    ) -> RedisStreamSource:
+        """A source as ``settings.online`` configures it (``group``/``consumer`` override its own)."""
+        return cls.from_url(
+            cfg.redis_url,
+            cfg.stream,
+            group or cfg.group,
+            consumer or cfg.consumer,
+            cfg.claim_min_idle_ms,
+            claim_interval_s=cfg.claim_interval_s,
+            dead_letter_stream=cfg.dead_letter_stream,
+            max_deliveries=cfg.max_deliveries,
+            max_entry_bytes=cfg.max_entry_bytes,
+        )
 
     def _ensure_group(self) -> None:
         import redis
@@ -260,51 +353,79 @@ class RedisStreamSource:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._group_ready = True
 
-    @staticmethod
-    def _decode(entries: list) -> list[tuple[str, dict[str, str] | None]]:
-        out = []
-        for entry_id, fields in entries:
-            eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            if fields is None:
-                out.append((eid, None))
-                continue
-            out.append(
-                (
-                    eid,
-                    {
-                        (k.decode() if isinstance(k, bytes) else k): (
-                            v.decode() if isinstance(v, bytes) else v
-                        )
-                        for k, v in fields.items()
-                    },
-                )
-            )
+    # -------------------------------------------------------------------------------- reading
+    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        """How many times each pending entry was delivered (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for eid in ids:
+            pipe.xpending_range(self.stream, self.group, min=eid, max=eid, count=1)
+        out: dict[str, int] = {}
+        for eid, rows in zip(ids, pipe.execute(), strict=True):
+            if rows:
+                out[eid] = int(rows[0]["times_delivered"])
         return out
 
-    def _claim_abandoned(self) -> None:
-        start = "0-0"
-        while True:
-            res = self.client.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_min_idle_ms, start_id=start, count=1000
-            )
-            start = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-            if start == "0-0":
-                break
+    def _claim(self, max_events: int) -> list[tuple[str, dict | None]]:
+        """One step of the sweep over the group's pending list: take over entries idle long enough.
 
-    def _read(self, max_events: int, timeout_s: float) -> list[tuple[str, dict[str, str] | None]]:
+        XPENDING (with IDLE) lists them, then XCLAIM (with the same minimum idle time, so an entry its
+        owner has just touched stays with it) moves them to this consumer. Entries this consumer has
+        already handed out in this session are left alone: they are in flight, not abandoned.
+        """
+        start = "-" if self._claim_cursor == "0-0" else f"({self._claim_cursor}"
+        rows = self.client.xpending_range(
+            self.stream, self.group, min=start, max="+", count=max_events, idle=self.claim_min_idle_ms
+        )
+        if len(rows) < max_events:  # the sweep went round the whole pending list
+            self._claim_cursor = "0-0"
+            self._next_claim = time.monotonic() + self.claim_interval_s
+        else:
+            self._claim_cursor = _text(rows[-1]["message_id"])
+        ids = [_text(r["message_id"]) for r in rows]
+        ids = [i for i in ids if i not in self._outstanding]
+        if not ids:
+            return []
+        entries = [
+            (_text(eid), fields)
+            for eid, fields in self.client.xclaim(
+                self.stream, self.group, self.consumer, self.claim_min_idle_ms, ids
+            )
+        ]
+        if entries:
+            self.claimed += len(entries)
+            log.info(
+                "%s claimed %d entries idle for %d ms or more",
+                self.consumer,
+                len(entries),
+                self.claim_min_idle_ms,
+            )
+        return entries
+
+    def _read(self, max_events: int, timeout_s: float) -> tuple[list[tuple[str, dict | None]], bool, bool]:
+        """Raw entries; whether they may have been delivered before (their counts are then checked); and
+        whether this was the (blocking) read of new entries, after which an empty answer means idle."""
+        if not self._group_ready:
+            self._ensure_group()
         if self._recovering:
-            if self._pending_cursor == "0-0":
-                self._claim_abandoned()
             res = self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: self._pending_cursor}, count=max_events
             )
-            entries = self._decode(res[0][1]) if res else []
+            entries = [(_text(eid), fields) for eid, fields in (res[0][1] if res else [])]
             if entries:
                 self._pending_cursor = entries[-1][0]
-                log.info("redelivering %d pending entries of %s", len(entries), self.consumer)
-                return entries
+                fresh = [e for e in entries if e[0] not in self._outstanding]
+                if fresh:
+                    log.info("redelivering %d pending entries of %s", len(fresh), self.consumer)
+                return fresh, True, False
             self._recovering = False
+            self._pending_cursor = "0-0"
+            self._next_claim = 0.0  # claim abandoned entries before reading new ones
+        if time.monotonic() >= self._next_claim:
+            entries = self._claim(max_events)
+            if entries or self._claim_cursor != "0-0":
+                return entries, True, False
         block = int(timeout_s * 1000)
         res = self.client.xreadgroup(
             self.group,
@@ -313,26 +434,143 @@ class RedisStreamSource:
             count=max_events,
             block=block if block > 0 else None,
         )
-        return self._decode(res[0][1]) if res else []
+        return [(_text(eid), fields) for eid, fields in (res[0][1] if res else [])], False, True
+
+    def _check(self, fields: dict) -> tuple[dict[str, str] | None, str | None]:
+        """The entry as text fields, or the reason it must be dead-lettered."""
+        size = sum(
+            len(k) + len(v) for k, v in fields.items() if isinstance(k, bytes) and isinstance(v, bytes)
+        )
+        if size > self.max_entry_bytes:
+            return None, DEAD_TOO_LARGE
+        try:
+            text = {
+                (k.decode("utf-8") if isinstance(k, bytes) else str(k)): (
+                    v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                )
+                for k, v in fields.items()
+            }
+        except UnicodeDecodeError:
+            return None, DEAD_NOT_UTF8
+        for name in self.required_fields:
+            if name not in text:
+                return None, f"{DEAD_MISSING_FIELD}:{name}"
+        return text, None
+
+    def _dead_letter(self, bad: list[tuple[str, dict, str, int]]) -> None:
+        """Copy entries to the dead-letter stream and acknowledge them, atomically (MULTI/EXEC)."""
+        pipe = self.client.pipeline(transaction=True)
+        now = f"{time.time():.3f}"
+        for eid, fields, reason, deliveries in bad:
+            copy = {k: v for k, v in fields.items() if _text(k) not in DEAD_FIELDS}
+            copy.update(
+                {
+                    "_dead_reason": reason,
+                    "_dead_entry_id": eid,
+                    "_dead_deliveries": str(deliveries),
+                    "_dead_consumer": self.consumer,
+                    "_dead_group": self.group,
+                    "_dead_at": now,
+                }
+            )
+            pipe.xadd(self.dead_letter_stream, copy)
+        pipe.xack(self.stream, self.group, *[b[0] for b in bad])
+        pipe.execute()
+        for _, _, reason, _ in bad:
+            key = reason.split(":", 1)[0]
+            self.dead_lettered[key] = self.dead_lettered.get(key, 0) + 1
+        log.warning(
+            "dead-lettered %d entries of %s to %s: %s",
+            len(bad),
+            self.stream,
+            self.dead_letter_stream,
+            sorted({b[2] for b in bad}),
+        )
 
     def poll(self, max_events: int, timeout_s: float = 0.0) -> Batch:
-        entries = self._read(max_events, timeout_s)
-        ids = [eid for eid, _ in entries]
-        # Entries trimmed from the stream while pending come back without fields: nothing to learn, ack them.
-        events = stream_entries_frame([(eid, f) for eid, f in entries if f is not None])
+        """Up to ``max_events`` checked entries (waits up to ``timeout_s``); bad ones are dead-lettered.
+
+        The positions include the dead-lettered entries (already acknowledged; acknowledging again is a
+        no-op), so a batch of only bad entries is not mistaken for an idle stream.
+        """
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        good: list[tuple[str, dict[str, str]]] = []
+        done: list[str] = []  # trimmed from the stream while pending, or dead-lettered: nothing to learn
+        try:
+            while not good and not done:
+                entries, redelivered, final = self._read(max_events, max(0.0, deadline - time.monotonic()))
+                deliveries = self._deliveries([e for e, _ in entries]) if redelivered and entries else {}
+                bad: list[tuple[str, dict, str, int]] = []
+                for eid, fields in entries:
+                    if fields is None:
+                        done.append(eid)
+                        continue
+                    n = deliveries.get(eid, 1)
+                    text, reason = self._check(fields)
+                    if reason is None and n > self.max_deliveries:
+                        reason = DEAD_TOO_MANY_DELIVERIES
+                    if reason is not None:
+                        bad.append((eid, fields, reason, n))
+                    else:
+                        good.append((eid, text))  # type: ignore[arg-type]
+                if bad:
+                    self._dead_letter(bad)
+                    done.extend(b[0] for b in bad)
+                if final:
+                    break
+        except _connection_errors() as exc:
+            self._disconnected(exc, timeout_s)
+            good, done = [], []
+        else:
+            self.connection_failures = 0
+        ids = [eid for eid, _ in good]
+        self._outstanding.update(ids)
+        self._outstanding.update(done)
+        events = stream_entries_frame(good)
         # The entry id starts with the millisecond at which Redis received it: the event's arrival time.
         entered = np.asarray([int(e.split("-")[0]) / 1000.0 for e in events["_entry_id"]], dtype=np.float64)
-        return Batch(events=events.drop(columns=["_entry_id"]), positions=ids, entered_at=entered)
+        return Batch(events=events.drop(columns=["_entry_id"]), positions=ids + done, entered_at=entered)
+
+    def _disconnected(self, exc: BaseException, timeout_s: float) -> None:
+        self.connection_failures += 1
+        delay = self._backoff.compute(self.connection_failures)
+        log.warning(
+            "redis unreachable for %s (%d failed calls in a row): %s; retrying in %.2f s",
+            self.stream,
+            self.connection_failures,
+            exc,
+            delay,
+        )
+        time.sleep(min(delay, max(timeout_s, 0.05)) if timeout_s > 0 else delay)
+        # What was read but not received may sit in this consumer's pending list: re-read it on return.
+        self._recovering = True
+        self._pending_cursor = "0-0"
+        self._group_ready = False  # the stream may be new (a restarted Redis without persistence)
 
     def commit(self, positions: list[str]) -> None:
-        for start in range(0, len(positions), 1000):
-            chunk = positions[start : start + 1000]
-            if chunk:
-                self.client.xack(self.stream, self.group, *chunk)
+        """Acknowledge ``positions``; if Redis is unreachable they stay pending and come back later.
+
+        An entry that comes back this way is one the caller already holds (it drops it by ``event_id``).
+        """
+        try:
+            for start in range(0, len(positions), 1000):
+                chunk = positions[start : start + 1000]
+                if chunk:
+                    self.client.xack(self.stream, self.group, *chunk)
+        except _connection_errors() as exc:
+            self.connection_failures += 1
+            log.warning("acknowledging %d entries of %s failed: %s", len(positions), self.stream, exc)
+            self._recovering = True
+            self._pending_cursor = "0-0"
+        self._outstanding.difference_update(positions)
 
     def pending_count(self) -> int:
         """Entries delivered to the group and not yet acknowledged."""
         return int(self.client.xpending(self.stream, self.group)["pending"])
+
+    def dead_letter_count(self) -> int:
+        """Entries in the dead-letter stream (from every consumer)."""
+        return int(self.client.xlen(self.dead_letter_stream))
 
     def lag(self) -> int | None:
         """Entries in the stream not yet delivered to the group (Redis ≥ 7), else None."""
@@ -403,7 +641,5 @@ def build_source(
             start_after=start_after,
         )
     if kind == "redis":
-        return RedisStreamSource.from_url(
-            cfg.redis_url, cfg.stream, cfg.group, cfg.consumer, cfg.claim_min_idle_ms
-        )
+        return RedisStreamSource.from_settings(cfg)
     raise ValueError(f"unknown online source {kind!r} (expected 'eventlog' or 'redis')")

@@ -69,6 +69,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
 # how far past the wall clock a replayed as_of may be (clock skew between the replayer and the gateway)
 AS_OF_FUTURE_SLACK = timedelta(days=1)
+# ``explain: true``: the top-ranked items explained, and the features shown per item (bounded cost).
+EXPLAIN_ITEMS, EXPLAIN_FEATURES = 5, 5
 
 
 class GatewayError(Exception):
@@ -278,6 +280,7 @@ class RankRequest:
     item_ids: list[str]
     request_id: str
     as_of_ns: int | None = None  # replay mode only
+    explain: bool = False  # add the top contributing features of the top-ranked items
 
 
 def _is_loopback(host: str) -> bool:
@@ -440,7 +443,10 @@ class Gateway:
                 )
             latest = datetime.now(UTC) + AS_OF_FUTURE_SLACK
             as_of_ns = parse_as_of(as_of, earliest_ns=self.as_of_earliest_ns, latest_ns=_ns(latest))
-        return RankRequest(user_id, item_ids, request_id, as_of_ns)
+        explain = body.get("explain", False)
+        if not isinstance(explain, bool):
+            raise GatewayError(400, f"explain must be true or false, got {_brief(explain)}")
+        return RankRequest(user_id, item_ids, request_id, as_of_ns, explain)
 
     def rank(self, req: RankRequest) -> dict[str, Any]:
         """Rank a validated request (blocking); logs the predictions and counts the arm's stats.
@@ -490,19 +496,41 @@ class Gateway:
                 raise GatewayError(
                     502, f"the model server answered {len(scores)} scores, not {n} finite ones"
                 )
+            order = np.argsort(-scores, kind="stable").tolist()
+            why = self._explain(columns, order, scores, served) if req.explain else []
         except GatewayError:
             stats.record(time.perf_counter() - start, None, None)
             raise
-        order = np.argsort(-scores, kind="stable").tolist()
         self.predlog.add(req.request_id, req.user_id, item_ids, served, arm, scores, req.as_of_ns)
         stats.record(time.perf_counter() - start, scores, served)
         ranked = scores.tolist()
-        return {
-            "request_id": req.request_id,
-            "model_version": served,
-            "arm": arm,
-            "items": [{"item_id": item_ids[i], "score": ranked[i]} for i in order],
-        }
+        items = [{"item_id": item_ids[i], "score": ranked[i]} for i in order]
+        for item, features in zip(items, why, strict=False):  # the top EXPLAIN_ITEMS only
+            item["explanation"] = features
+        return {"request_id": req.request_id, "model_version": served, "arm": arm, "items": items}
+
+    def _explain(
+        self, columns: dict[str, np.ndarray], order: list[int], scores: np.ndarray, served: int
+    ) -> list[list[dict[str, Any]]]:
+        """Occlusion (:func:`freshrec.model.explain.occlusion`) of the top EXPLAIN_ITEMS items on the version
+        that scored them: one extra predict of at most EXPLAIN_ITEMS x inputs rows."""
+        import grpc
+
+        from freshrec.model.explain import occlusion
+
+        rows = order[:EXPLAIN_ITEMS]
+        try:
+            features = list(self.client.signature_inputs(served, None))
+            return occlusion(
+                lambda cols, n: self.client.predict(cols, n, served, None)[1],
+                columns,
+                rows,
+                features,
+                scores=scores,
+                top=EXPLAIN_FEATURES,
+            )
+        except grpc.RpcError as exc:
+            raise GatewayError(502, f"model server (explain): {exc.code().name}") from exc
 
     # --- HTTP -----------------------------------------------------------------------------------
     def _apps(self) -> tuple[Any, Any]:

@@ -5,6 +5,10 @@ Rows: ``request_id`` str, ``user_id`` str, ``item_id`` str, ``model_version`` in
 flushes them every ``flush_interval_s`` or ``flush_rows`` rows as one file
 ``predictions-<UTC time>-<random>.parquet``, written to a hidden temporary name and renamed, so a
 reader never sees half a file.
+
+A flush that fails (a full or read-only volume) keeps its rows and the next flush retries them. Memory stays
+bounded: beyond ``max_buffered_rows`` the oldest requests are dropped and counted in ``rows_dropped`` (and
+logged), never silently.
 """
 
 from __future__ import annotations
@@ -72,10 +76,18 @@ def _table(buffer: list[tuple[str, str, Sequence[str], int, str, np.ndarray, int
 class PredictionLog:
     """Buffers prediction rows and flushes them atomically as Parquet files under ``directory``."""
 
-    def __init__(self, directory: Path, flush_rows: int = 50_000, flush_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        flush_rows: int = 50_000,
+        flush_interval_s: float = 2.0,
+        max_buffered_rows: int | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.flush_rows = flush_rows
         self.flush_interval_s = flush_interval_s
+        # While flushes fail the rows wait; beyond this bound the oldest are dropped (and counted).
+        self.max_buffered_rows = max_buffered_rows if max_buffered_rows is not None else 20 * flush_rows
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._buffer: list[tuple[str, str, Sequence[str], int, str, np.ndarray, int]] = []
@@ -84,6 +96,8 @@ class PredictionLog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.files_written = 0
+        self.flush_failures = 0
+        self.rows_dropped = 0
 
     def add(
         self,
@@ -103,12 +117,16 @@ class PredictionLog:
         with self._lock:
             self._buffer.append((request_id, user_id, item_ids, int(model_version), arm, scores, served_ns))
             self._rows += len(item_ids)
+            self._trim()
             full = self._rows >= self.flush_rows
         if full:
             if self._thread is not None:
                 self._wake.set()  # the flusher writes it, off the request path
             else:
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # a failing volume must not fail the request: the rows stay buffered
+                    log.exception("prediction log flush failed (%d rows kept)", self.buffered_rows)
 
     def flush(self) -> Path | None:
         """Write the buffered rows as one Parquet file; returns its path (None if nothing to write)."""
@@ -116,14 +134,44 @@ class PredictionLog:
             buffer, self._buffer, self._rows = self._buffer, [], 0
         if not buffer:
             return None
-        table = _table(buffer)
-        with self._write_lock:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-            path = atomic_write_parquet(
-                table, self.directory / f"predictions-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-            )
-            self.files_written += 1
+        try:
+            table = _table(buffer)
+            with self._write_lock:
+                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+                path = atomic_write_parquet(
+                    table, self.directory / f"predictions-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+                )
+                self.files_written += 1
+        except BaseException:
+            with self._lock:  # back in front of what arrived meanwhile, for the next flush to retry
+                self._buffer = buffer + self._buffer
+                self._rows += sum(len(b[2]) for b in buffer)
+                self.flush_failures += 1
+                self._trim()
+            raise
         return path
+
+    def _trim(self) -> None:
+        """Drop the oldest requests beyond ``max_buffered_rows`` (caller holds ``_lock``)."""
+        dropped = 0
+        while self._rows > self.max_buffered_rows and len(self._buffer) > 1:
+            n = len(self._buffer.pop(0)[2])
+            self._rows -= n
+            dropped += n
+        if dropped:
+            self.rows_dropped += dropped
+            log.error(
+                "prediction log over %d buffered rows (flushes failing): dropped the oldest %d rows (%d in all)",
+                self.max_buffered_rows,
+                dropped,
+                self.rows_dropped,
+            )
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows waiting for a flush."""
+        with self._lock:
+            return self._rows
 
     def start(self) -> None:
         """Flush in the background every ``flush_interval_s``."""
@@ -138,8 +186,10 @@ class PredictionLog:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # keep logging; the rows of a failed flush are lost and said so
-                log.exception("prediction log flush failed")
+            except Exception:  # the rows stay buffered; the next flush retries them
+                log.exception(
+                    "prediction log flush failed (%d rows kept for the next one)", self.buffered_rows
+                )
 
     def stop(self) -> None:
         """Stop the background flusher and write what is buffered."""
