@@ -27,9 +27,6 @@ pytestmark = [
 ]
 
 
-KNOWN_GAP = "online learner -> model repository -> TF Serving"
-
-
 @pytest.fixture(scope="module")
 def bootstrap(tmp_path_factory):
     """One day-0 model for every rehearsal of this module (what ``freshrec train --publish`` made)."""
@@ -39,6 +36,7 @@ def bootstrap(tmp_path_factory):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_story_meets_every_connection_on_each_overlay(overlay, bootstrap, tmp_path):
     report = Rehearsal(overlay, work_root=tmp_path / "r", bootstrap_cache=bootstrap).run()
+    assert report.ok, report.summary()
     names = [c.name for c in report.exercised]
     assert len(names) >= 12, names
     for arrow in (
@@ -48,18 +46,10 @@ def test_the_story_meets_every_connection_on_each_overlay(overlay, bootstrap, tm
         "prediction log + clicks -> analysis Job verdict",
         "canary verdict -> Rollout promoted/aborted -> rollout task",
         "event stream -> online learner",
+        "online learner -> model repository -> TF Serving",
+        "event log + reference profile -> drift CronJob",
     ):
         assert arrow in names, report.summary()
-    if not report.ok:
-        # KNOWN GAP (notes/r13.md): in argo mode nothing moves the model repository's `stable` label when the
-        # Rollout promotes, and the running learner does not follow it, so its exports descend from the old
-        # stable version and the promoted pods (rightly) do not serve them. Only that arrow may fail; when it
-        # is fixed this branch is dead and the assertion below is the whole test.
-        failed = [c for c in report.connections if c.status == "broken"]
-        assert [c.name for c in failed] == [KNOWN_GAP], report.summary()
-        assert "not AVAILABLE" in report.failure["detail"], report.summary()
-        pytest.xfail(f"known gap: {KNOWN_GAP}")
-    assert report.ok, report.summary()
 
 
 @pytest.fixture(scope="module")

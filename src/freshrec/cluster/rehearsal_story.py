@@ -921,6 +921,9 @@ class Story:
 
     # --- 9. online ------------------------------------------------------------------------------------------
     def online(self) -> None:
+        # Traffic goes on after the verdict: the learner (following the new stable version, as rendered
+        # with --follow-stable) learns from it and exports a descendant of what the stable pods serve.
+        self.users.clicks_after_promotion()
         self.users.learner_consumed()
         self.users.learner_export_served()
 

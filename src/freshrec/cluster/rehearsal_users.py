@@ -267,6 +267,7 @@ class Users:
                     }
                 )
         frame = pd.DataFrame(rows)
+        self.frame = frame
         client = redis_lib.Redis(host=ip, port=port, db=db)
         publish_events(client, stream, frame)
         self.c.note(
@@ -295,6 +296,20 @@ class Users:
             conn.evidence = f"{seen} clicks at {path}"
 
     # --- the online learner ---------------------------------------------------------------------------------
+    def clicks_after_promotion(self) -> None:
+        """The users go on clicking after the canary's verdict: the same pages' clicks again, new ids."""
+        import redis as redis_lib
+
+        from freshrec.online.sources import publish_events
+
+        ip, port, db = self.redis_addr
+        frame = self.frame.copy()
+        frame["event_id"] = [f"rehearsal-{uuid.uuid4().hex}" for _ in range(len(frame))]
+        frame["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+        self.event_ids += list(frame["event_id"])
+        publish_events(redis_lib.Redis(host=ip, port=port, db=db), self.stream, frame)
+        self.c.note(f"after the verdict the users published {len(frame)} more events to {self.stream!r}")
+
     def learner_consumed(self) -> None:
         import redis as redis_lib
 

@@ -849,7 +849,13 @@ def online_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
     learner, volumes = _freshrec_container(
         layout,
         "learner",
-        ["online", "--source=redis", "--wait-for-model-s=86400", f"--heartbeat={HEARTBEAT}"],
+        [
+            "online",
+            "--source=redis",
+            "--wait-for-model-s=86400",
+            "--follow-stable",
+            f"--heartbeat={HEARTBEAT}",
+        ],
         layout.mounts(["models", "state", "tables", "eventlog", "reports"], read_only=("tables", "eventlog")),
         _resources("1", "2Gi", "2", "4Gi"),
     )

@@ -44,6 +44,12 @@ def online(
         "--wait-for-model-s",
         help="Wait up to this long for a first model version (a new cluster has none until the pipeline pushes).",
     ),
+    follow_stable: bool = typer.Option(
+        False,
+        "--follow-stable/--no-follow-stable",
+        help="Exit (to be restarted, as a Deployment's container is) when another version is labelled "
+        "stable than the one learned from, e.g. a canary promoted: exports must descend from what serves.",
+    ),
     heartbeat: Path = typer.Option(
         None,
         "--heartbeat",
@@ -103,6 +109,22 @@ def online(
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
     first = learner.totals.received
+    followed = {"at": 0.0, "version": learner.serving_version}
+    labels = ModelRepository(settings.models_dir, settings.model.name)
+
+    def replaced() -> bool:
+        """True once a version other than the learner's own is labelled stable (checked every 5 s)."""
+        now = time.monotonic()
+        if not follow_stable or now - followed["at"] < 5.0:
+            return False
+        followed["at"] = now
+        stable = labels.stable()
+        ours = {followed["version"], *(e.version for e in learner.exports if e.version is not None)}
+        if stable is None or stable in ours:
+            return False
+        console.print(f"v{stable} is now stable (learning from v{followed['version']}): restarting from it")
+        return True
+
     last_print = [0.0]
 
     def progress(rec: dict) -> None:
@@ -126,7 +148,7 @@ def online(
             until_idle=until_idle,
             idle_timeout_s=idle_timeout_s,
             progress=progress,
-            should_stop=lambda: _beat(heartbeat) or stop["flag"],
+            should_stop=lambda: _beat(heartbeat) or stop["flag"] or replaced(),
         )
     elapsed = time.monotonic() - started
     out = learner.report()
