@@ -556,9 +556,12 @@ def _allows(rules: list[dict], labels: dict[str, str], port: int, side: str, nam
                 ns = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
                 if ns.get("kubernetes.io/metadata.name") == namespace and "podSelector" not in peer:
                     return True
-            elif "podSelector" in peer and "namespaceSelector" not in peer:
-                if selector_matches(peer["podSelector"], labels):
-                    return True
+            elif (
+                "podSelector" in peer
+                and "namespaceSelector" not in peer
+                and selector_matches(peer["podSelector"], labels)
+            ):
+                return True
     return False
 
 
