@@ -340,6 +340,45 @@ def test_redis_online_store_and_postgres_registry(prepared, redis_url, postgres_
         fs.registry.delete_project(project, commit=True)
 
 
+def test_concurrent_applies_to_the_postgres_registry_all_succeed(prepared, postgres_dsn):
+    """The pipeline's features task and the cluster's feast-apply Job both apply to one SQL registry: Feast
+    upserts by select-then-insert, so two applies at once collide on the primary key (UniqueViolation);
+    ``store.apply`` applies again and every writer ends with the same objects registered."""
+    import threading
+
+    settings, _ = prepared
+    project = f"freshrec_race_{uuid.uuid4().hex[:8]}"
+    sql = settings.model_copy(
+        update={
+            "features": settings.features.model_copy(
+                update={"environment": "redis", "project": project, "postgres_url": postgres_dsn}
+            )
+        }
+    )
+    writers, errors, notes = 4, [], []
+    barrier = threading.Barrier(writers)
+
+    def one() -> None:
+        try:
+            barrier.wait()
+            store.apply(sql, progress=notes.append)
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(writers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == [], errors
+        names = {fv.name for fv in store.feature_store(sql).list_feature_views()}
+        assert names == {"user_profile_fv", "item_profile_fv", "user_activity_fv", "item_activity_fv"}
+    finally:
+        store.feature_store(sql).registry.delete_project(project, commit=True)
+    print(f"{sum('concurrent registry write' in n for n in notes)} applies retried after a collision")
+
+
 def test_local_registry_is_never_seen_half_written(prepared):
     """A process refreshing its registry while a pipeline's ``apply`` rewrites it must read a whole one.
 

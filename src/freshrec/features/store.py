@@ -151,6 +151,18 @@ def _require_profiles(settings: Settings) -> None:
             )
 
 
+APPLY_ATTEMPTS = 5
+
+
+def _concurrent_registry_write(exc: BaseException) -> bool:
+    """A unique-key violation from the SQL registry: another writer applied the same object first."""
+    try:
+        from sqlalchemy.exc import IntegrityError
+    except ImportError:  # no SQL registry without sqlalchemy
+        return False
+    return isinstance(exc, IntegrityError)
+
+
 @dataclass
 class ApplyReport:
     project: str
@@ -174,7 +186,22 @@ def apply(settings: Settings, progress: Progress | None = None) -> ApplyReport:
     defs = make_definitions(settings.tables_dir.resolve(), settings.features.ttl_days)
     store = feature_store(settings)
     say(f"applying {len(defs.objects)} objects to project {settings.features.project}")
-    store.apply(defs.objects)
+    for attempt in range(1, APPLY_ATTEMPTS + 1):
+        try:
+            store.apply(defs.objects)
+            break
+        except Exception as exc:
+            if attempt == APPLY_ATTEMPTS or not _concurrent_registry_write(exc):
+                raise
+            # Another writer (the cluster's feast-apply Job, a pipeline's features task) inserted the same
+            # rows between this apply's read and its insert: Feast's SQL registry upserts by select-then-
+            # insert, so the loser hits the primary key. Its objects are now there; applying again updates
+            # them to these definitions.
+            say(
+                f"concurrent registry write ({type(exc).__name__}); applying again ({attempt}/{APPLY_ATTEMPTS})"
+            )
+            time.sleep(0.2 * attempt)
+            store = feature_store(settings)
     return ApplyReport(
         settings.features.project, settings.features.environment, [o.name for o in defs.objects], built
     )
