@@ -246,3 +246,22 @@ def test_cli_without_an_applied_store_says_what_to_do(settings):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "freshrec features apply" in " ".join(done.stdout.split())
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_cli_waits_for_the_store_then_says_what_to_do(settings, tmp_path):
+    """--wait-for-store-s (a new cluster, before `feast apply`): it waits, beats, then fails clearly."""
+    beat = tmp_path / "heartbeat"
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "freshrec.cli", "--workdir", str(settings.workdir),
+            "features", "stream", "--until-idle", "--wait-for-store-s=8", f"--heartbeat={beat}",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert time.monotonic() - started >= 8
+    out = " ".join(done.stdout.split())
+    assert "waiting up to 8 s" in out and "freshrec features apply" in out
+    assert beat.is_file()
+    assert "Traceback" not in done.stdout + done.stderr

@@ -33,15 +33,7 @@ def bootstrap(tmp_path_factory):
     return tmp_path_factory.mktemp("bootstrap")
 
 
-# Known failure, issue 13: when the analysis aborts the canary on production, the stable is the rehearsal's
-# day-0 v1, published without a drift reference, so the drift CronJob finds no stable.parquet (the fix belongs
-# in rehearsal_bootstrap's day-0 publish). Not strict: the run passes when the canary is promoted.
-_KNOWN = pytest.mark.xfail(reason="day-0 v1 has no drift reference after an aborted canary", strict=False)
-
-
-@pytest.mark.parametrize(
-    "overlay", [pytest.param(o, marks=_KNOWN) if o == "production" else o for o in OVERLAYS]
-)
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_story_meets_every_connection_on_each_overlay(overlay, bootstrap, tmp_path):
     report = Rehearsal(overlay, work_root=tmp_path / "r", bootstrap_cache=bootstrap).run()
     assert report.ok, report.summary()

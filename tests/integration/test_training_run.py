@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from freshrec.data.synthetic import generate
 from freshrec.model.export import load_spec
+from freshrec.model.references import ReferenceStore
 from freshrec.model.repository import ModelRepository
 from freshrec.training import run_training
 
@@ -44,6 +46,14 @@ def test_first_run_publishes_stable_and_second_run_warm_starts(small):
     assert meta["metrics"]["auc"] == pytest.approx(first.candidate["auc"])
     assert {"train_start", "train_end", "test_start", "test_end"} <= set(meta["data_window"])
     json.dumps(first.to_dict(), default=str)
+    # the drift monitor's reference, as the pipeline's push + rollout write it: the training frame of v1,
+    # and (v1 being stable) its stable.parquet copy, inside the training window
+    refs = ReferenceStore(small.references_dir, small.model.name)
+    reference = pd.read_parquet(refs.stable_path)
+    assert refs.stable_version() == 1 and pd.read_parquet(refs.path(1)).equals(reference)
+    assert {"user_id", "item_id", "label", "event_timestamp"} <= set(reference.columns)
+    assert 0 < len(reference) < len(data.events)
+    assert str(reference["event_timestamp"].max()) == meta["data_window"]["train_end"]
 
     second = run_training(small, data=data, publish=False)
     assert second.parent_version == 1 and second.production_version == 1

@@ -136,6 +136,7 @@ def test_every_workload_of_the_loop_is_deployed(built):
             ("Deployment", "gateway"),
             ("Deployment", "online-learner"),
             ("Deployment", "event-sink"),
+            ("Deployment", "stream-features"),
             ("StatefulSet", "feature-store"),
             ("Job", "feast-apply"),
             ("CronJob", "materialize"),
@@ -263,6 +264,8 @@ def test_mounts_are_the_layouts(built, overlay, layout):
     assert any("ctr-serving-online-quality" in w for w in seen["predictions"])
     assert "CronJob/freshrec-drift-monitor/drift" in seen["references"]
     assert "Deployment/freshrec-online-learner/learner" in seen["models"]
+    # The stream feature job's checkpoint and positions survive a restart: on the state claim.
+    assert "Deployment/freshrec-stream-features/stream" in seen["state"]
 
 
 @pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
@@ -356,7 +359,7 @@ def test_analysis_templates_match_plan_and_settings(built):
     service = next(
         a for s in steps if "analysis" in s for a in s["analysis"]["args"] if a["name"] == "service"
     )
-    scraped = one(objs, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    scraped = one(objs, "ServiceMonitor", "ctr-serving")["spec"]["selector"]["matchLabels"]
     svc = one(objs, "Service", service["value"])
     assert all(svc["metadata"]["labels"].get(k) == v for k, v in scraped.items())
 
@@ -410,7 +413,7 @@ def test_serving_pod(built, overlay, layout):
     assert volumes[mount["name"]]["configMap"]["name"] == "ctr-serving-config"
     assert re.search(r"enable:\s*true", cm["data"][mon_file])
     path = re.search(r'path:\s*"([^"]+)"', cm["data"][mon_file]).group(1)
-    assert one(objs, "ServiceMonitor")["spec"]["endpoints"][0]["path"] == path
+    assert one(objs, "ServiceMonitor", "ctr-serving")["spec"]["endpoints"][0]["path"] == path
     assert args["batching_parameters_file"].rsplit("/", 1)[1] in cm["data"]
     # The model version reaches the config renderers from the pod template annotation.
     for c in pod["initContainers"] + [c for c in pod["containers"] if c["name"] == "model-config"]:
@@ -538,3 +541,91 @@ def test_drift_monitor_schedule(built, layout):
     assert args["reference"] == f"{layout.artefact_path('references')}/ctr/stable.parquet"
     assert args["current"] == layout.artefact_path("eventlog")
     assert args["trigger"] == "kfp"
+
+
+def _allows(rules: list[dict], labels: dict[str, str], port: int, side: str, namespace: str | None = None):
+    """Whether one of a NetworkPolicy's ingress (side="from") or egress (side="to") rules admits a pod with
+    ``labels`` (in the policy's namespace, or any pod of ``namespace`` by its name label) on ``port``."""
+    from freshrec.cluster.rehearsal_objects import selector_matches
+
+    for rule in rules:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        for peer in rule.get(side, []):
+            if namespace is not None:
+                ns = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
+                if ns.get("kubernetes.io/metadata.name") == namespace and "podSelector" not in peer:
+                    return True
+            elif (
+                "podSelector" in peer
+                and "namespaceSelector" not in peer
+                and selector_matches(peer["podSelector"], labels)
+            ):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_stream_feature_job(built, overlay, layout):
+    """The stream feature job runs the real CLI on Redis Streams, is probed on its metrics port and its
+    heartbeat, is scraped through its Service, and its NetworkPolicy and the stores' policies meet."""
+    import typer
+
+    from freshrec.config import StreamFeatureSettings
+    from freshrec.features.cli import app
+
+    objs = built[overlay]
+    svc_layout = layout.services.stream_features
+    deploy = one(objs, "Deployment", svc_layout.name)
+    assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deploy["spec"]["template"]["spec"]
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert pod["serviceAccountName"] == layout.service_accounts.workloads
+    (c,) = pod["containers"]
+    assert c["command"] == ["freshrec"] and c["args"][:2] == ["features", "stream"]
+    # Every rendered flag is an option of `freshrec features stream` (a renamed option fails here).
+    command = typer.main.get_command(app).commands["stream"]
+    known = {o for p in command.params for o in p.opts}
+    args = dict(a.split("=", 1) for a in c["args"][2:])
+    assert set(args) <= known, set(args) - known
+    assert args["--source"] == "redis"
+    assert int(args["--metrics-port"]) == svc_layout.port
+    assert float(args["--wait-for-store-s"]) > 0  # a new cluster applies the feature repo after ingest
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": svc_layout.port}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert args["--heartbeat"] in c["livenessProbe"]["exec"]["command"][-1]
+    assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"])  # the heartbeat is writable
+    # PGPASSWORD for the SQL registry, settings from the layout's ConfigMap.
+    assert {"PGPASSWORD", "HOME"} <= {e["name"] for e in c["env"]}
+    assert c["envFrom"] == [{"configMapRef": {"name": layout.settings_configmap}}]
+    # Its own consumer group, not the learner's: it never moves the learner's positions.
+    from freshrec.config import OnlineSettings
+
+    assert StreamFeatureSettings().group != OnlineSettings().group
+    # Scraped: ServiceMonitor -> Service (labels, port name) -> container port.
+    svc = one(objs, "Service", svc_layout.name)
+    from freshrec.cluster.rehearsal_objects import selector_matches
+
+    assert selector_matches({"matchLabels": svc["spec"]["selector"]}, labels)
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["port"] == svc_layout.port and ports[svc_port["targetPort"]] == svc_layout.port
+    monitor = one(objs, "ServiceMonitor", svc_layout.name)
+    assert selector_matches(monitor["spec"]["selector"], svc["metadata"]["labels"])
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [svc_port["name"]]
+    # Network: its egress reaches Redis (stream + online store) and PostgreSQL (registry), their ingress
+    # admits it; Prometheus' namespace may scrape it.
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"] != {}]
+    own = [p for p in policies if selector_matches(p["spec"]["podSelector"], labels)]
+    assert own
+    pods = {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for o in objs
+        if o["kind"] in ("Deployment", "StatefulSet")
+    }
+    for store in (layout.services.redis, layout.services.postgres):
+        assert any(_allows(p["spec"]["egress"], pods[store.name], store.port, "to") for p in own), store
+        theirs = [p for p in policies if selector_matches(p["spec"]["podSelector"], pods[store.name])]
+        assert any(_allows(p["spec"]["ingress"], labels, store.port, "from") for p in theirs), store
+    prom_ns = layout.services.prometheus.namespace
+    assert any(_allows(p["spec"]["ingress"], {}, svc_layout.port, "from", prom_ns) for p in own)

@@ -130,6 +130,10 @@ class Services(_Strict):
     serving_rest_port: int = 8501
     gateway: Service = Field(default_factory=lambda: Service(name="ranking-gateway", port=8080))
     gateway_admin_port: int = 8081
+    # The stream feature job's Prometheus metrics (what its ServiceMonitor scrapes).
+    stream_features: Service = Field(
+        default_factory=lambda: Service(name="freshrec-stream-features", port=9108)
+    )
     redis: Service = Field(default_factory=lambda: Service(name="freshrec-redis", port=6379))
     postgres: Service = Field(default_factory=lambda: Service(name="freshrec-postgres", port=5432))
     # Outside the layout (the cluster's platform): Prometheus, its Pushgateway, the KFP API.

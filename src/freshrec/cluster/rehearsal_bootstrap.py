@@ -2,12 +2,15 @@
 
 ``python -m freshrec.cluster.rehearsal_bootstrap train FOLDER`` (on this machine, once) trains one epoch on
 the synthetic dataset the rehearsed pipeline ingests (same generator, same seed: the same users, items and
-feature layout) and copies the published stable version to ``FOLDER/v1``.
+feature layout) and copies the published stable version to ``FOLDER/v1`` and its drift reference (the
+training frame ``run_training`` keeps for every published version) to ``FOLDER/v1.reference.parquet``.
 
 ``python -m freshrec.cluster.rehearsal_bootstrap publish SRC WORKDIR`` runs *in the cluster*, in a pod
 shaped like the compiled pipeline's push task (its image, namespace and platform mounts): it publishes SRC
-into the model repository of ``WORKDIR`` as version 1 labelled stable, with the repository's own code. So
-day 0 writes where the pipeline writes, and TF Serving comes up only if it reads there too.
+into the model repository of ``WORKDIR`` as version 1 labelled stable, with its drift reference as the stable
+one (as ``freshrec train --publish`` and the pipeline's push + rollout steps leave it), with the repository's
+own code. So day 0 writes where the pipeline writes, TF Serving comes up only if it reads there too, and the
+drift CronJob finds a reference even when the canary of the pipeline's v2 is aborted.
 """
 
 from __future__ import annotations
@@ -19,19 +22,30 @@ from pathlib import Path
 
 def publish(src: str, workdir: str) -> int:
     from freshrec.config import load_settings
+    from freshrec.model.references import ReferenceStore
     from freshrec.model.repository import ModelRepository
 
     settings = load_settings(workdir=Path(workdir))
     repo = ModelRepository(settings.models_dir, settings.model.name)
-    version = repo.stable() or repo.publish(Path(src), {"source": "day 0 (rehearsal)"})
+    references = ReferenceStore(settings.references_dir, settings.model.name)
+    version = repo.stable()
+    if version is None:
+        version = repo.publish(Path(src), {"source": "day 0 (rehearsal)"})
+        references.write(version, _reference(Path(src)))
     repo.set_label("stable", version)
-    print(f"day-0 model: version {version} labelled stable in {repo.root}")
-    return 0
+    reference = references.promote(version)
+    print(f"day-0 model: version {version} labelled stable in {repo.root}; drift reference {reference}")
+    return 0 if reference else 1
+
+
+def _reference(model: Path) -> Path:
+    return model.with_name(model.name + ".reference.parquet")
 
 
 def train(folder: str) -> int:
     from freshrec.config import load_settings
     from freshrec.data.synthetic import generate
+    from freshrec.model.references import ReferenceStore
     from freshrec.model.repository import ModelRepository
     from freshrec.training import run_training
 
@@ -47,7 +61,12 @@ def train(folder: str) -> int:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(repo.path(version), target)
-    print(f"day-0 model: version {version} -> {target}")
+    frame = ReferenceStore(settings.references_dir, settings.model.name).path(version)
+    if not frame.is_file():
+        print(f"day-0 training kept no drift reference for v{version} ({frame})", file=sys.stderr)
+        return 1
+    shutil.copyfile(frame, _reference(target))
+    print(f"day-0 model: version {version} -> {target} (+ drift reference)")
     return 0
 
 

@@ -304,7 +304,7 @@ class Story:
     def _bootstrap_model(self) -> Path:
         cache = self.r.bootstrap_cache or (self.c.root / "bootstrap")
         out = cache / "v1"
-        if (out / "saved_model.pb").is_file():
+        if (out / "saved_model.pb").is_file() and (cache / "v1.reference.parquet").is_file():
             _readable(out)
             return out
         cache.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ class Story:
             [sys.executable, "-m", "freshrec.cluster.rehearsal_bootstrap", "train", str(cache)],
             capture_output=True, text=True, timeout=600, env=env,
         )  # fmt: skip
-        if proc.returncode != 0 or not (out / "saved_model.pb").is_file():
+        if proc.returncode != 0 or not (out / "saved_model.pb").is_file():  # the reference: rc 1
             raise Broken(
                 "bootstrap",
                 "the rehearsal (day-0 training)",
@@ -983,7 +983,8 @@ class Story:
 
 def _readable(folder: Path) -> None:
     """The day-0 export as an artifact store holds it: readable by the pods' users."""
-    for p in [folder.parent, folder, *folder.rglob("*")]:
+    reference = folder.with_name(folder.name + ".reference.parquet")
+    for p in [folder.parent, folder, *folder.rglob("*"), *([reference] if reference.exists() else [])]:
         p.chmod(p.stat().st_mode | (0o555 if p.is_dir() else 0o444))
 
 

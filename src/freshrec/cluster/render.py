@@ -15,7 +15,9 @@ What is rendered, by area:
 - ``serving``: TF Serving as an Argo Rollouts canary (model config rendered per pod from its model-version
   annotation and kept current by a sidecar for online exports), its Services, mesh routes, analyses.
 - ``gateway``: the ranking gateway (Deployment + Service) writing the prediction log.
-- ``online``: the online learner on Redis Streams; the event sink that keeps the event log.
+- ``online``: the online learner on Redis Streams; the event sink that keeps the event log; the stream
+  feature job (Redis Streams → changed activity rows in the Feast online store), its metrics Service and
+  ServiceMonitor.
 - ``feast``: Redis (online store), PostgreSQL (SQL registry), the ``feast apply`` Job, the materialisation
   CronJob.
 - ``drift``: the drift monitor CronJob.
@@ -279,6 +281,13 @@ def _from_pods(*names: str, ports: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
+def _from_namespace(namespace: str, *ports: int) -> dict[str, Any]:
+    return {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}],
+        "ports": [{"port": p, "protocol": "TCP"} for p in ports],
+    }
+
+
 def _feast_egress(layout: ClusterLayout) -> list[dict[str, Any]]:
     s = layout.services
     return [_to_pods(s.redis.name, s.redis.port), _to_pods(s.postgres.name, s.postgres.port)]
@@ -371,7 +380,11 @@ def rbac_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
         ),
         account(sa.analysis, False, "the online-quality analysis Job: reads volumes only"),
         account(sa.drift, False, "the drift CronJob: a projected token for the KFP API (retraining runs)"),
-        account(sa.workloads, False, "gateway, online learner, event sink, Feast jobs: no API calls"),
+        account(
+            sa.workloads,
+            False,
+            "gateway, online learner, event sink, stream feature job, Feast jobs: no API calls",
+        ),
         role(
             "freshrec-deployer",
             [
@@ -874,6 +887,7 @@ def online_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
     sink_pod = _pod_spec(layout, layout.service_accounts.workloads, [sink], sink_volumes)
     redis_only = [DNS_EGRESS, _to_pods(s.redis.name, s.redis.port)]
     return [
+        *stream_features_objects(layout),
         _deployment("freshrec-online-learner", "online-learner", learner_pod, recreate=True),
         _policy(
             "freshrec-online-learner",
@@ -883,6 +897,66 @@ def online_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
         ),
         _deployment("freshrec-event-sink", "event-sink", sink_pod, recreate=True),
         _policy("freshrec-event-sink", {"app.kubernetes.io/name": "freshrec-event-sink"}, [], redis_only),
+    ]
+
+
+def stream_features_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
+    """The stream feature job: Redis Streams (its own consumer group) → changed user/item activity rows in
+    the Feast online store (Redis, registry in PostgreSQL), checkpointed on the state artefact."""
+    s = layout.services
+    name, port = s.stream_features.name, s.stream_features.port
+    container, volumes = _freshrec_container(
+        layout,
+        "stream",
+        [
+            "features",
+            "stream",
+            "--source=redis",
+            f"--metrics-port={port}",
+            # A new cluster has no feature views until the `feast apply` Job ran (after the first ingest).
+            "--wait-for-store-s=86400",
+            f"--heartbeat={HEARTBEAT}",
+        ],
+        # state: checkpoint + stream positions (<state>/features_stream) and the metrics textfile;
+        # quarantine: rejected stream rows, with reasons.
+        layout.mounts(["state", "quarantine"]),
+        _resources("250m", "1Gi", "1", "2Gi"),
+    )
+    container["ports"] = [{"name": "metrics", "containerPort": port}]
+    # Ready once it serves its metrics (the store is applied and the job follows the stream); alive while
+    # its loop turns (idle polls too), which a metrics thread alone would not show.
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/metrics", "port": "metrics"},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+        "timeoutSeconds": 5,
+    }
+    container["livenessProbe"] = _heartbeat_probe(300)
+    pod = _pod_spec(layout, layout.service_accounts.workloads, [container], volumes)
+    pod["terminationGracePeriodSeconds"] = 30  # SIGTERM checkpoints, then it stops
+    select = {"app.kubernetes.io/name": name}
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(name, "stream-features"),
+        "spec": {
+            "selector": {"matchLabels": select},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+    return [
+        # One consumer of the checkpoint (and of the group's consumer name) at a time.
+        _deployment(name, "stream-features", pod, recreate=True),
+        _service(
+            name, "stream-features", select, [{"name": "metrics", "port": port, "targetPort": "metrics"}]
+        ),
+        monitor,
+        _policy(
+            name,
+            select,
+            ingress=[_from_namespace(s.prometheus.namespace or layout.namespace, port)],
+            egress=[DNS_EGRESS, *_feast_egress(layout)],
+        ),
     ]
 
 
@@ -988,7 +1062,13 @@ def feast_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
     )
     feast_clients = [
         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": n}}}
-        for n in (s.gateway.name, "freshrec-online-learner", "freshrec-feast-apply", "freshrec-materialize")
+        for n in (
+            s.gateway.name,
+            "freshrec-online-learner",
+            s.stream_features.name,
+            "freshrec-feast-apply",
+            "freshrec-materialize",
+        )
     ]
     # KFP labels every task pod with its run id: the pipeline's features task writes the store too.
     feast_clients.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -198,6 +199,17 @@ def stream_cmd(
     metrics_port: int | None = typer.Option(
         None, "--metrics-port", help="Serve Prometheus metrics on this port (0.0.0.0)."
     ),
+    wait_for_store_s: float = typer.Option(
+        0.0,
+        "--wait-for-store-s",
+        help="Wait up to this long for the feature views (a new cluster has none until `feast apply` ran); "
+        "0: fail at once.",
+    ),
+    heartbeat: Path | None = typer.Option(
+        None,
+        "--heartbeat",
+        help="Touch this file on every poll, idle ones and the wait for the store too (a liveness probe).",
+    ),
 ) -> None:
     """Follow the event stream; keep user/item activity state; write changed rows to the online store.
 
@@ -223,8 +235,27 @@ def stream_cmd(
         settings = settings.model_copy(update={"features": features})
     if source is not None and source not in ("eventlog", "redis"):
         _fail(ValueError(f"--source must be 'eventlog' or 'redis', got {source!r}"))
+
+    def beat() -> bool:
+        if heartbeat is not None:
+            heartbeat.touch()
+        return False
+
+    deadline = time.monotonic() + wait_for_store_s
+    waiting = False
     try:
-        job = stream.build_stream_job(settings, source)
+        while True:
+            beat()
+            try:
+                job = stream.build_stream_job(settings, source)
+                break
+            except stream.StoreNotApplied as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not waiting:
+                    console.print(f"waiting up to {wait_for_store_s:g} s for the feature views: {exc}")
+                    waiting = True
+                time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     except stream.StreamJobError as exc:
         _fail(exc)
     except Exception as exc:  # a Redis that does not answer, a registry Feast cannot read
@@ -248,7 +279,7 @@ def stream_cmd(
         f"{job.stats.accepted:,} events"
     )
     try:
-        job.run(until=lambda: stopping["now"], until_idle=until_idle, max_events=max_events)
+        job.run(until=lambda: beat() or stopping["now"], until_idle=until_idle, max_events=max_events)
     except KeyboardInterrupt:
         console.print("interrupted: checkpointed, stopping")
     except Exception as exc:  # a store or source failure: the checkpoint holds what was committed

@@ -62,6 +62,10 @@ class StreamJobError(RuntimeError):
     """The stream job cannot run as configured (store not applied, bad checkpoint); the message says why."""
 
 
+class StoreNotApplied(StreamJobError):
+    """The online store's registry has no activity feature views yet (``freshrec features apply`` has not run)."""
+
+
 @dataclass
 class StreamStats:
     """Counters since the job's state began (restored with the checkpoint)."""
@@ -95,7 +99,7 @@ class OnlineRowWriter:
         try:
             self.views = {e: self.store.get_feature_view(v) for e, v in _VIEWS.items()}
         except Exception as exc:  # Feast raises its own "not found" types
-            raise StreamJobError(
+            raise StoreNotApplied(
                 f"the online store has no activity feature views ({exc}); run `freshrec features apply` first"
             ) from exc
         self._keys: dict[tuple[str, str], Any] = {}

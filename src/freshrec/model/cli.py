@@ -235,3 +235,15 @@ def promote(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc
     console.print(f"{label} → version {version} ({repo.config_path})")
+    if label == "stable":
+        from freshrec.model.references import ReferenceStore
+
+        references = ReferenceStore(settings.references_dir, settings.model.name)
+        reference = references.promote(version)
+        kept = references.stable_version()
+        console.print(
+            f"drift reference → {reference}"
+            if reference
+            else f"[yellow]v{version} has no drift reference[/]; the drift monitor keeps "
+            + (f"v{kept}'s" if kept is not None else "none (it fails until a stable version has one)")
+        )

@@ -1,18 +1,22 @@
 """Drift reference profiles: the training frame of each pushed version, and the stable version's copy.
 
-The pipeline's push step writes ``<references>/<model>/<version>.parquet`` (the frame the version was
-trained on: the features the drift monitor compares the event log with, ``--with-features``). Whenever a
-version becomes stable (the rollout task, after promotion) its frame is copied to ``stable.parquet`` with
-``stable.json`` naming the version, so the drift CronJob always reads one fixed path and compares with
-what production was trained on.
+Every batch publish writes ``<references>/<model>/<version>.parquet`` (the frame the version was trained on:
+the features the drift monitor compares the event log with, ``--with-features``): the pipeline's push step and
+``freshrec train --publish`` (:func:`freshrec.training.run_training`) alike. Whenever a version becomes stable
+(the rollout task after promotion, the first version of a repository, ``freshrec models promote``) its frame
+is copied to ``stable.parquet`` with ``stable.json`` naming the version, so the drift CronJob always reads one
+fixed path and compares with what production was trained on. Versions without a frame (the online learner's
+exports) leave the stable reference as it was: they descend from the version whose frame it is.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from freshrec.io import atomic_path, atomic_write_json, atomic_write_parquet
 
 STABLE = "stable.parquet"
 
@@ -32,8 +36,11 @@ class ReferenceStore:
 
     def write(self, version: int, frame_path: Path | str) -> Path:
         """Store the training frame of ``version`` (a Parquet file) atomically."""
-        self.root.mkdir(parents=True, exist_ok=True)
         return _copy_atomic(Path(frame_path), self.path(version))
+
+    def write_frame(self, version: int, frame: Any) -> Path:
+        """Store ``frame`` (a ``pandas.DataFrame``), the training frame of ``version``, atomically."""
+        return atomic_write_parquet(frame, self.path(version))
 
     def promote(self, version: int) -> Path | None:
         """Make ``version``'s frame the stable reference; None (nothing changed) when it has none."""
@@ -41,10 +48,7 @@ class ReferenceStore:
         if not source.is_file():
             return None
         _copy_atomic(source, self.stable_path)
-        marker = self.root / "stable.json"
-        tmp = marker.with_name(".stable.json.tmp")  # TODO(io): the one atomic-write helper when it lands
-        tmp.write_text(json.dumps({"version": int(version)}))
-        os.replace(tmp, marker)
+        atomic_write_json(self.root / "stable.json", {"version": int(version)})
         return self.stable_path
 
     def stable_version(self) -> int | None:
@@ -55,8 +59,7 @@ class ReferenceStore:
 
 
 def _copy_atomic(source: Path, target: Path) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp")  # TODO(io): the one atomic-write helper when it lands
-    shutil.copyfile(source, tmp)
-    os.chmod(tmp, 0o644)  # read by the drift CronJob, maybe as another user
-    os.replace(tmp, target)
+    # freshrec.io's files are 0644: the drift CronJob reads them, maybe as another user
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
     return target

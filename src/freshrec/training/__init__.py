@@ -373,7 +373,9 @@ def run_training(
     test window (candidate and the stable version), bless, and optionally infra-check and publish.
 
     The first blessed version published into an empty repository also gets the ``stable`` label (there is
-    nothing to canary against); later versions are left for the canary rollout to promote.
+    nothing to canary against); later versions are left for the canary rollout to promote. Every published
+    version's training frame is kept as its drift reference (``freshrec.model.references``), and the stable
+    version's becomes ``stable.parquet``, as the pipeline's push and rollout steps do.
 
     Args:
         settings: a :class:`freshrec.config.Settings`.
@@ -499,7 +501,14 @@ def run_training(
             },
             move=True,
         )
+    # The drift monitor's reference for this version, as the pipeline's push step writes it: the training
+    # frame (the CronJob compares the event log with the stable version's, references/<model>/stable.parquet).
+    from freshrec.model.references import ReferenceStore
+
+    references = ReferenceStore(settings.references_dir, model_settings.name)
+    references.write_frame(run.version, train_df)
     if stable is None:
         repo.set_label("stable", run.version)
+        references.promote(run.version)
         run.labelled_stable = True
     return run
