@@ -22,7 +22,7 @@ def train(
         train_set: Parquet training frame.
         valid_set: Parquet validation frame (early stopping).
         model: output SavedModel directory (+ the Keras weights a child model warm-starts from).
-        metrics: output training metrics (the last epoch's).
+        metrics: output training metrics (the last epoch's; ``feedback_*`` when ``training.feedback`` is on).
         epochs: overrides ``training.epochs`` when > 0.
     """
     import gc
@@ -33,6 +33,7 @@ def train(
     from freshrec.model.repository import ModelRepository
     from freshrec.model.spec import FeatureSpec
     from freshrec.training import train as fit
+    from freshrec.training.feedback import feedback_training_frame
 
     settings = load_settings(None, **{**json.loads(settings_json or "{}"), "workdir": workdir})
     training = settings.training
@@ -43,13 +44,16 @@ def train(
     )
     repo = ModelRepository(settings.models_dir, settings.model.name)
     parent = repo.stable() if training.warm_start else None
+    # training.feedback: rows the served model scored badly (prediction log joined with clicks) count more.
+    rows, weights, feedback = feedback_training_frame(train_set.path, settings)
     result = fit(
-        train_set.path,
+        rows,
         valid_set.path,
         spec,
         settings.model,
         training,
         parent=repo.path(parent) if parent is not None else None,
+        sample_weight=weights,
     )
     result.export(model.path)
     model.metadata["parent_version"] = -1 if parent is None else parent
@@ -57,6 +61,9 @@ def train(
     model.metadata["spec_hash"] = result.spec.hash()
     for name, value in result.metrics.items():
         metrics.log_metric(name, float(value))
+    if feedback.mode != "off":
+        for name, value in feedback.to_dict().items():
+            metrics.log_metric(f"feedback_{name}", value)
     # The process ends with this task: frozen objects are left out of the interpreter's final garbage
     # collections (about 2 s of CPU over TensorFlow's objects at exit).
     gc.freeze()

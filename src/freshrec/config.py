@@ -97,6 +97,25 @@ class ModelSettings(BaseModel):
     deep_batch_norm: bool = False  # DCN: batch norm before each deep layer's ReLU
 
 
+class FeedbackSettings(BaseModel):
+    """Error feedback in retraining (``training.feedback``): rows the served model scored badly count more.
+
+    A training row whose impression is in the prediction log (joined with its click within
+    ``click_window_s``, :func:`freshrec.serving.predlog.join_clicks`) has a served logloss ``l``; its ratio
+    to the mean served logloss of the joined rows, capped to ``[1 / max_weight, max_weight]``, is its
+    sample weight (``weight``), or ``floor(weight) - 1`` extra copies of it join the training set
+    (``augment``, at most ``max_weight - 1``). Rows without a logged prediction keep weight 1
+    (:mod:`freshrec.training.feedback`).
+    """
+
+    # Off until benchmarks/bench_feedback.py measures a gain beyond its seed-to-seed spread.
+    mode: Literal["off", "weight", "augment"] = "off"
+    # The cap: no row counts more than this many times an average one (nor less than its inverse).
+    max_weight: float = Field(default=3.0, ge=1.0)
+    # How long after a prediction its click may arrive; None: ``rollout.click_window_s``.
+    click_window_s: float | None = Field(default=None, ge=0.0)
+
+
 class TrainingSettings(BaseModel):
     """Batch training."""
 
@@ -113,6 +132,7 @@ class TrainingSettings(BaseModel):
     seed: int = 42
     mixed_precision: bool = False
     warm_start: bool = True
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
 
 
 class BlessingSettings(BaseModel):

@@ -81,8 +81,9 @@ def make_dataset(
     batch_size: int,
     shuffle: bool = True,
     seed: int = 42,
+    sample_weight: np.ndarray | None = None,
 ) -> Any:
-    """A ``tf.data.Dataset`` of (feature dict, label) batches over column arrays held once in memory.
+    """A ``tf.data.Dataset`` of (feature dict, label[, weight]) batches over column arrays held once in memory.
 
     Shuffling permutes row indices each epoch and gathers whole batches (one ``tf.gather`` per column),
     instead of shuffling and batching row by row, which costs a per-row step for every column.
@@ -90,7 +91,12 @@ def make_dataset(
     import tensorflow as tf
 
     n = len(labels)
-    columns = ({k: tf.convert_to_tensor(v) for k, v in inputs.items()}, tf.convert_to_tensor(labels))
+    columns: tuple[Any, ...] = (
+        {k: tf.convert_to_tensor(v) for k, v in inputs.items()},
+        tf.convert_to_tensor(labels),
+    )
+    if sample_weight is not None:
+        columns = (*columns, tf.convert_to_tensor(np.asarray(sample_weight, dtype=np.float32)))
     indices = tf.data.Dataset.range(n)
     if shuffle:
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -175,6 +181,7 @@ def train(
     progress: ProgressFn | None = None,
     callbacks: list[Any] | None = None,
     verbose: int = 0,
+    sample_weight: np.ndarray | None = None,
 ) -> TrainResult:
     """Train a CTR model; return it with the best validation epoch's weights.
 
@@ -191,6 +198,8 @@ def train(
         progress: called after each epoch with ``(epoch, epochs, logs)``.
         callbacks: extra Keras callbacks.
         verbose: Keras ``fit`` verbosity (0 silent; progress goes to ``logging`` and ``progress``).
+        sample_weight: one weight per training row (e.g. :mod:`freshrec.training.feedback`'s); the
+            validation rows are never weighted, so early stopping compares epochs on the plain window.
 
     Raises:
         ValueError: bad columns/labels, empty frames, or a parent incompatible with ``model_settings``.
@@ -221,6 +230,14 @@ def train(
         raise ValueError("training frame is empty")
     if len(y_valid) == 0:
         raise ValueError("validation frame is empty")
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        if len(sample_weight) != len(y_train):
+            raise ValueError(
+                f"sample_weight has {len(sample_weight)} values for {len(y_train)} training rows"
+            )
+        if not np.all(np.isfinite(sample_weight)) or (sample_weight < 0).any():
+            raise ValueError("sample_weight must be finite and non-negative")
 
     policy_before = keras.config.dtype_policy()
     strategy = _strategy()
@@ -251,7 +268,9 @@ def train(
         keras.config.set_dtype_policy(policy_before)
 
     batch = training.batch_size * max(1, strategy.num_replicas_in_sync)
-    train_ds = make_dataset(x_train, y_train, batch, shuffle=True, seed=training.seed)
+    train_ds = make_dataset(
+        x_train, y_train, batch, shuffle=True, seed=training.seed, sample_weight=sample_weight
+    )
     valid_ds = make_dataset(x_valid, y_valid, max(batch, 4096), shuffle=False)
 
     initial = model.evaluate(valid_ds, verbose=0, return_dict=True)
@@ -404,8 +423,11 @@ def run_training(
             log.warning(
                 "parent version %s has another feature layout; warm start keeps the parent's", parent_version
             )
+    from freshrec.training.feedback import feedback_training_frame
+
+    fit_df, weights, feedback = feedback_training_frame(train_df, settings)
     result = train(
-        train_df,
+        fit_df,
         valid_df,
         spec,
         model_settings,
@@ -413,7 +435,10 @@ def run_training(
         parent=parent_dir,
         checkpoint_dir=settings.state_dir / "training-backup" / model_settings.name,
         progress=progress,
+        sample_weight=weights,
     )
+    if feedback.mode != "off":
+        result.metrics.update({f"feedback_{k}": v for k, v in feedback.to_dict().items()})
     known = {"known_users": set(train_df["user_id"]), "known_items": set(train_df["item_id"])}
     scored = test_df.assign(score=predict(result.model, test_df, result.spec))
     report = evaluate(scored, **known)
