@@ -17,6 +17,7 @@ repository, the source that tails a folder) skip them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_parquet",
     "atomic_write_text",
+    "exclusive_lock",
     "fsync_dir",
     "fsync_tree",
     "make_readable",
@@ -252,3 +254,16 @@ def publish_file(src: Path | str, dst: Path | str) -> Path:
     os.replace(src, dst)
     fsync_dir(dst.parent)
     return dst
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path | str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if absent) for a read-modify-write across processes."""
+    path = Path(path)
+    _ensure_parent(path)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

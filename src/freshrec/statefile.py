@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
 
-from freshrec.io import atomic_write_text
+from freshrec.io import atomic_write_text, exclusive_lock
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -23,8 +22,7 @@ def locked_state(directory: Path, model: type[M]) -> Iterator[M]:
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "state.json"
-    with open(directory / "state.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(directory / "state.lock"):
         state = model.model_validate_json(path.read_text()) if path.exists() else model()
         yield state
         atomic_write_text(path, state.model_dump_json(indent=2))

@@ -183,3 +183,41 @@ def test_embedding_tables_learn_with_their_own_faster_optimizer(bootstrap, setti
     # The former learner (one Adam at 2e-4 for every variable) barely moves an id's row.
     single_change, _ = user_table_change(embedding_optimizer="adam", embedding_learning_rate=2e-4)
     assert split_change > 5 * single_change, (split_change, single_change)
+
+
+def test_a_promotion_stops_the_learners_exports_even_one_landing_mid_export(bootstrap, settings):
+    """A batch version promoted while the learner runs (the rollout task labelling a canary stable) is not
+    overwritten by the learner's next export, even when it lands between the learner's read of the label and
+    its write (here: during the publish): the learner marks itself superseded and exports no more, so its
+    owner (``freshrec online --follow-stable``, the Deployment) restarts it from the new stable version."""
+    from freshrec.model.repository import ModelRepository
+
+    class PromotedDuringPublish(ModelRepository):
+        promote_next: int | None = None
+
+        def publish(self, *args, **kwargs):
+            version = super().publish(*args, **kwargs)
+            if self.promote_next is not None:  # the rollout task's label write, mid-export
+                self.set_label("stable", self.promote_next)
+                self.promote_next = None
+            return version
+
+    repo = PromotedDuringPublish(settings.models_dir, settings.model.name)
+    v1 = repo.publish(bootstrap["export"], {"source": "batch"})
+    batch = repo.publish(bootstrap["export"], {"source": "batch"})  # the canary, promoted later
+    repo.set_label("stable", v1)
+    learner = _learner(
+        bootstrap, settings, repository=repo, parent=v1, export_every_events=400, guard_min_events=200
+    )
+    after = bootstrap["after"]
+    _stream(learner, after.iloc[:1200])
+    exported = [e.version for e in learner.exports if e.version is not None]
+    assert exported and repo.stable() == exported[-1] and learner.superseded is None
+    repo.promote_next = batch
+    _stream(learner, after.iloc[1200:2400])
+    assert repo.stable() == batch  # the promotion stands
+    assert learner.superseded == batch
+    versions = repo.versions()
+    _stream(learner, after.iloc[2400:3600])
+    assert repo.versions() == versions  # nothing more from the old lineage
+    assert learner.superseded_by() == batch

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.model.repository import ModelRepository, RepositoryError, read_model_config
+from freshrec.model.repository import LabelMoved, ModelRepository, RepositoryError, read_model_config
 
 
 def fake_export(path: Path, tag: str = "x") -> Path:
@@ -25,6 +25,18 @@ def _publish_in_process(models_dir: str, src: str, queue, barrier) -> None:
     repo = ModelRepository(models_dir, "ctr")
     barrier.wait(30)  # all publish at the same moment
     queue.put(repo.publish(src, {"who": src}))
+
+
+def _label_in_process(models_dir: str, label: str, n: int, barrier) -> None:
+    """Flip ``label`` between v1 and v2 ``n`` times; exit with how often a write of ours did not stick."""
+    repo = ModelRepository(models_dir, "ctr")
+    barrier.wait(30)
+    lost = 0
+    for k in range(n):
+        want = 1 + k % 2
+        repo.set_label(label, want)
+        lost += repo.labels().get(label) != want  # only the other process writes, and not this label
+    raise SystemExit(min(lost, 100))
 
 
 def test_publish_assigns_increasing_versions_and_writes_metadata(tmp_path):
@@ -144,6 +156,45 @@ def test_label_errors(tmp_path):
     repo.config_path.write_text("this is { not a proto")
     with pytest.raises(RepositoryError, match="not a valid ModelServerConfig"):
         repo.labels()
+
+
+def test_a_label_compare_and_set_loses_to_a_move_made_meanwhile(tmp_path):
+    """The online learner labels its export stable only from the version it read: a promotion landed while
+    it exported (the rollout task moving stable to a batch version) wins, and the learner is told."""
+    repo = ModelRepository(tmp_path / "models", "ctr")
+    for k in range(3):
+        repo.publish(fake_export(tmp_path / f"a{k}"), {})
+    repo.set_label("stable", 1)
+    seen = repo.stable()
+    repo.set_label("stable", 2)  # the promotion, between the learner's read and its write
+    with pytest.raises(LabelMoved, match="at v2, not v1") as caught:
+        repo.set_label("stable", 3, expect=seen)
+    assert caught.value.current == 2 and repo.stable() == 2
+    repo.set_label("stable", 3, expect=2)
+    assert repo.stable() == 3
+    repo.set_label("canary", 1, expect=None)  # None: only if unlabelled
+    with pytest.raises(LabelMoved):
+        repo.set_label("canary", 2, expect=None)
+
+
+def test_concurrent_label_writers_from_processes_lose_no_update(tmp_path):
+    """Two processes move two labels of one model at once (the rollout task the canary, the learner stable):
+    without the repository's lock one read-modify-write puts back the other's old value."""
+    models = tmp_path / "models"
+    for k in range(2):
+        ModelRepository(models, "ctr").publish(fake_export(tmp_path / f"a{k}"), {})
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_label_in_process, args=(str(models), label, 200, barrier))
+        for label in ("stable", "canary")
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]  # no write lost
+    assert ModelRepository(models, "ctr").labels() == {"stable": 2, "canary": 2}
 
 
 def test_update_metadata_is_merged(tmp_path):

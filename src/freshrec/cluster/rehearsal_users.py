@@ -342,6 +342,13 @@ class Users:
             )
 
     def learner_export_served(self) -> None:
+        """An online export descending from the stable pods' version appears on the volume and they serve it.
+
+        Exports of the learner's older lineage (learned from v1 before the promotion) may be there too: the
+        stable pods must not serve those, so the check waits for a descendant (the sidecar's own rule).
+        """
+        from freshrec.rollout.model_config import served_version
+
         stable = self.s.ctl.pods[self.s.ctl.stable_hash][0]
         host, _ = self.s.r.host_path(stable, self.s.tfs_base[0], self.s.tfs_base[1])
         before = max(int(p.name) for p in host.iterdir() if p.name.isdigit())
@@ -353,17 +360,16 @@ class Users:
             deadline = time.monotonic() + 120
             newer = None
             while time.monotonic() < deadline:
-                found = [
-                    int(p.name) for p in host.iterdir() if p.name.isdigit() and int(p.name) > self.s.version
-                ]
-                if found:
-                    newer = max(found)
+                descendant = served_version(host, self.s.version)
+                if descendant > self.s.version:
+                    newer = descendant
                     break
                 time.sleep(1.0)
             if newer is None:
                 raise Broken(
                     "path", f"online learner {ref(self.s.learner)}", f"model repository TF Serving reads ({self.s.models_where})",
-                    f"no version after v{self.s.version} appeared there (newest v{before})" + self.s.learner_pods[0].logs_summary(25),
+                    f"no online export descending from v{self.s.version} appeared there (newest v{before}; "
+                    f"versions and parents: {_lineage(host, self.s.version)})" + self.s.learner_pods[0].logs_summary(25),
                 )  # fmt: skip
             try:
                 status = self.s._model_status(stable, newer, timeout_s=60)
@@ -374,7 +380,23 @@ class Users:
                     f"TF Serving {stable.name}",
                     f"the version is on the volume but TF Serving does not load it: {exc.detail[:1500]}",
                 ) from exc
-            conn.evidence = f"v{newer}: {status}"
+            conn.evidence = f"v{newer} (from v{self.s.version}): {status}"
+
+
+def _lineage(base: Path, since: int) -> dict[int, Any]:
+    """{version: parent_version or source} of the versions after ``since`` (for a failure's detail)."""
+    import json
+
+    out: dict[int, Any] = {}
+    for p in base.iterdir():
+        if p.name.isdigit() and int(p.name) > since:
+            try:
+                meta = json.loads((p / "freshrec.json").read_text())
+            except (OSError, ValueError):
+                out[int(p.name)] = "incomplete"
+                continue
+            out[int(p.name)] = meta.get("parent_version", meta.get("source"))
+    return dict(sorted(out.items()))
 
 
 def _ids_under(folder: Path | None, wanted: set[str]) -> int:

@@ -22,7 +22,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from freshrec.io import atomic_write_json, atomic_write_text, fsync_dir, fsync_tree, make_readable
+from freshrec.io import (
+    atomic_write_json,
+    atomic_write_text,
+    exclusive_lock,
+    fsync_dir,
+    fsync_tree,
+    make_readable,
+)
 
 METADATA_FILE = "freshrec.json"
 CONFIG_FILE = "models.config"
@@ -32,6 +39,17 @@ _RESERVED = ".reserved-"
 
 class RepositoryError(RuntimeError):
     """A repository operation could not be done (unknown version, corrupt config ...)."""
+
+
+class LabelMoved(RepositoryError):
+    """A compare-and-set of a label found it pointing elsewhere than expected (another writer moved it)."""
+
+    def __init__(self, label: str, expected: int | None, current: int | None) -> None:
+        super().__init__(f"label {label!r} is at v{current}, not v{expected}: another writer moved it")
+        self.label, self.expected, self.current = label, expected, current
+
+
+_ANY = object()
 
 
 class ModelRepository:
@@ -180,12 +198,17 @@ class ModelRepository:
     def canary(self) -> int | None:
         return self.labels().get("canary")
 
-    def set_label(self, label: str, version: int) -> None:
+    def set_label(self, label: str, version: int, *, expect: Any = _ANY) -> None:
         """Point ``label`` at a servable version and rewrite ``models.config`` atomically.
+
+        The read-modify-write holds the repository's lock, so concurrent writers (the rollout task promoting a
+        canary, the online learner labelling its export) never lose each other's change. With ``expect``
+        (a version, or None for "unlabelled") it is a compare-and-set: the label moves only from there.
 
         Raises:
             ValueError: unknown label.
             RepositoryError: the version is not servable.
+            LabelMoved: ``expect`` given and the label is elsewhere.
         """
         if label not in LABELS:
             raise ValueError(f"unknown label {label!r} (expected one of {LABELS})")
@@ -193,14 +216,21 @@ class ModelRepository:
             raise RepositoryError(
                 f"cannot label {label!r}: model {self.name!r} has no servable version {version}"
             )
-        labels = self.labels()
-        labels[label] = int(version)
-        self._write_labels(labels)
+        with self._labels_lock():
+            labels = self.labels()
+            if expect is not _ANY and labels.get(label) != expect:
+                raise LabelMoved(label, expect, labels.get(label))
+            labels[label] = int(version)
+            self._write_labels(labels)
 
     def remove_label(self, label: str) -> None:
-        labels = self.labels()
-        if labels.pop(label, None) is not None:
-            self._write_labels(labels)
+        with self._labels_lock():
+            labels = self.labels()
+            if labels.pop(label, None) is not None:
+                self._write_labels(labels)
+
+    def _labels_lock(self) -> Any:
+        return exclusive_lock(self.models_dir / f".{CONFIG_FILE}.lock")
 
     def _find(self, config: Any) -> Any:
         for entry in config.model_config_list.config:

@@ -109,20 +109,23 @@ def online(
     signal.signal(signal.SIGINT, _stop)
     started = time.monotonic()
     first = learner.totals.received
-    followed = {"at": 0.0, "version": learner.serving_version}
-    labels = ModelRepository(settings.models_dir, settings.model.name)
+    followed = {"at": 0.0}
 
     def replaced() -> bool:
-        """True once a version other than the learner's own is labelled stable (checked every 5 s)."""
-        now = time.monotonic()
-        if not follow_stable or now - followed["at"] < 5.0:
+        """True once another version was promoted stable (checked every 5 s, or told by a lost label write)."""
+        if not follow_stable:
             return False
-        followed["at"] = now
-        stable = labels.stable()
-        ours = {followed["version"], *(e.version for e in learner.exports if e.version is not None)}
-        if stable is None or stable in ours:
-            return False
-        console.print(f"v{stable} is now stable (learning from v{followed['version']}): restarting from it")
+        if learner.superseded is None:
+            now = time.monotonic()
+            if now - followed["at"] < 5.0:
+                return False
+            followed["at"] = now
+            learner.superseded = learner.superseded_by()
+            if learner.superseded is None:
+                return False
+        console.print(
+            f"v{learner.superseded} is now stable (learning from v{learner.serving_version}): restarting from it"
+        )
         return True
 
     last_print = [0.0]

@@ -316,6 +316,10 @@ class OnlineLearner:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.repository = repository
         self.serving_version = parent_version
+        # A batch version labelled stable since the learner started (set by superseded_by / a lost
+        # compare-and-set): the learner exports no more; its owner restarts it from that version.
+        self.superseded: int | None = None
+        self._stable_seen: int | None = None
         self.quarantine_dir = quarantine_dir
         self.push = push
         self.on_guard_failure = on_guard_failure
@@ -577,8 +581,40 @@ class OnlineLearner:
             )
         return check_guard(self.policy, y, cand, serv, weights=self.model.get_weights(), reference=reference)
 
+    def superseded_by(self) -> int | None:
+        """The stable version when it is no longer this learner's to move, else None.
+
+        That is a version promoted by someone else (a batch-retrained canary) since the learner started: it is
+        neither the learner's own serving version, nor one of its exports, nor an online export (an older
+        checkpoint's lineage). Exports from here on would not descend from what the stable pods serve.
+        """
+        if self.repository is None:
+            return None
+        stable = self.repository.stable()
+        ours = {self.serving_version, *(e.version for e in self.exports if e.version is not None)}
+        if stable is None or stable in ours:
+            return None
+        if self.repository.metadata(stable).get("source") == "online":
+            return None
+        return stable
+
     def maybe_export(self) -> dict[str, Any]:
-        """Run the guard; publish a version if it passes, else keep the serving one (and maybe reset)."""
+        """Run the guard; publish a version if it passes, else keep the serving one (and maybe reset).
+
+        Nothing is published once another version was promoted (:meth:`superseded_by`): the learner's
+        owner restarts it from the new stable version.
+        """
+        moved = self.superseded if self.superseded is not None else self.superseded_by()
+        if moved is not None:
+            if self.superseded is None:
+                log.warning(
+                    "v%s was promoted since this learner started from v%s: no more exports from this lineage",
+                    moved,
+                    self.serving_version,
+                )
+            self.superseded = moved
+            return {"passed": False, "version": None, "reasons": [f"superseded by v{moved}"]}
+        self._stable_seen = self.repository.stable() if self.repository is not None else None
         result = self.guard()
         rec = ExportRecord(
             attempted_at=time.time(),
@@ -660,7 +696,14 @@ class OnlineLearner:
         finally:
             shutil.rmtree(out, ignore_errors=True)
         if self.settings.label_stable:
-            self.repository.set_label("stable", version)
+            from freshrec.model.repository import LabelMoved
+
+            try:
+                # Compare-and-set: a promotion that landed while this version was exported wins.
+                self.repository.set_label("stable", version, expect=self._stable_seen)
+            except LabelMoved as exc:
+                log.warning("v%s published but not labelled stable: %s", version, exc)
+                self.superseded = exc.current
         return version
 
     # ------------------------------------------------------------------------------------------ checkpoint
