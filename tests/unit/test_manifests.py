@@ -629,3 +629,23 @@ def test_stream_feature_job(built, overlay, layout):
         assert any(_allows(p["spec"]["ingress"], labels, store.port, "from") for p in theirs), store
     prom_ns = layout.services.prometheus.namespace
     assert any(_allows(p["spec"]["ingress"], {}, svc_layout.port, "from", prom_ns) for p in own)
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_every_service_monitor_reaches_a_metrics_port(built, overlay):
+    """ServiceMonitor -> Service (labels) -> port name -> targetPort -> a container port of the selected pods:
+    the chain Prometheus follows (the rehearsal's static check); a wrong targetPort is refused naming both."""
+    import copy
+
+    from freshrec.cluster.rehearsal_breaks import break_service_port
+    from freshrec.cluster.rehearsal_objects import Broken, Objects, check_service_monitors
+
+    objs = built[overlay]
+    assert any(o["kind"] == "ServiceMonitor" for o in objs)
+    check_service_monitors(Objects(objs))
+    broken = copy.deepcopy(objs)
+    one_end, other_end = break_service_port(broken)
+    with pytest.raises(Broken) as info:
+        check_service_monitors(Objects(broken))
+    text = f"{info.value.writer} | {info.value.reader} | {info.value.detail}"
+    assert one_end in text and other_end in text and "Deployment" in info.value.reader

@@ -85,6 +85,14 @@ def break_pvc(docs):
     return ("ctr-serving", "freshrec-models")
 
 
+def break_service_port(docs):
+    """The stream feature job's metrics Service points at a container port nobody listens on."""
+    svc = _obj(docs, "Service", "freshrec-stream-features")
+    for port in svc["spec"]["ports"]:
+        port["targetPort"] = "http-metrics"
+    return ("freshrec-stream-features", "http-metrics")
+
+
 BREAKS = {
     "namespace": break_namespace,
     "image": break_image,
@@ -94,6 +102,7 @@ BREAKS = {
     "configmap": break_configmap,
     "pvc": break_pvc,
     "path": break_subpath,
+    "service-port": break_service_port,
 }
 
 

@@ -35,6 +35,7 @@ from freshrec.cluster.rehearsal_net import Network, hosts_file, resolv_conf
 from freshrec.cluster.rehearsal_objects import (
     Broken,
     Objects,
+    check_service_monitors,
     instantiate_pod,
     pod_templates,
     ref,
@@ -180,6 +181,7 @@ class Cluster:
                     f"(namespaces: {sorted(namespaces)})",
                 )  # fmt: skip
         check_rbac_references(self.objects)
+        check_service_monitors(self.objects)
 
     def up(self) -> None:
         """Network, API server, stand-ins and a proxy for every Service (no workloads yet)."""

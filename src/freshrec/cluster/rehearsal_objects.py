@@ -386,3 +386,63 @@ def mount_for(container: dict[str, Any], path: str) -> tuple[dict[str, Any], str
     if best is None:
         return None
     return best[1], path[len(best[0]) :].lstrip("/")
+
+
+def check_service_monitors(objects: Objects) -> None:
+    """Each ServiceMonitor reaches a workload's metrics port: through a Service it selects, by a named port.
+
+    The Prometheus Operator scrapes ``endpoints[].port`` — a *name* of a Service port — of every Service in the
+    ServiceMonitor's namespace whose labels match its selector; that Service port's ``targetPort`` must be a
+    container port of the pods the Service selects. Any link missing and the target silently never appears.
+
+    Raises:
+        Broken: no Service matches, the port name is not on it, or its targetPort is on none of its pods.
+    """
+    for mon in objects.of_kind("ServiceMonitor"):
+        ns = mon["metadata"].get("namespace")
+        spec = mon.get("spec") or {}
+        services = [
+            s
+            for s in objects.of_kind("Service")
+            if s["metadata"].get("namespace") == ns
+            and selector_matches(spec.get("selector"), s["metadata"].get("labels") or {})
+        ]
+        if not services:
+            raise Broken(
+                "missing-reference", ref(mon), f"a Service labelled {spec.get('selector')} in {ns}",
+                "the ServiceMonitor selects no Service: Prometheus never scrapes its target",
+            )  # fmt: skip
+        for endpoint in spec.get("endpoints") or []:
+            name = endpoint.get("port")
+            ports = [
+                (s, p) for s in services for p in (s["spec"].get("ports") or []) if p.get("name") == name
+            ]
+            if not ports:
+                raise Broken(
+                    "missing-reference", f"{ref(mon)} endpoint port {name!r}", ", ".join(ref(s) for s in services),
+                    f"no port named {name!r} on the Service(s) it selects",
+                )  # fmt: skip
+            for svc, port in ports:
+                target = port.get("targetPort", port.get("port"))
+                workloads = [
+                    w
+                    for w in objects
+                    if w["metadata"].get("namespace") == ns
+                    and (tpl := pod_templates(w)) is not None
+                    and selector_matches(
+                        svc["spec"].get("selector"), (tpl.get("metadata") or {}).get("labels") or {}
+                    )
+                ]
+                found = [
+                    w
+                    for w in workloads
+                    for c in pod_templates(w)["spec"].get("containers") or []
+                    for cp in c.get("ports") or []
+                    if target in (cp.get("name"), cp.get("containerPort"))
+                ]
+                if not found:
+                    raise Broken(
+                        "missing-reference", f"{ref(svc)} port {name!r} (targetPort {target!r}, scraped by {ref(mon)})",
+                        ", ".join(ref(w) for w in workloads) or "no pods",
+                        f"targetPort {target!r} is no container port of the pods the Service selects",
+                    )  # fmt: skip

@@ -413,6 +413,7 @@ class Story:
         self.learner_pods = self.c.start_workload(learner)
         self.gateway, self.learner = gateway, learner
         stream = self.r.workloads("stream-features", ("Deployment", "StatefulSet"))
+        self.stream = stream[0] if stream else None
         self.stream_pods = self.c.start_workload(stream[0]) if stream else []
         if not stream:
             self.c.note(
@@ -921,10 +922,22 @@ class Story:
 
     # --- 9. online ------------------------------------------------------------------------------------------
     def online(self) -> None:
+        from freshrec.features.stream import METRIC_PREFIX
+
         # Traffic goes on after the verdict: the learner (following the new stable version, as rendered
         # with --follow-stable) learns from it and exports a descendant of what the stable pods serve.
+        # The stream feature job rewrites the clicking users' activity rows (what the gateway reads next).
+        stream_job = bool(self.stream_pods)
+        if stream_job:
+            rows_before = self.users.feast_rows()
+            try:
+                written_before = self.users.stream_job_metric(f"{METRIC_PREFIX}_rows_written_total") or 0.0
+            except (Broken, OSError):  # the connection below names what is missing
+                written_before = 0.0
         self.users.clicks_after_promotion()
         self.users.learner_consumed()
+        if stream_job:
+            self.users.stream_job_checks(rows_before, written_before)
         self.users.learner_export_served()
 
     # --- 10. schedules ----------------------------------------------------------------------------------------

@@ -310,6 +310,105 @@ class Users:
         publish_events(redis_lib.Redis(host=ip, port=port, db=db), self.stream, frame)
         self.c.note(f"after the verdict the users published {len(frame)} more events to {self.stream!r}")
 
+    # --- the stream feature job ------------------------------------------------------------------------
+    def feast_rows(self) -> dict[bytes, dict[bytes, bytes]]:
+        """Every hash of the Feast online store (Redis), to see which rows the stream job rewrites."""
+        import redis as redis_lib
+
+        ip, port, db = self.redis_addr
+        client = redis_lib.Redis(host=ip, port=port, db=db)
+        return {k: client.hgetall(k) for k in client.scan_iter(count=1000) if client.type(k) == b"hash"}
+
+    def stream_job_metric(self, name: str) -> float | None:
+        """A counter of the stream feature job, scraped through its metrics Service as Prometheus does."""
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        pods = self.s.stream_pods
+        c = pod_templates(self.s.stream)["spec"]["containers"][0]
+        port = next((p["containerPort"] for p in c.get("ports") or [] if p.get("name") == "metrics"), None)
+        ip, svc_port, _ = self.s.r.service_for(pods, port, "Prometheus (the job's ServiceMonitor)")
+        text = requests.get(f"http://{ip}:{svc_port}/metrics", timeout=10).text
+        return sum(
+            s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name
+        )
+
+    def stream_job_checks(self, rows_before: dict[bytes, dict[bytes, bytes]], written_before: float) -> None:
+        """The stream feature job consumed the users' clicks (its own group), rewrote their activity rows in
+        the Feast online store the gateway reads, and its metrics reach Prometheus through its Service."""
+        import redis as redis_lib
+
+        from freshrec.features.stream import METRIC_PREFIX
+
+        job, pods = self.s.stream, self.s.stream_pods
+        c = pods[0].spec["containers"][0]
+        env = container_env(
+            self.c.objects, pods[0].obj, c, ref(job), self.c.images.resolve(c["image"], ref(job)).env
+        )
+        group = env.get("FRESHREC_FEATURES__STREAM__GROUP", "freshrec-features")
+        ip, port, db = self.redis_addr
+        client = redis_lib.Redis(host=ip, port=port, db=db)
+        with self.s.r.connection(
+            "event stream -> stream feature job",
+            f"Redis stream {self.stream!r}",
+            f"stream feature job {ref(job)} (group {group!r})",
+        ) as conn:
+            info = self._group_drained(client, group, 90)
+            if info is None or int(info.get("entries-read") or 0) < len(self.event_ids):
+                raise Broken(
+                    "path", f"Redis stream {self.stream!r} ({len(self.event_ids)} events)", f"stream feature job group {group!r}",
+                    f"the job did not consume them: group info {info or 'no such group'}" + pods[0].logs_summary(20),
+                )  # fmt: skip
+            conn.evidence = f"group {group}: {info.get('entries-read')} read, {info.get('pending')} pending"
+        with self.s.r.connection(
+            "stream feature job -> Feast online store (Redis)",
+            f"stream feature job {ref(job)}",
+            "Feast online store (Redis) the gateway reads",
+        ) as conn:
+            names = {p.name for p in pods}
+            used = [x for x in self.c.network.connections if x.client in names and "host:redis" in x.backend]
+            after = self.feast_rows()
+            changed = sum(1 for k, v in after.items() if rows_before.get(k) != v)
+            if not used or not changed:
+                raise Broken(
+                    "path", f"stream feature job {ref(job)}", "Feast online store (Redis)",
+                    f"{changed} of {len(after)} online rows changed after the users' clicks, {len(used)} connection(s) "
+                    "from the job to Redis: the job's Feast config points elsewhere" + pods[0].logs_summary(20),
+                )  # fmt: skip
+            conn.evidence = f"{changed} of {len(after)} rows rewritten; {len(used)} connection(s) via {sorted({x.service for x in used})}"
+        with self.s.r.connection(
+            "stream feature job metrics -> Prometheus (Service + ServiceMonitor)",
+            f"stream feature job {ref(job)} metrics port",
+            "Prometheus scrape through the job's Service",
+        ) as conn:
+            name = f"{METRIC_PREFIX}_rows_written_total"
+            written = self.stream_job_metric(name) or 0.0
+            if written <= written_before:
+                raise Broken(
+                    "path", f"stream feature job {ref(job)}", "its metrics Service",
+                    f"{name} did not grow through the Service ({written_before:.0f} -> {written:.0f})",
+                )  # fmt: skip
+            conn.evidence = f"{name} {written_before:.0f} -> {written:.0f}"
+
+    def _group_drained(self, client: Any, group: str, timeout_s: float) -> dict[str, Any] | None:
+        """The group's XINFO once it has read every published event and has none pending (None: no group)."""
+        deadline = time.monotonic() + timeout_s
+        info: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            groups = {
+                g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                for g in client.xinfo_groups(self.stream)
+            }
+            info = groups.get(group)
+            if (
+                info
+                and int(info.get("entries-read") or 0) >= len(self.event_ids)
+                and int(info.get("pending", 0)) == 0
+            ):
+                break
+            time.sleep(1.0)
+        return info
+
     def learner_consumed(self) -> None:
         import redis as redis_lib
 
@@ -320,19 +419,12 @@ class Users:
             f"Redis stream {self.stream!r}",
             f"online learner {ref(self.s.learner)} (group {self.group!r})",
         ) as conn:
-            deadline = time.monotonic() + 90
-            info: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                groups = {
-                    g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                    for g in client.xinfo_groups(self.stream)
-                }
-                info = groups.get(self.group, {})
-                read = int(info.get("entries-read") or 0)
-                if info and read >= len(self.event_ids) and int(info.get("pending", 0)) == 0:
-                    break
-                time.sleep(1.0)
-            else:
+            info = self._group_drained(client, self.group, 90)
+            if (
+                not info
+                or int(info.get("entries-read") or 0) < len(self.event_ids)
+                or int(info.get("pending", 0))
+            ):
                 raise Broken(
                     "path", f"Redis stream {self.stream!r} ({len(self.event_ids)} events)", f"online learner group {self.group!r}",
                     f"the learner did not consume them: group info {info or 'no such group'}" + self.s.learner_pods[0].logs_summary(20),

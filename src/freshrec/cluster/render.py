@@ -867,6 +867,9 @@ def online_objects(layout: ClusterLayout) -> list[dict[str, Any]]:
             "--source=redis",
             "--wait-for-model-s=86400",
             "--follow-stable",
+            # The stream feature job is the one writer of the online store's activity rows in a cluster:
+            # a second writer from other state would race it row by row.
+            "--no-push",
             f"--heartbeat={HEARTBEAT}",
         ],
         layout.mounts(["models", "state", "tables", "eventlog", "reports"], read_only=("tables", "eventlog")),
