@@ -241,8 +241,7 @@ def stream_cmd(
             heartbeat.touch()
         return False
 
-    deadline = time.monotonic() + wait_for_store_s
-    waiting = False
+    deadline = None  # counted from the first look that finds no feature views (not from start-up)
     try:
         while True:
             beat()
@@ -250,11 +249,11 @@ def stream_cmd(
                 job = stream.build_stream_job(settings, source)
                 break
             except stream.StoreNotApplied as exc:
-                if time.monotonic() >= deadline:
-                    raise
-                if not waiting:
+                if deadline is None and wait_for_store_s > 0:
+                    deadline = time.monotonic() + wait_for_store_s
                     console.print(f"waiting up to {wait_for_store_s:g} s for the feature views: {exc}")
-                    waiting = True
+                if deadline is None or time.monotonic() >= deadline:
+                    raise
                 time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     except stream.StreamJobError as exc:
         _fail(exc)

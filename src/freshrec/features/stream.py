@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,22 +254,73 @@ class OnlineRowWriter:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
+class BatchHistogram:
+    """A Prometheus histogram (one ``model`` label) that takes a micro-batch's observations at once.
+
+    ``prometheus_client``'s Histogram costs two locked increments per observation: 100,000 events a batch
+    made it a tenth of the job's time. Here a batch is one ``searchsorted``; the exposition is the same
+    (``_bucket``/``_count``/``_sum`` samples, cumulative ``le`` buckets) through a custom collector.
+    """
+
+    def __init__(self, name: str, documentation: str, model: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.model = name, documentation, model
+        self.bounds = np.asarray(sorted(buckets), dtype=float)
+        self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # the last: above every bound
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Any) -> None:
+        values = np.asarray(values, dtype=float)
+        if not len(values):
+            return
+        # le semantics: a value equal to a bound falls in that bound's bucket
+        slots = np.searchsorted(self.bounds, values, side="left")
+        with self._lock:
+            self.counts += np.bincount(slots, minlength=len(self.counts))
+            self.total += float(values.sum())
+
+    def observe(self, value: float) -> None:
+        self.observe_many([value])
+
+    def describe(self) -> list[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        return [HistogramMetricFamily(self.name, self.documentation, labels=["model"])]
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        with self._lock:
+            cumulative = np.cumsum(self.counts)
+            total = self.total
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["model"])
+        buckets = [(_le(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)]
+        family.add_metric([self.model], [*buckets, ("+Inf", float(cumulative[-1]))], total)
+        yield family
+
+
+def _le(bound: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(bound)
+
+
 class StreamMetrics:
     """Prometheus metrics of the job (its own registry; served and/or written as a textfile)."""
 
     def __init__(self, model: str) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = CollectorRegistry()
         self.model = model
         labels = ["model"]
-        self.freshness = Histogram(
+        self.freshness = BatchHistogram(
             f"{METRIC_PREFIX}_freshness_seconds",
             "Wall time from an event entering the stream to its activity rows being readable in the online store.",
-            labels,
-            buckets=FRESHNESS_BUCKETS,
-            registry=self.registry,
-        ).labels(model=model)
+            model,
+            FRESHNESS_BUCKETS,
+        )
+        self.registry.register(self.freshness)
         self.events = Counter(
             f"{METRIC_PREFIX}_events",
             "Events received, by outcome.",
@@ -405,8 +457,7 @@ class StreamFeatureJob:
         self._advance_watermark(accepted)
         if entered is not None and len(entered):
             lags = np.maximum(done - entered, 0.0)
-            for lag in lags.tolist():
-                self.metrics.freshness.observe(lag)
+            self.metrics.freshness.observe_many(lags)
             self.freshness_s.extend(lags.tolist())
             if len(self.freshness_s) > 1_000_000:
                 del self.freshness_s[: len(self.freshness_s) - 1_000_000]
