@@ -652,8 +652,13 @@ class Pod:
             else:
                 failures[key] = failures.get(key, 0) + 1
                 threshold = probe.get("failureThreshold", 3)
+                # A startup probe is polled on the short clock (a started container is seen at once) but kills
+                # only once the time the manifest grants (delay + period x threshold) has passed for real.
+                granted = probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * threshold
                 if kind == "readinessProbe":
                     state.ready = False
+                elif kind == "startupProbe" and now - started_at[c["name"]] < granted:
+                    pass
                 elif failures[key] >= threshold and state.proc is not None:
                     state.reason = f"{kind} failed {failures[key]} times"
                     _kill(state.proc, 1.0)  # kubelet kills and restarts it
