@@ -67,6 +67,10 @@ class RunRecord:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     broken: Broken | None = None
+    # who created it: the identity of the request's bearer token (a service account of the loopback API
+    # server), or "" for a caller without one (the user's own `freshrec pipeline submit` from the host)
+    submitted_by: str = ""
+    held: bool = False  # accepted but not executed (see KfpApi.hold_new_runs)
 
 
 def _cel(condition: str, parameters: dict[str, Any]) -> bool:
@@ -458,6 +462,9 @@ class KfpApi:
         self.runs: dict[str, RunRecord] = {}
         self.requests: list[tuple[str, str, str]] = []  # (method, path, client)
         self.errors: list[str] = []
+        # Runs created from now on are validated and recorded, not executed: the story's first run already
+        # ran every task, and a second (a retraining run the drift CronJob submits) would outlive the story.
+        self.hold_new_runs = False
         self._httpd: ThreadingHTTPServer | None = None
 
     def _check(self, body: dict[str, Any], model: str) -> Any:
@@ -469,7 +476,16 @@ class KfpApi:
             raise ValueError(f"{model} has no fields {sorted(unknown)}")
         return kfp_server_api.ApiClient().deserialize(SimpleNamespace(data=json.dumps(body)), model)
 
-    def handle(self, method: str, url: str, body: bytes, client: str) -> tuple[int, dict[str, Any]]:
+    def identity(self, authorization: str | None) -> str:
+        """The service account behind ``Authorization: Bearer <token>`` (tokens the loopback API issued)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return ""
+        return self.cluster.api.tokens.get(token.strip(), "unknown token")
+
+    def handle(
+        self, method: str, url: str, body: bytes, client: str, authorization: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         parsed = urlparse(url)
         path, query = parsed.path, parse_qs(parsed.query)
         self.requests.append((method, path, client))
@@ -504,12 +520,15 @@ class KfpApi:
                 namespace=namespace,
                 service_account=run.service_account or DEFAULT_RUNNER_SA,
                 parameters=dict((run.runtime_config or SimpleNamespace(parameters={})).parameters or {}),
+                submitted_by=self.identity(authorization),
+                held=self.hold_new_runs,
             )
             self.runs[record.run_id] = record
-            runner = PipelineRunner(self.cluster, package, platform)
-            threading.Thread(
-                target=runner.run, args=(record,), name=f"kfp-run-{record.run_id}", daemon=True
-            ).start()
+            if not record.held:
+                runner = PipelineRunner(self.cluster, package, platform)
+                threading.Thread(
+                    target=runner.run, args=(record,), name=f"kfp-run-{record.run_id}", daemon=True
+                ).start()
             return 200, {**data, "run_id": record.run_id, "state": "PENDING"}
         m = re.fullmatch(rf"{API}/runs/([^/]+)", path)
         if method == "GET" and m and m.group(1) in self.runs:
@@ -529,7 +548,13 @@ class KfpApi:
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
-                    status, payload = api.handle(self.command, self.path, body, self.client_address[0])
+                    status, payload = api.handle(
+                        self.command,
+                        self.path,
+                        body,
+                        self.client_address[0],
+                        self.headers.get("Authorization"),
+                    )
                 except (ValueError, KeyError, TypeError) as exc:
                     api.errors.append(f"{self.command} {self.path}: {exc}")
                     status, payload = 400, {"error": str(exc), "code": 3}

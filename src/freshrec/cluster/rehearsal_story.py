@@ -940,6 +940,40 @@ class Story:
             self.users.stream_job_checks(rows_before, written_before)
         self.users.learner_export_served()
 
+    def _retraining_run(self, drift: dict[str, Any], pod: Any, runs_before: set[str]) -> None:
+        """The drift CronJob's retraining run reached the KFP API with its pod's projected token."""
+        spec = pod_templates(drift)["spec"]
+        account = spec.get("serviceAccountName") or "default"
+        want = f"system:serviceaccount:{pod.namespace}:{account}"
+        with self.r.connection(
+            "drift CronJob -> KFP API (retraining run, service-account token)",
+            f"{ref(drift)} (as {want})",
+            "KFP API (ml-pipeline)",
+        ) as conn:
+            said = _drift_pod_says(pod)
+            new = [r for k, r in self.c.kfp.runs.items() if k not in runs_before]
+            if not new:
+                raise Broken(
+                    "path", f"{ref(drift)} after the users' drifted clicks", "KFP API (ml-pipeline)",
+                    f"no retraining run was submitted ({said})" + pod.logs_summary(30),
+                )  # fmt: skip
+            run = new[0]
+            if run.submitted_by != want:
+                raise Broken(
+                    "rbac", f"{ref(drift)} retraining run {run.run_id}", "KFP API (ml-pipeline)",
+                    f"the run was submitted as {run.submitted_by or 'no identity (no bearer token)'}, not with the "
+                    f"pod's projected token for {want}: KFP's multi-user API would refuse it",
+                )  # fmt: skip
+            if run.namespace != self.ns:
+                raise Broken(
+                    "namespace", f"{ref(drift)} retraining run {run.run_id}", f"namespace {self.ns}",
+                    f"the run went to namespace {run.namespace}, not the layout's {self.ns}",
+                )  # fmt: skip
+            conn.evidence = (
+                f"run {run.run_id} ({run.name}) as {run.submitted_by} in {run.namespace}, runner "
+                f"{run.service_account}; {said[:160]}"
+            )
+
     # --- 10. schedules ----------------------------------------------------------------------------------------
     def schedules(self) -> None:
         mat = self.r.workloads("materialize", ("CronJob",))
@@ -963,6 +997,10 @@ class Story:
                 )
             conn.evidence = f"Redis keys {before} -> {self._redis_keys()}"
         drift = self.r.one("drift-monitor", ("CronJob",), "the event log and the reference profile")
+        # The drift the monitor must act on, and the retraining run it submits: accepted, not executed.
+        self.users.drifted_clicks()
+        runs_before = set(self.c.kfp.runs)
+        self.c.kfp.hold_new_runs = True
         with self.r.connection(
             "event log + reference profile -> drift CronJob",
             f"event log ({getattr(self, 'eventlog_where', '?')}) and the pipeline's reference profile",
@@ -977,6 +1015,7 @@ class Story:
                     pod.failure + pod.logs_summary(40),
                 )
             conn.evidence = f"{pod.name} succeeded"
+        self._retraining_run(drift, pod, runs_before)
         env_push = [
             e
             for c in pod_templates(drift)["spec"]["containers"]
@@ -992,6 +1031,13 @@ class Story:
                 conn.evidence = (
                     f"{len(self.c.stand_ins.pushes)} grouping(s): {sorted(self.c.stand_ins.pushes)[:3]}"
                 )
+
+
+def _drift_pod_says(pod: Any) -> str:
+    """The drift check's trigger line (``trigger: launch — ...``) from its log, or a note that it has none."""
+    text = "\n".join(pod.log_tail(n, 400) for n in pod.containers)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("trigger:")]
+    return lines[-1] if lines else "no trigger line in its log"
 
 
 def _readable(folder: Path) -> None:

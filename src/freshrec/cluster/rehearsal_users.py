@@ -409,6 +409,35 @@ class Users:
             time.sleep(1.0)
         return info
 
+    def drifted_clicks(self, n: int = 12_000) -> None:
+        """A shift the drift monitor must see: a burst of clicks on a handful of items (a promotion gone viral),
+        published to the stream and waited for in the event log the drift CronJob reads."""
+        import redis as redis_lib
+
+        from freshrec.online.sources import publish_events
+
+        ip, port, db = self.redis_addr
+        base = self.frame.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
+        hot = list(pd.unique(self.frame["item_id"]))[:5]
+        base["item_id"] = [hot[k % len(hot)] for k in range(len(base))]
+        base["label"] = 1
+        base["event_id"] = [f"rehearsal-drift-{uuid.uuid4().hex}" for _ in range(len(base))]
+        base["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+        self.event_ids += list(base["event_id"])
+        publish_events(redis_lib.Redis(host=ip, port=port, db=db), self.stream, base)
+        host, path, _ = self._reader_path("events")
+        wanted = set(base["event_id"])
+        deadline = time.monotonic() + 90
+        seen = 0
+        while time.monotonic() < deadline:
+            seen = _ids_under(host, wanted)
+            if seen >= 0.9 * len(wanted):
+                break
+            time.sleep(1.0)
+        self.c.note(
+            f"the users clicked {n} times on {len(hot)} items (all clicks): {seen} reached the event log at {path}"
+        )
+
     def learner_consumed(self) -> None:
         import redis as redis_lib
 
