@@ -308,17 +308,26 @@ class ContextConfig(BaseModel):
     ``bias + w_u + w_i + sum_c w_c + <v_u, v_i> + sum_c (<v_u, v_c> + <v_i, v_c>)`` (no context x context
     term). ``interaction_scale`` scales every factor product, so it sets how much the crosses matter
     (what a logistic regression over the same fields cannot learn).
+
+    The defaults make the truth learnable from its own rows (tests/unit/test_data_synthetic_context.py
+    checks each point): 50 users and 25 items over 300,000 events leave every id more than 2,000 training
+    rows (about (50 + 25 + 34) x 5 = 545 FM parameters against 240,000 training rows), so an FM of the
+    generator's own form fitted on the train split scores within 0.005 test AUC of the oracle (0.0008 to
+    0.0010 on seeds 0-2); and ``interaction_scale`` 0.5 puts enough of the signal in the crosses that a
+    logistic regression over the same fields stays at least 0.03 below it (0.08 to 0.11). The earlier
+    defaults (400 users, 200 items, 150,000 events, scale 0.3) asked for ~3,200 parameters from 120,000
+    rows with a Zipf tail of ~100 rows per user: the true-form FM itself stopped 0.012 short of the oracle.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
-    n_users: int = 400
-    n_items: int = 200
-    n_events: int = 150_000
+    n_users: int = 50
+    n_items: int = 25
+    n_events: int = 300_000
     context_fields: dict[str, int] = Field(default_factory=lambda: dict(CONTEXT_FIELDS))
     factor_dim: int = 4
-    interaction_scale: float = 0.3
+    interaction_scale: float = 0.5
     first_order_scale: float = 0.5
     base_ctr: float = 0.25
     popularity_exponent: float = 0.6  # Zipf exponent of user activity and item popularity
