@@ -232,6 +232,7 @@ class Rehearsal:
                 crd_files=crd_files(self.repo),
                 project_image=self.project_image,
                 pipeline_namespace=self._pipeline_namespace(),
+                kfp_service=self._kfp_service(),
                 time_scale=self.time_scale,
             )
             self._isolate_stores()
@@ -294,7 +295,7 @@ class Rehearsal:
             "Argo Rollouts controller: played in-process (steps, analysis runs, Gateway API weights)",
             "Prometheus (prometheus-operated.monitoring:9090): answers every query with no data",
             "Pushgateway (prometheus-pushgateway.monitoring:9091): keeps what is pushed",
-            "KFP (ml-pipeline.<pipeline ns>:8888): v2beta1 API; runs execute the compiled YAML's executors",
+            "KFP (the layout's ml-pipeline.kubeflow:8888): v2beta1 API; runs execute the compiled YAML's executors",
             f"images: {self.project_image} = this machine's Python env + docker/Dockerfile; tensorflow/serving = freshrec serve with the binary's flags",
             "Redis/PostgreSQL: this machine's, behind the rendered Services (own Redis db, own PostgreSQL database)",
             "one node, one replica per workload, no resource limits enforced, no NetworkPolicy enforcement",
@@ -347,6 +348,12 @@ class Rehearsal:
                 f"executors use several images {sorted(images)}",
             )
         return images.pop()
+
+    def _kfp_service(self) -> tuple[str, str, int]:
+        from freshrec.config import load_settings
+
+        kfp = load_settings().cluster.services.kfp_api
+        return kfp.name, kfp.namespace or "kubeflow", kfp.port
 
     def _pipeline_namespace(self) -> str:
         from freshrec.config import load_settings

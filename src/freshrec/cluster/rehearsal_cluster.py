@@ -75,6 +75,7 @@ class Cluster:
         crd_files: Iterable[Path],
         project_image: str,
         pipeline_namespace: str | None = None,
+        kfp_service: tuple[str, str, int] = ("ml-pipeline", "kubeflow", 8888),
         max_replicas: int = 1,
         time_scale: float = 0.01,
         max_restarts: int = 3,
@@ -89,6 +90,9 @@ class Cluster:
         self.schemas = load_crd_schemas(crd_files)
         self.images = Images(repo, project_image)
         self.pipeline_namespace = pipeline_namespace
+        # Where the KFP API stand-in listens: the layout's KFP Service (Kubeflow's namespace), not the
+        # profile namespace the runs execute in.
+        self.kfp_service = kfp_service
         self.max_replicas = max_replicas
         self.time_scale = time_scale
         self.probe_time_scale = min(1.0, max(0.05, time_scale * 10))
@@ -138,18 +142,21 @@ class Cluster:
         )
         add(_stand_in_service("prometheus-pushgateway", "monitoring", 9091, "Pushgateway stand-in"))
         if self.pipeline_namespace:
-            if self.pipeline_namespace not in namespaces:
-                add(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Namespace",
-                        "metadata": {
-                            "name": self.pipeline_namespace,
-                            "annotations": {"rehearsal.freshrec.io/stand-in": "Kubeflow"},
-                        },
-                    }
-                )
-            add(_stand_in_service("ml-pipeline", self.pipeline_namespace, 8888, "KFP API stand-in"))
+            kfp_name, kfp_ns, kfp_port = self.kfp_service
+            for ns in dict.fromkeys((self.pipeline_namespace, kfp_ns)):
+                if ns not in namespaces:
+                    namespaces.add(ns)
+                    add(
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Namespace",
+                            "metadata": {
+                                "name": ns,
+                                "annotations": {"rehearsal.freshrec.io/stand-in": "Kubeflow"},
+                            },
+                        }
+                    )
+            add(_stand_in_service(kfp_name, kfp_ns, kfp_port, "KFP API stand-in"))
             if self.objects.get("ServiceAccount", self.pipeline_namespace, "pipeline-runner") is None:
                 add(
                     {
@@ -235,8 +242,9 @@ class Cluster:
             net.in_cluster_thread(lambda fn=fn, ip=ip, port=port: fn(ip, port))
         if self.pipeline_namespace:
             self.kfp = KfpApi(self, self.pipeline_namespace)
-            svc = self.objects.get("Service", self.pipeline_namespace, "ml-pipeline")
-            net.in_cluster_thread(lambda: self.kfp.listen(svc["spec"]["clusterIP"], 8888))
+            kfp_name, kfp_ns, kfp_port = self.kfp_service
+            svc = self.objects.get("Service", kfp_ns, kfp_name)
+            net.in_cluster_thread(lambda: self.kfp.listen(svc["spec"]["clusterIP"], kfp_port))
 
     def _expose(self, svc: dict[str, Any]) -> None:
         spec = svc["spec"]

@@ -438,7 +438,8 @@ class Story:
     def submit(self) -> None:
         from freshrec.pipelines.submit import make_client, submit
 
-        svc = self.c.objects.get("Service", self.c.pipeline_namespace, "ml-pipeline")
+        kfp_name, kfp_ns, _ = self.c.kfp_service
+        svc = self.c.objects.get("Service", kfp_ns, kfp_name)
         url = f"http://{svc['spec']['clusterIP']}:8888"
         params = {p for p in self.r.package["root"]["inputDefinitions"]["parameters"]}
         wanted = {
