@@ -202,9 +202,13 @@ def replay(dataset: str, plan: dict[str, Any], datasets_dir: Path = DATASETS) ->
 
 
 def _verdict(mean: float, spread: float) -> str:
-    if mean > 0 and mean > spread:
-        return "gain exceeds its spread: on by default"
-    return "gain within its seed-to-seed spread (or negative): stays off by default"
+    if not math.isfinite(spread):
+        return "one seed: no spread, no verdict (stays off by default)"
+    if mean > spread:
+        return "a gain beyond its seed-to-seed spread: on by default"
+    if mean < -spread:
+        return "a loss beyond its seed-to-seed spread: stays off by default"
+    return "within its seed-to-seed spread: stays off by default"
 
 
 def rows_of(res: dict[str, Any], figure: str, command: str) -> list[Row]:
