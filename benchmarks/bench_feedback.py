@@ -72,7 +72,7 @@ PLANS: dict[bool, dict[str, dict[str, Any]]] = {
             "rounds": 2,
             "epochs": 2,
             "seeds": [1, 2, 3],
-            "modes": ["weight"],
+            "modes": ["weight", "augment"],
         },
     },
     True: {
@@ -201,7 +201,9 @@ def replay(dataset: str, plan: dict[str, Any], datasets_dir: Path = DATASETS) ->
     }
 
 
-def _verdict(mean: float, spread: float) -> str:
+def _verdict(mean: float, spread: float, quick: bool = False) -> str:
+    if quick:
+        return "smoke-sized run (--quick, 1 epoch, 2 seeds): no verdict; the full run decides"
     if not math.isfinite(spread):
         return "one seed: no spread, no verdict (stays off by default)"
     if mean > spread:
@@ -211,7 +213,7 @@ def _verdict(mean: float, spread: float) -> str:
     return "within its seed-to-seed spread: stays off by default"
 
 
-def rows_of(res: dict[str, Any], figure: str, command: str) -> list[Row]:
+def rows_of(res: dict[str, Any], figure: str, command: str, quick: bool = False) -> list[Row]:
     """The dataset's rows: the first mode under ``figure``, the others under ``figure`` + ``[mode]``."""
     plan = res["plan"]
     out = []
@@ -233,7 +235,7 @@ def rows_of(res: dict[str, Any], figure: str, command: str) -> list[Row]:
             f"clicks (freshrec.training.feedback; {statistics.fmean(joined):,.0f} rows joined, "
             f"{statistics.fmean(capped):,.0f} capped per retrain); per seed: {seeds}; "
             f"spread (sample sd over {len(gains)} seeds) {spread:.2f} pt; mean window AUC plain {plain:.4f}, "
-            f"{mode} {fb:.4f}; verdict: {_verdict(mean, spread)}; load average 1/5 min "
+            f"{mode} {fb:.4f}; verdict: {_verdict(mean, spread, quick)}; load average 1/5 min "
             f"{b1:.1f}/{b5:.1f} before, {a1:.1f}/{a5:.1f} after (2 shared cores, nice 10); "
             f"{res['seconds']:.0f} s; `{command}`"
         )
@@ -256,7 +258,7 @@ def run(quick: bool) -> list[Row]:
             json.dumps(res, indent=1)
         )
         figure = FIGURE if dataset == "movielens-100k" else FIGURE.replace(" (pt)", f" {dataset} (pt)")
-        rows.extend(rows_of(res, figure, command))
+        rows.extend(rows_of(res, figure, command, quick))
     return rows
 
 
