@@ -108,7 +108,8 @@ class FeedbackSettings(BaseModel):
     (:mod:`freshrec.training.feedback`).
     """
 
-    # Off until benchmarks/bench_feedback.py measures a gain beyond its seed-to-seed spread.
+    # Off: benchmarks/bench_feedback.py measures no gain beyond its seed-to-seed spread (on the MovieLens
+    # replays both modes lose window AUC against a plain retrain; see benchmarks/results.md).
     mode: Literal["off", "weight", "augment"] = "off"
     # The cap: no row counts more than this many times an average one (nor less than its inverse).
     max_weight: float = Field(default=3.0, ge=1.0)
