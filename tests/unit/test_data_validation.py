@@ -139,3 +139,49 @@ def test_empty_batch_and_missing_columns():
     assert result.received == 0 and result.accepted.empty and result.quarantined.empty
     with pytest.raises(FileFormatError, match=r"my\.csv.*missing required column.*label"):
         validate_events(pd.DataFrame([{k: v for k, v in GOOD.items() if k != "label"}]), source="my.csv")
+
+
+def test_the_whitespace_list_is_what_python_strips():
+    import sys
+
+    from freshrec.data.validation import PY_WHITESPACE
+
+    assert set(PY_WHITESPACE) == {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+
+
+def _strings(rows: list[dict]) -> pd.DataFrame:
+    """A batch as CSV gives it: every cell a str (the vectorised paths)."""
+    return pd.DataFrame([{**GOOD, **r} for r in rows], dtype=object)
+
+
+def test_unicode_whitespace_lengths_and_digits_follow_python_string_rules():
+    rows = [
+        {"event_id": "e1", "user_id": "\u3000u1\u2028", "item_id": "\x1ci1\x85"},  # stripped like str.strip
+        {"event_id": "e2", "user_id": "\u00a0\x1f"},  # blank once stripped
+        {"event_id": "e3", "item_id": "é" * 513},  # 513 characters (1026 bytes): too long
+        {"event_id": "e4", "item_id": "😀" * 512},  # 512 characters (2048 bytes): fine
+        {"event_id": "e5", "event_timestamp": "١٧١٧٢٤٣٢٠٠"},  # Arabic-Indic digits: not Unix seconds
+        {"event_id": "e6", "event_timestamp": " 1717243200 "},  # Unix seconds as text, padded
+        {"event_id": "e7", "label": "\u3000TRUE\t"},
+        {"event_id": "\u2003e8\u2003"},
+    ]
+    res = validate_events(_strings(rows), now=NOW)
+    acc = res.accepted.set_index("event_id")
+    assert sorted(acc.index) == ["e1", "e4", "e6", "e7", "e8"]
+    assert (acc.loc["e1", "user_id"], acc.loc["e1", "item_id"]) == ("u1", "i1")
+    assert acc.loc["e6", "event_timestamp"] == pd.Timestamp(1717243200, unit="s", tz="UTC")
+    assert acc.loc["e7", "label"] == 1
+    reasons = dict(zip(res.quarantined["event_id"], res.quarantined["reasons"], strict=True))
+    assert reasons == {
+        "e2": "user_id_empty",
+        "e3": "item_id_too_long",
+        "e5": "timestamp_unparseable",
+    }
+
+
+def test_ids_with_lone_surrogates_are_compared_exactly():
+    """JSON can carry "\\ud800" escapes; such ids are not folded together (pd.factorize would)."""
+    rows = [{"event_id": "\ud800"}, {"event_id": "a\ud800b"}, {"event_id": "\ud800"}, {"event_id": "x"}]
+    res = validate_events(_strings(rows), now=NOW, seen_ids={"x"})
+    assert list(res.accepted["event_id"]) == ["\ud800", "a\ud800b"]
+    assert list(res.quarantined["reasons"]) == ["event_id_duplicate", "event_id_seen"]

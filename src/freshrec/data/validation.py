@@ -8,6 +8,7 @@ checked on every call, so no row can be lost silently.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,6 +53,46 @@ READER_COLUMNS: tuple[str, ...] = (READ_ERROR, "_raw", "_line")
 
 MAX_ID_CHARS = 512
 MIN_EVENT_TIME = pd.Timestamp("1990-01-01", tz="UTC")
+
+# The characters Python's ``str.strip()`` removes (``str.isspace``; a unit test checks this list against
+# every code point). The vectorised paths below find the cells that need Python at all with Arrow and
+# leave every decision to the same Python/pandas rules as before, so a fast path never changes an outcome.
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_SPACE_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
+_EDGE_SPACE = f"^{_SPACE_CLASS}|{_SPACE_CLASS}$"  # RE2: a cell that strip() would change
+_NUMERIC_TEXT = r"-?\d+(\.\d+)?"  # Unix seconds as text (Python's \d: any Unicode decimal digit)
+_ASCII_NUMERIC_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"  # the same for ASCII cells (RE2)
+
+
+def _arrow_strings(values: np.ndarray):  # -> pa.StringArray | None (pyarrow imported lazily)
+    """An object array of ``str`` as an Arrow string array; None where Arrow cannot hold one (a lone
+    surrogate from a JSON escape, more than 2 GiB of text): the caller then takes the pure-Python path."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowException, UnicodeError, TypeError, ValueError):
+        return None
+
+
+def _all_str(values: pd.Series | np.ndarray) -> bool:
+    return pd.api.types.infer_dtype(values, skipna=False) == "string"
+
+
+def _string_codes(values: pd.Series) -> tuple[np.ndarray, list[str]] | None:
+    """One integer per distinct string (Arrow compares the UTF-8 bytes) and the distinct strings; None
+    unless every cell is a ``str`` Arrow can hold. (Not ``pd.factorize``: it folds strings holding lone
+    surrogates into one.)"""
+    if not (len(values) and _all_str(values)):
+        return None
+    arr = _arrow_strings(values.to_numpy(dtype=object))
+    if arr is None:
+        return None
+    encoded = arr.dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
 
 
 class FileFormatError(ValueError):
@@ -148,7 +189,30 @@ def wrong_type(values: pd.Series, *, allow_numbers: bool) -> pd.Series:
 def strip_strings(values: pd.Series) -> pd.Series:
     """Strings with surrounding whitespace removed; missing values become ""."""
     filled = values.astype(object).where(values.notna(), "")
+    if len(filled) and _all_str(filled):
+        obj = filled.to_numpy(dtype=object)
+        arr = _arrow_strings(obj)
+        if arr is not None:
+            import pyarrow.compute as pc
+
+            edge = pc.match_substring_regex(arr, _EDGE_SPACE).to_numpy(zero_copy_only=False)
+            if edge.any():
+                obj = obj.copy()
+                obj[edge] = [v.strip() for v in obj[edge]]
+            return pd.Series(obj, index=values.index, name=values.name, dtype=object)
     return filled.astype(str).str.strip().astype(object)
+
+
+def str_lengths(values: pd.Series) -> pd.Series:
+    """``values.str.len()`` of a column of strings (characters, not bytes), through Arrow when it can."""
+    if len(values) and _all_str(values):
+        arr = _arrow_strings(values.to_numpy(dtype=object))
+        if arr is not None:
+            import pyarrow.compute as pc
+
+            lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+            return pd.Series(lengths, index=values.index, name=values.name)
+    return values.str.len()
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -176,10 +240,13 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         )
         return ts.astype("datetime64[ns, UTC]"), missing
     text = values.astype(object).where(values.notna(), "")
-    text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
+    if len(text) and _all_str(text):
+        text = strip_strings(text)
+    else:
+        text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
     missing = text == ""
     ts = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-    numeric = pd.to_numeric(text.where(text.str.fullmatch(r"-?\d+(\.\d+)?"), None), errors="coerce")
+    numeric = pd.to_numeric(text.where(_numeric_text(text), None), errors="coerce")
     is_num = numeric.notna() & (numeric.abs() < 1e11)
     if is_num.any():
         ts[is_num] = pd.to_datetime(numeric[is_num], unit="s", utc=True)
@@ -188,6 +255,23 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         parsed = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
         ts[rest] = parsed
     return ts, missing
+
+
+def _numeric_text(text: pd.Series) -> pd.Series:
+    """``text.str.fullmatch(_NUMERIC_TEXT)`` for a column of stripped strings: Arrow decides the ASCII
+    cells (where ``\\d`` is ``[0-9]``), Python's ``re`` the others (Unicode digits)."""
+    arr = _arrow_strings(text.to_numpy(dtype=object)) if len(text) else None
+    if arr is None:
+        return text.str.fullmatch(_NUMERIC_TEXT)
+    import pyarrow.compute as pc
+
+    match = pc.match_substring_regex(arr, _ASCII_NUMERIC_TEXT).to_numpy(zero_copy_only=False)
+    other = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
+    if other.any():
+        pattern = re.compile(_NUMERIC_TEXT)
+        match = match.copy()
+        match[other] = [pattern.fullmatch(v) is not None for v in text.to_numpy(dtype=object)[other]]
+    return pd.Series(match, index=text.index)
 
 
 def _beyond_ns_range(value: object) -> bool:
@@ -212,12 +296,25 @@ def _labels(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
         missing = values.isna()
     else:
         text = values.astype(object).where(values.notna(), "")
-        text = text.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
-        missing = text.map(lambda v: isinstance(v, str) and v == "").astype(bool)
-        text = text.replace({"true": 1, "false": 0})
-        num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
+        coded = _string_codes(text)
+        if coded is not None:  # a label column holds a handful of distinct strings: decide each once
+            codes, uniques = coded
+            num_u, missing_u = _text_labels(pd.Series(uniques, dtype=object))
+            num = pd.Series(num_u.to_numpy()[codes], index=values.index)
+            missing = pd.Series(missing_u.to_numpy()[codes], index=values.index)
+        else:
+            num, missing = _text_labels(text)
     not_binary = ~missing & ~num.isin([0.0, 1.0])
     return num, missing, not_binary
+
+
+def _text_labels(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(label as float with NaN, missing mask) of a label column that is not numeric."""
+    text = text.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    missing = text.map(lambda v: isinstance(v, str) and v == "").astype(bool)
+    text = text.replace({"true": 1, "false": 0})
+    num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
+    return num, missing
 
 
 def validate_events(
@@ -281,7 +378,7 @@ def validate_events(
     for c in ID_COLUMNS:
         checks.append((f"{c}{WRONG_TYPE}", id_wrong[c]))
         checks.append((f"{c}_empty", (ids[c] == "") & ~id_wrong[c]))
-        checks.append((f"{c}{TOO_LONG}", (ids[c].str.len() > max_id_chars) & ~id_wrong[c]))
+        checks.append((f"{c}{TOO_LONG}", (str_lengths(ids[c]) > max_id_chars) & ~id_wrong[c]))
     checks += [
         (LABEL_MISSING, label_missing),
         (LABEL_NOT_BINARY, label_bad),
@@ -303,19 +400,31 @@ def validate_events(
 
     # Duplicates: the first otherwise-valid row with an id wins; every other row with that id is a duplicate.
     eid = ids["event_id"]
-    candidate = ~bad_so_far & (eid != "").to_numpy()
-    first_valid = pd.Series(False, index=df.index)
-    cand_ids = eid[candidate]
-    first_valid[cand_ids[~cand_ids.duplicated(keep="first")].index] = True
-    valid_id_set = set(cand_ids)
-    dup = (eid != "") & eid.isin(valid_id_set) & ~first_valid
-    checks.append((EVENT_ID_DUPLICATE, dup))
+    has_id = (eid != "").to_numpy()
+    candidate = ~bad_so_far & has_id
+    coded = _string_codes(eid)
+    if coded is not None:  # the same rule on integer codes, one per distinct id
+        codes, distinct = coded
+        cand_pos = np.flatnonzero(candidate)
+        _, first_of_code = np.unique(codes[cand_pos], return_index=True)
+        first_valid = np.zeros(received, dtype=bool)
+        first_valid[cand_pos[first_of_code]] = True
+        code_valid = np.zeros(len(distinct), dtype=bool)
+        code_valid[codes[cand_pos]] = True
+        dup = has_id & code_valid[codes] & ~first_valid
+    else:
+        first = pd.Series(False, index=df.index)
+        cand_ids = eid[candidate]
+        first[cand_ids[~cand_ids.duplicated(keep="first")].index] = True
+        dup = has_id & eid.isin(set(cand_ids)).to_numpy(dtype=bool) & ~first.to_numpy()
+    checks.append((EVENT_ID_DUPLICATE, pd.Series(dup, index=df.index)))
     if callable(seen_ids):
         days = ts.dropna().dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
         seen_ids = seen_ids([str(d) for d in np.unique(days)])
     if seen_ids is not None:
         seen = seen_ids if isinstance(seen_ids, set | frozenset) else set(seen_ids)
-        checks.append((EVENT_ID_SEEN, (eid != "") & eid.isin(seen)))
+        was_seen = eid.isin(seen).to_numpy(dtype=bool) if seen else np.zeros(received, dtype=bool)
+        checks.append((EVENT_ID_SEEN, pd.Series(has_id & was_seen, index=df.index)))
 
     reason_cols = {name: mask.to_numpy(dtype=bool) for name, mask in checks}
     any_bad = np.zeros(received, dtype=bool)
