@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.data.validation import EVENT_COLUMNS
-from freshrec.io import atomic_write_json, publish_file
+from freshrec.io import atomic_write_json, publish_files
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def content_hash(df: pd.DataFrame) -> str:
 def day_strings(timestamps: pd.Series) -> np.ndarray:
     """UTC dates as ``YYYY-MM-DD`` strings (NaT -> "NaT"); numpy's conversion, far faster than strftime."""
     values = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    return values.astype("datetime64[D]").astype(str)
+    days, inverse = np.unique(values.astype("datetime64[D]"), return_inverse=True)
+    return days.astype(str)[inverse]  # each distinct date formatted once
 
 
 def _partition_date(name: str) -> date | None:
@@ -210,8 +211,7 @@ class EventLog:
             for tmp in sorted(stage.glob("*_part-*.parquet")):
                 day, name = tmp.name.split("_", 1)
                 staged.append((tmp, self.root / f"{_PARTITION}{day}" / name))
-            for tmp, target in staged:
-                publish_file(tmp, target)
+            publish_files(staged)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return [target for _, target in staged]
