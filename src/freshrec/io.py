@@ -257,7 +257,7 @@ def publish_file(src: Path | str, dst: Path | str) -> Path:
     return dst
 
 
-def publish_files(moves: list[tuple[Path, Path]], *, threads: int = 16) -> list[Path]:
+def publish_files(moves: list[tuple[Path, Path]], *, threads: int = 8) -> list[Path]:
     """:func:`publish_file` for many files at once, with the same guarantee for each.
 
     Every source is ``fsync``-ed before any rename, then each is renamed onto its destination, then every

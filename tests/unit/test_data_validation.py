@@ -185,3 +185,41 @@ def test_ids_with_lone_surrogates_are_compared_exactly():
     res = validate_events(_strings(rows), now=NOW, seen_ids={"x"})
     assert list(res.accepted["event_id"]) == ["\ud800", "a\ud800b"]
     assert list(res.quarantined["reasons"]) == ["event_id_duplicate", "event_id_seen"]
+
+
+def test_a_naive_timestamp_is_utc_whatever_the_rows_before_it_carry():
+    """pandas (2.3), parsing a column at once, gives a naive cell the offset of an aware cell before it."""
+    rows = [
+        {"event_id": "a1", "event_timestamp": "2024-05-01T10:00:00+02:00"},
+        {"event_id": "n1", "event_timestamp": "2024-05-01T10:00:00.5"},  # a plain form
+        {"event_id": "a2", "event_timestamp": "2024-05-01T10:00:00.1234567890+02:00"},  # 10 digits: pandas
+        {"event_id": "n2", "event_timestamp": "2024-05-01T10:00"},  # no seconds: pandas
+        {"event_id": "n3", "event_timestamp": "2024-05-01 10:00:00.1234567890"},
+    ]
+    acc = validate_events(_strings(rows), now=NOW).accepted.set_index("event_id")["event_timestamp"]
+    assert acc["a1"] == pd.Timestamp("2024-05-01T08:00:00Z")
+    assert acc["n1"] == pd.Timestamp("2024-05-01T10:00:00.5Z")
+    assert acc["a2"] == pd.Timestamp("2024-05-01T08:00:00.123456789Z")
+    assert acc["n2"] == pd.Timestamp("2024-05-01T10:00:00Z")
+    assert acc["n3"] == pd.Timestamp("2024-05-01T10:00:00.123456789Z")
+
+
+def test_plain_iso_timestamps_match_pandas_cell_by_cell():
+    """The direct computation of the plain forms against ``pd.to_datetime`` of each cell alone."""
+    import random
+
+    rng = random.Random(3)
+    cells = []
+    for _ in range(3000):
+        y = rng.choice([1677, 1678, 1900, 1970, 2000, 2024, 2100, 2261, 2262])
+        date = f"{y:04d}-{rng.randint(0, 13):02d}-{rng.randint(0, 32):02d}"
+        time = f"{rng.randint(0, 25):02d}:{rng.choice([0, 59, 60]):02d}:{rng.choice([0, 59, 60]):02d}"
+        frac = rng.choice(["", ".5", ".123456789", ".0000001"])
+        tz = rng.choice(["", "Z", "+00:00", "-05:30", "+23:59", "+24:00", "+00:60"])
+        cells.append(date if rng.random() < 0.2 else f"{date}{rng.choice('T ')}{time}{frac}{tz}")
+    from freshrec.data.validation import parse_timestamps
+
+    got, _ = parse_timestamps(pd.Series(cells, dtype=object))
+    want = [pd.to_datetime(pd.Series([c]), format="ISO8601", utc=True, errors="coerce")[0] for c in cells]
+    assert [None if pd.isna(g) else g for g in got] == [None if pd.isna(w) else w for w in want]
+    assert got.notna().sum() > 300  # the corpus has valid cells too
