@@ -223,3 +223,31 @@ def test_plain_iso_timestamps_match_pandas_cell_by_cell():
     want = [pd.to_datetime(pd.Series([c]), format="ISO8601", utc=True, errors="coerce")[0] for c in cells]
     assert [None if pd.isna(g) else g for g in got] == [None if pd.isna(w) else w for w in want]
     assert got.notna().sum() > 300  # the corpus has valid cells too
+
+
+def test_plain_iso_timestamps_of_one_length_match_pandas_cell_by_cell():
+    """A column of one writer's format (every cell the same length): read as one grid of bytes."""
+    import random
+
+    from freshrec.data.validation import parse_timestamps
+
+    rng = random.Random(4)
+    for form in (
+        "{}-{}-{}T{}:{}:{}+{}:{}",
+        "{}-{}-{} {}:{}:{}-{}:{}",
+        "{}-{}-{}T{}:{}:{}Z",
+        "{}-{}-{} {}:{}:{}",
+    ):
+        cells = []
+        for _ in range(1500):
+            fields = [
+                f"{rng.choice([1677, 1678, 1970, 2024, 2100, 2261, 2262]):04d}",
+                *(f"{rng.randint(lo, hi):02d}" for lo, hi in ((0, 13), (0, 32), (0, 25), (0, 60), (0, 60))),
+                f"{rng.randint(0, 25):02d}",
+                f"{rng.choice([0, 30, 59, 60]):02d}",
+            ]
+            cells.append(form.format(*fields[: form.count("{}")]))
+        got, _ = parse_timestamps(pd.Series(cells, dtype=object))
+        want = [pd.to_datetime(pd.Series([c]), format="ISO8601", utc=True, errors="coerce")[0] for c in cells]
+        assert [None if pd.isna(g) else g for g in got] == [None if pd.isna(w) else w for w in want], form
+        assert got.notna().sum() > 100

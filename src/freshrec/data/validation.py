@@ -170,6 +170,8 @@ def _id_strings(values: pd.Series) -> tuple[pd.Series, Any]:
             return out.astype(object), None
     if pd.api.types.is_integer_dtype(values):
         return values.astype(str).astype(object), None
+    if values.dtype == object and _all_str(values):  # every cell a str (a CSV column): nothing missing
+        return _stripped(values)
     filled = values.astype(object).where(values.notna(), "")
     if pd.api.types.infer_dtype(filled, skipna=False) != "string":
         filled = filled.map(safe_str)  # mixed cells (numbers from JSON): their str form
@@ -230,7 +232,10 @@ def _stripped(values: pd.Series) -> tuple[pd.Series, Any]:
     Arrow finds the cells ``str.strip`` would change (an edge character in :data:`PY_WHITESPACE`); only
     those go through Python.
     """
-    filled = values.astype(object).where(values.notna(), "") if values.hasnans else values.astype(object)
+    if values.dtype == object and _all_str(values):  # nothing missing: no copy to fill
+        filled = values
+    else:
+        filled = values.astype(object).where(values.notna(), "")
     if len(filled) and _all_str(filled):
         obj = filled.to_numpy(dtype=object)
         arr = _arrow_strings(obj)
@@ -280,9 +285,10 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
             errors="coerce",
         )
         return ts.astype("datetime64[ns, UTC]"), missing
-    text = values.astype(object).where(values.notna(), "")
+    all_str = values.dtype == object and _all_str(values)
+    text = values if all_str else values.astype(object).where(values.notna(), "")
     arr = None
-    if len(text) and _all_str(text):
+    if len(text) and (all_str or _all_str(text)):
         text, arr = _stripped(text)
     else:
         text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
@@ -352,14 +358,27 @@ def _plain_iso(arr) -> tuple[np.ndarray, np.ndarray]:  # arr: pa.StringArray
     length = end - start
     last = len(data) - 1
 
-    def digits(at: np.ndarray, width: int) -> np.ndarray:  # (cells, width) digit values
-        return data[np.minimum(at[:, None] + np.arange(width), last)].astype(np.int64) - 48
+    def digits(at: np.ndarray, width: int) -> np.ndarray:  # (cells, width) bytes from positions ``at``
+        return data[np.minimum(at[:, None] + np.arange(width), last)]
 
-    head = digits(start, 19)  # YYYY-MM-DD?HH:MM:SS (a date alone: the bytes after it are not used)
-    y = head[:, 0] * 1000 + head[:, 1] * 100 + head[:, 2] * 10 + head[:, 3]
-    mo, d = head[:, 5] * 10 + head[:, 6], head[:, 8] * 10 + head[:, 9]
+    width = int(length[0])
+    if len(pos) == n and width >= 19 and (length == width).all():
+        # every cell matched, all of one length (one writer's format): the bytes are an (n, width) grid
+        grid = data[start[0] : start[0] + n * width].reshape(n, width)
+        head, tail_of = grid, lambda sel: grid[sel, width - 6 :]
+    else:
+        head, tail_of = digits(start, 19), lambda sel: digits(end[sel] - 6, 6)
+
+    def number(block: np.ndarray, first: int, count: int) -> np.ndarray:  # decimal digits -> int64
+        out = block[:, first].astype(np.int64) - 48
+        for k in range(first + 1, first + count):
+            out = out * 10 + (block[:, k].astype(np.int64) - 48)
+        return out
+
+    # YYYY-MM-DD?HH:MM:SS (a date alone: the bytes after it are not used)
+    y, mo, d = number(head, 0, 4), number(head, 5, 2), number(head, 8, 2)
     has_time = length > 10
-    h, mi, sec = (np.where(has_time, head[:, i] * 10 + head[:, i + 1], 0) for i in (11, 14, 17))
+    h, mi, sec = (np.where(has_time, number(head, i, 2), 0) for i in (11, 14, 17))
     # an offset is "+HH:MM" (6 bytes: a fraction holds no ":"), "Z" one byte
     has_offset = has_time & (length >= 25) & (data[np.maximum(end - 3, 0)] == ord(":"))
     has_z = has_time & (data[end - 1] == ord("Z"))
@@ -368,16 +387,16 @@ def _plain_iso(arr) -> tuple[np.ndarray, np.ndarray]:  # arr: pa.StringArray
     tz_h = tz_m = np.zeros(len(pos), dtype=np.int64)
     if has_offset.any():
         sel = np.flatnonzero(has_offset)
-        tail = digits(end[sel] - 6, 6)  # ±HH:MM
+        tail = tail_of(sel)  # ±HH:MM
         tz_h, tz_m = np.zeros_like(tz_seconds), np.zeros_like(tz_seconds)
-        tz_h[sel], tz_m[sel] = tail[:, 1] * 10 + tail[:, 2], tail[:, 4] * 10 + tail[:, 5]
-        sign = np.where(tail[:, 0] == ord("-") - 48, -1, 1)
+        tz_h[sel], tz_m[sel] = number(tail, 1, 2), number(tail, 4, 2)
+        sign = np.where(tail[:, 0] == ord("-"), -1, 1)
         tz_seconds[sel] = sign * (tz_h[sel] * 3600 + tz_m[sel] * 60)
     frac_len = np.where(has_time & (length > 19), length - 20 - tz_len, 0)  # digits after "."
     frac = np.zeros(len(pos), dtype=np.int64)
     if (frac_len > 0).any():
         sel = np.flatnonzero(frac_len > 0)
-        block = digits(start[sel] + 20, 9)
+        block = digits(start[sel] + 20, 9).astype(np.int64) - 48
         block = np.where(np.arange(9) < frac_len[sel, None], block, 0)
         frac[sel] = block @ (10 ** np.arange(8, -1, -1, dtype=np.int64))
 
@@ -438,7 +457,11 @@ def _labels(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
         num = values.astype(float)
         missing = values.isna()
     else:
-        text = values.astype(object).where(values.notna(), "")
+        text = (
+            values
+            if values.dtype == object and _all_str(values)
+            else values.astype(object).where(values.notna(), "")
+        )
         coded = _string_codes(text)
         if coded is not None:  # a label column holds a handful of distinct strings: decide each once
             codes, uniques = coded
@@ -520,7 +543,8 @@ def validate_events(
             empty[c] = (ids[c] == "").to_numpy(dtype=bool)
             too_long[c] = (str_lengths(ids[c]) > max_id_chars).to_numpy(dtype=bool)
     ts_wrong = wrong_type(df["event_timestamp"], allow_numbers=True)
-    ts, ts_missing = parse_timestamps(df["event_timestamp"].where(~ts_wrong, None))
+    stamps = df["event_timestamp"]
+    ts, ts_missing = parse_timestamps(stamps.where(~ts_wrong, None) if ts_wrong.any() else stamps)
     ts_missing &= ~ts_wrong
     failed = ts.isna() & ~ts_missing & ~ts_wrong
     beyond_np = np.zeros(received, dtype=bool)
