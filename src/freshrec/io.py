@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,8 +266,6 @@ def publish_files(moves: list[tuple[Path, Path]], *, threads: int = 8) -> list[P
     run on a thread pool: the file system commits concurrent ones together, which for the event log's
     one-file-per-date appends is an order of magnitude faster than one after another.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if not moves:
         return []
     pairs = [(Path(a), Path(b)) for a, b in moves]
@@ -276,12 +275,29 @@ def publish_files(moves: list[tuple[Path, Path]], *, threads: int = 8) -> list[P
             _ensure_parent(dst)
             dirs[dst.parent.parent] = None  # the new directory's own entry
         dirs[dst.parent] = None
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(pairs)))) as pool:
-        list(pool.map(_fsync_file, [src for src, _ in pairs]))
-        for src, dst in pairs:
-            os.replace(src, dst)
-        list(pool.map(fsync_dir, list(dirs)))
+    pool = _sync_pool(threads)
+    list(pool.map(_fsync_file, [src for src, _ in pairs]))
+    for src, dst in pairs:
+        os.replace(src, dst)
+    list(pool.map(fsync_dir, list(dirs)))
     return [dst for _, dst in pairs]
+
+
+_SYNC_POOLS: dict[tuple[int, int], Any] = {}
+_SYNC_POOLS_LOCK = threading.Lock()
+
+
+def _sync_pool(threads: int) -> Any:  # -> ThreadPoolExecutor
+    """One pool per size and process (kept: starting threads per append costs more than the fsyncs); a
+    forked child, which has none of its parent's threads, gets its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = (os.getpid(), threads)
+    with _SYNC_POOLS_LOCK:
+        pool = _SYNC_POOLS.get(key)
+        if pool is None:
+            pool = _SYNC_POOLS[key] = ThreadPoolExecutor(max(1, threads), thread_name_prefix="fsync")
+        return pool
 
 
 @contextlib.contextmanager

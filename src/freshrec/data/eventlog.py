@@ -257,7 +257,7 @@ class EventLog:
                 max_partitions=1_000_000,
                 existing_data_behavior="error",
             )
-            for tmp in sorted(stage.glob("*_part-*.parquet")):
+            for tmp in sorted(stage.glob("*_part-*.parquet"), key=lambda path: path.name):
                 day, name = tmp.name.split("_", 1)
                 staged.append((tmp, self.root / f"{_PARTITION}{day}" / name))
             publish_files(staged)

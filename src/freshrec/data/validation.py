@@ -171,7 +171,7 @@ def _id_strings(values: pd.Series) -> tuple[pd.Series, Any]:
     if pd.api.types.is_integer_dtype(values):
         return values.astype(str).astype(object), None
     if values.dtype == object and _all_str(values):  # every cell a str (a CSV column): nothing missing
-        return _stripped(values)
+        return _stripped(values, all_str=True)
     filled = values.astype(object).where(values.notna(), "")
     if pd.api.types.infer_dtype(filled, skipna=False) != "string":
         filled = filled.map(safe_str)  # mixed cells (numbers from JSON): their str form
@@ -226,17 +226,16 @@ def strip_strings(values: pd.Series) -> pd.Series:
     return _stripped(values)[0]
 
 
-def _stripped(values: pd.Series) -> tuple[pd.Series, Any]:
+def _stripped(values: pd.Series, all_str: bool = False) -> tuple[pd.Series, Any]:
     """:func:`strip_strings` and, for a column of ``str``, the result as an Arrow string array (else None).
 
     Arrow finds the cells ``str.strip`` would change (an edge character in :data:`PY_WHITESPACE`); only
-    those go through Python.
+    those go through Python. ``all_str``: the caller knows every cell is a ``str``.
     """
-    if values.dtype == object and _all_str(values):  # nothing missing: no copy to fill
-        filled = values
-    else:
-        filled = values.astype(object).where(values.notna(), "")
-    if len(filled) and _all_str(filled):
+    all_str = all_str or (values.dtype == object and _all_str(values))
+    # nothing missing in a column of str: no copy to fill
+    filled = values if all_str else values.astype(object).where(values.notna(), "")
+    if len(filled) and (all_str or _all_str(filled)):
         obj = filled.to_numpy(dtype=object)
         arr = _arrow_strings(obj)
         if arr is not None:
@@ -289,7 +288,7 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     text = values if all_str else values.astype(object).where(values.notna(), "")
     arr = None
     if len(text) and (all_str or _all_str(text)):
-        text, arr = _stripped(text)
+        text, arr = _stripped(text, all_str=True)
     else:
         text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
     n = len(text)
@@ -301,7 +300,11 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     else:
         missing = text == ""
     ns = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)  # NaT
-    numeric = pd.to_numeric(text.where(_numeric_text(text, arr), None), errors="coerce")
+    as_number = _numeric_text(text, arr)
+    if as_number.any():
+        numeric = pd.to_numeric(text.where(as_number, None), errors="coerce")
+    else:  # no cell looks like a number: what to_numeric gives a column of None
+        numeric = pd.Series(np.nan, index=text.index)
     is_num = (numeric.notna() & (numeric.abs() < 1e11)).to_numpy(dtype=bool)
     if is_num.any():
         ns[is_num] = pd.DatetimeIndex(pd.to_datetime(numeric[is_num], unit="s", utc=True)).asi8
@@ -470,7 +473,7 @@ def _labels(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
             missing = pd.Series(missing_u.to_numpy()[codes], index=values.index)
         else:
             num, missing = _text_labels(text)
-    not_binary = ~missing & ~num.isin([0.0, 1.0])
+    not_binary = ~missing & ~((num == 0.0) | (num == 1.0))
     return num, missing, not_binary
 
 
