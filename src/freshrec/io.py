@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "fsync_tree",
     "make_readable",
     "publish_file",
+    "publish_files",
     "staging_dir",
     "temp_name",
     "umask",
@@ -254,6 +256,48 @@ def publish_file(src: Path | str, dst: Path | str) -> Path:
     os.replace(src, dst)
     fsync_dir(dst.parent)
     return dst
+
+
+def publish_files(moves: list[tuple[Path, Path]], *, threads: int = 8) -> list[Path]:
+    """:func:`publish_file` for many files at once, with the same guarantee for each.
+
+    Every source is ``fsync``-ed before any rename, then each is renamed onto its destination, then every
+    destination directory (and the parent of a directory created here) is ``fsync``-ed. The ``fsync`` calls
+    run on a thread pool: the file system commits concurrent ones together, which for the event log's
+    one-file-per-date appends is an order of magnitude faster than one after another.
+    """
+    if not moves:
+        return []
+    pairs = [(Path(a), Path(b)) for a, b in moves]
+    dirs: dict[Path, None] = {}
+    for _, dst in pairs:
+        if not dst.parent.is_dir():
+            _ensure_parent(dst)
+            dirs[dst.parent.parent] = None  # the new directory's own entry
+        dirs[dst.parent] = None
+    pool = _sync_pool(threads)
+    list(pool.map(_fsync_file, [src for src, _ in pairs]))
+    for src, dst in pairs:
+        os.replace(src, dst)
+    list(pool.map(fsync_dir, list(dirs)))
+    return [dst for _, dst in pairs]
+
+
+_SYNC_POOLS: dict[tuple[int, int], Any] = {}
+_SYNC_POOLS_LOCK = threading.Lock()
+
+
+def _sync_pool(threads: int) -> Any:  # -> ThreadPoolExecutor
+    """One pool per size and process (kept: starting threads per append costs more than the fsyncs); a
+    forked child, which has none of its parent's threads, gets its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = (os.getpid(), threads)
+    with _SYNC_POOLS_LOCK:
+        pool = _SYNC_POOLS.get(key)
+        if pool is None:
+            pool = _SYNC_POOLS[key] = ThreadPoolExecutor(max(1, threads), thread_name_prefix="fsync")
+        return pool
 
 
 @contextlib.contextmanager

@@ -146,3 +146,42 @@ def test_publish_file_moves_into_place(tmp_path):
     src.write_bytes(b"p")
     dst = io.publish_file(src, tmp_path / "date=2024-01-01" / "part.parquet")
     assert dst.read_bytes() == b"p" and not src.exists()
+
+
+def test_publish_files_syncs_every_file_before_any_rename_and_every_directory_after(tmp_path, monkeypatch):
+    """Spies on the real ``fsync``/``replace`` calls (they still run) to check the durability order."""
+    stage = tmp_path / "_tmp"
+    stage.mkdir()
+    (tmp_path / "date=2024-01-01").mkdir()
+    moves = []
+    for k, day in enumerate(["2024-01-01", "2024-01-02", "2024-01-02", "2024-01-03"]):
+        src = stage / f"{k}.parquet"
+        src.write_bytes(str(k).encode())
+        moves.append((src, tmp_path / f"date={day}" / f"part-{k}.parquet"))
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", str(a)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    published = io.publish_files(moves)
+
+    assert published == [dst for _, dst in moves]
+    assert [p.read_bytes() for p in published] == [b"0", b"1", b"2", b"3"]
+    first_rename = next(i for i, (op, _) in enumerate(events) if op == "replace")
+    last_rename = max(i for i, (op, _) in enumerate(events) if op == "replace")
+    synced_before = {path for op, path in events[:first_rename] if op == "fsync"}
+    assert synced_before == {str(src) for src, _ in moves}
+    synced_after = {path for op, path in events[last_rename:] if op == "fsync"}
+    # every destination folder, and the root whose entries got the two new folders
+    assert synced_after == {
+        str(tmp_path / f"date={d}") for d in ("2024-01-01", "2024-01-02", "2024-01-03")
+    } | {str(tmp_path)}
+    assert io.publish_files([]) == []

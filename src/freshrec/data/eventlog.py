@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.data.validation import EVENT_COLUMNS
-from freshrec.io import atomic_write_json, publish_file
+from freshrec.io import atomic_write_json, publish_files
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,31 @@ def content_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+def _unique_table(df: pd.DataFrame):  # -> pa.Table | None
+    """``df`` as an Arrow table with UTC timestamps, when its event ids are distinct strings; else None
+    (then :meth:`EventLog.append` takes the pandas path, which also reports a column Arrow cannot hold)."""
+    import pyarrow as pa
+
+    stamps = df["event_timestamp"]
+    if not len(df) or stamps.dtype != pd.DatetimeTZDtype("ns", "UTC") or stamps.hasnans:
+        return None
+    try:
+        table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    ids = table.column("event_id")
+    if ids.type != pa.string() or ids.null_count:
+        return None
+    if len(ids.combine_chunks().dictionary_encode().dictionary) != len(ids):
+        return None
+    return table
+
+
 def day_strings(timestamps: pd.Series) -> np.ndarray:
     """UTC dates as ``YYYY-MM-DD`` strings (NaT -> "NaT"); numpy's conversion, far faster than strftime."""
     values = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    return values.astype("datetime64[D]").astype(str)
+    days, inverse = np.unique(values.astype("datetime64[D]"), return_inverse=True)
+    return days.astype(str)[inverse]  # each distinct date formatted once
 
 
 def _partition_date(name: str) -> date | None:
@@ -157,20 +178,24 @@ class EventLog:
             if self.has_source(source_id):
                 log.info("event log: %s already ingested, skipped", source_id)
                 return AppendResult(source_id, received, 0, 0, already_ingested=True)
-            batch = df.drop_duplicates("event_id", keep="first")
-            batch = batch.assign(event_timestamp=batch["event_timestamp"].dt.tz_convert("UTC"))
-            days = pd.Series(day_strings(batch["event_timestamp"]), index=batch.index)
-            existing = self._id_array(self._partition_files(sorted(set(days))))
-            if len(existing):
-                import pyarrow as pa
-                import pyarrow.compute as pc
+            table = _unique_table(df)
+            if table is not None:  # ids already distinct (validated rows): Arrow all the way
+                files, written = self._append_table(table)
+            else:
+                batch = df.drop_duplicates("event_id", keep="first")
+                batch = batch.assign(event_timestamp=batch["event_timestamp"].dt.tz_convert("UTC"))
+                days = pd.Series(day_strings(batch["event_timestamp"]), index=batch.index)
+                existing = self._id_array(self._partition_files(sorted(set(days))))
+                if len(existing):
+                    import pyarrow as pa
+                    import pyarrow.compute as pc
 
-                ids = pa.array(batch["event_id"].to_numpy(dtype=object), type=pa.string())
-                keep = ~pc.is_in(ids, value_set=existing).to_numpy(zero_copy_only=False)
-                batch, days = batch.loc[keep], days.loc[keep]
-            files = self._write_partitions(batch, days)
-            self._write_manifest(source_id, received, len(batch), files)
-        result = AppendResult(source_id, received, len(batch), received - len(batch), files=files)
+                    ids = pa.array(batch["event_id"].to_numpy(dtype=object), type=pa.string())
+                    keep = ~pc.is_in(ids, value_set=existing).to_numpy(zero_copy_only=False)
+                    batch, days = batch.loc[keep], days.loc[keep]
+                files, written = self._write_partitions(batch, days), len(batch)
+            self._write_manifest(source_id, received, written, files)
+        result = AppendResult(source_id, received, written, received - written, files=files)
         log.info(
             "event log: appended %d of %d rows to %d partitions",
             result.written,
@@ -179,19 +204,44 @@ class EventLog:
         )
         return result
 
-    def _write_partitions(self, batch: pd.DataFrame, days: pd.Series) -> list[Path]:
+    def _append_table(self, table) -> tuple[list[Path], int]:  # table: pa.Table with distinct event ids
+        """The Arrow path of :meth:`append`: drop the ids the touched partitions hold, write the rest."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        stamps = table.column("event_timestamp").combine_chunks()
+        ns = stamps.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        day_numbers, inverse = np.unique(ns // 86_400_000_000_000, return_inverse=True)
+        day_names = day_numbers.astype("datetime64[D]").astype(str)
+        existing = self._id_array(self._partition_files(list(day_names)))
+        if len(existing):
+            keep = pc.invert(pc.is_in(table.column("event_id"), value_set=existing))
+            table = table.filter(keep)
+            inverse = inverse[keep.to_numpy(zero_copy_only=False)]
+        days = pc.take(pa.array(day_names, type=pa.string()), pa.array(inverse))
+        return self._write_partitions(table=table, day_array=days), table.num_rows
+
+    def _write_partitions(
+        self, batch: pd.DataFrame | None = None, days: pd.Series | None = None, *, table=None, day_array=None
+    ) -> list[Path]:
         """Write every partition's file under ``_tmp/`` first, then move them all into place.
 
         One Arrow ``write_dataset`` call writes all dates (multi-threaded); a failure while converting or
-        writing (a bad context column, a full disk) leaves no part file behind.
+        writing (a bad context column, a full disk) leaves no part file behind. Takes a frame and its
+        dates, or an Arrow table and its dates.
         """
         import pyarrow as pa
         import pyarrow.dataset as ds
 
-        if batch.empty:
+        if table is None:
+            assert batch is not None and days is not None
+            if batch.empty:
+                return []
+            table = pa.Table.from_pandas(batch.reset_index(drop=True), preserve_index=False)
+            day_array = pa.array(days.to_numpy(dtype=str), type=pa.string())
+        if table.num_rows == 0:
             return []
-        table = pa.Table.from_pandas(batch.reset_index(drop=True), preserve_index=False)
-        table = table.append_column("_date", pa.array(days.to_numpy(dtype=str), type=pa.string()))
+        table = table.append_column("_date", day_array)
         stage = self.root / "_tmp" / uuid.uuid4().hex
         tag = uuid.uuid4().hex
         staged: list[tuple[Path, Path]] = []
@@ -207,11 +257,10 @@ class EventLog:
                 max_partitions=1_000_000,
                 existing_data_behavior="error",
             )
-            for tmp in sorted(stage.glob("*_part-*.parquet")):
+            for tmp in sorted(stage.glob("*_part-*.parquet"), key=lambda path: path.name):
                 day, name = tmp.name.split("_", 1)
                 staged.append((tmp, self.root / f"{_PARTITION}{day}" / name))
-            for tmp, target in staged:
-                publish_file(tmp, target)
+            publish_files(staged)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return [target for _, target in staged]

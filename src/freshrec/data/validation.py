@@ -8,11 +8,13 @@ checked on every call, so no row can be lost silently.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +55,73 @@ READER_COLUMNS: tuple[str, ...] = (READ_ERROR, "_raw", "_line")
 MAX_ID_CHARS = 512
 MIN_EVENT_TIME = pd.Timestamp("1990-01-01", tz="UTC")
 
+# The characters Python's ``str.strip()`` removes (``str.isspace``; a unit test checks this list against
+# every code point). The vectorised paths below find the cells that need Python at all with Arrow and
+# leave every decision to the same Python/pandas rules as before, so a fast path never changes an outcome.
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_NUMERIC_TEXT = r"-?\d+(\.\d+)?"  # Unix seconds as text (Python's \d: any Unicode decimal digit)
+_ASCII_NUMERIC_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"  # the same for ASCII cells (RE2)
+
+
+def _arrow_strings(values: np.ndarray):  # -> pa.StringArray | None (pyarrow imported lazily)
+    """An object array of ``str`` as an Arrow string array; None where Arrow cannot hold one (a lone
+    surrogate from a JSON escape, more than 2 GiB of text): the caller then takes the pure-Python path."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowException, UnicodeError, TypeError, ValueError):
+        return None
+
+
+# UTF-8 bytes that can begin / end a character of PY_WHITESPACE (a superset: Python decides those cells)
+_WS_FIRST = np.zeros(256, dtype=bool)
+_WS_FIRST[[ord(c) for c in PY_WHITESPACE if ord(c) < 0x80] + [0xC2, 0xE1, 0xE2, 0xE3]] = True
+_WS_LAST = np.zeros(256, dtype=bool)
+_WS_LAST[[ord(c) for c in PY_WHITESPACE if ord(c) < 0x80]] = True
+_WS_LAST[[c.encode()[-1] for c in PY_WHITESPACE if ord(c) >= 0x80]] = True
+
+
+def _string_bytes(arr) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets as int64, UTF-8 data) of an Arrow string array, without copying the data."""
+    _, offsets_buf, data_buf = arr.buffers()
+    n = len(arr)
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset : arr.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
+    return offsets, data if len(data) else np.zeros(1, np.uint8)
+
+
+def _edge_space(arr) -> np.ndarray:
+    """Cells whose first or last byte may belong to a whitespace character (``str.strip`` may change
+    them); a superset of those cells, never missing one."""
+    offsets, data = _string_bytes(arr)
+    start, end = offsets[:-1], offsets[1:]
+    nonempty = end > start
+    last = len(data) - 1
+    first_b = data[np.minimum(start, last)]
+    last_b = data[np.clip(end - 1, 0, last)]
+    return nonempty & (_WS_FIRST[first_b] | _WS_LAST[last_b])
+
+
+def _all_str(values: pd.Series | np.ndarray) -> bool:
+    return pd.api.types.infer_dtype(values, skipna=False) == "string"
+
+
+def _string_codes(values: pd.Series) -> tuple[np.ndarray, list[str]] | None:
+    """One integer per distinct string (Arrow compares the UTF-8 bytes) and the distinct strings; None
+    unless every cell is a ``str`` Arrow can hold. (Not ``pd.factorize``: it folds strings holding lone
+    surrogates into one.)"""
+    if not (len(values) and _all_str(values)):
+        return None
+    arr = _arrow_strings(values.to_numpy(dtype=object))
+    if arr is None:
+        return None
+    encoded = arr.dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+
 
 class FileFormatError(ValueError):
     """A file that cannot be read as events at all (bad CSV/Parquet/JSONL, wrong or missing columns)."""
@@ -89,17 +158,24 @@ class ValidationResult:
 
 def id_strings(values: pd.Series) -> pd.Series:
     """Ids as stripped strings; missing values become "". Integral floats lose their ".0"."""
+    return _id_strings(values)[0]
+
+
+def _id_strings(values: pd.Series) -> tuple[pd.Series, Any]:
+    """:func:`id_strings` and, where it has one, the result as an Arrow string array (else None)."""
     if pd.api.types.is_float_dtype(values):
         as_int = values.dropna()
         if (as_int == np.floor(as_int)).all():
             out = values.map(lambda v: "" if pd.isna(v) else str(int(v)))
-            return out.astype(object)
+            return out.astype(object), None
     if pd.api.types.is_integer_dtype(values):
-        return values.astype(str).astype(object)
+        return values.astype(str).astype(object), None
+    if values.dtype == object and _all_str(values):  # every cell a str (a CSV column): nothing missing
+        return _stripped(values, all_str=True)
     filled = values.astype(object).where(values.notna(), "")
     if pd.api.types.infer_dtype(filled, skipna=False) != "string":
         filled = filled.map(safe_str)  # mixed cells (numbers from JSON): their str form
-    return strip_strings(filled)
+    return _stripped(filled)
 
 
 def safe_str(value: object) -> str:
@@ -147,8 +223,41 @@ def wrong_type(values: pd.Series, *, allow_numbers: bool) -> pd.Series:
 
 def strip_strings(values: pd.Series) -> pd.Series:
     """Strings with surrounding whitespace removed; missing values become ""."""
-    filled = values.astype(object).where(values.notna(), "")
-    return filled.astype(str).str.strip().astype(object)
+    return _stripped(values)[0]
+
+
+def _stripped(values: pd.Series, all_str: bool = False) -> tuple[pd.Series, Any]:
+    """:func:`strip_strings` and, for a column of ``str``, the result as an Arrow string array (else None).
+
+    Arrow finds the cells ``str.strip`` would change (an edge character in :data:`PY_WHITESPACE`); only
+    those go through Python. ``all_str``: the caller knows every cell is a ``str``.
+    """
+    all_str = all_str or (values.dtype == object and _all_str(values))
+    # nothing missing in a column of str: no copy to fill
+    filled = values if all_str else values.astype(object).where(values.notna(), "")
+    if len(filled) and (all_str or _all_str(filled)):
+        obj = filled.to_numpy(dtype=object)
+        arr = _arrow_strings(obj)
+        if arr is not None:
+            edge = _edge_space(arr)
+            if edge.any():
+                obj = obj.copy()
+                obj[edge] = [v.strip() for v in obj[edge]]
+                arr = _arrow_strings(obj)
+            return pd.Series(obj, index=values.index, name=values.name, dtype=object), arr
+    return filled.astype(str).str.strip().astype(object), None
+
+
+def str_lengths(values: pd.Series) -> pd.Series:
+    """``values.str.len()`` of a column of strings (characters, not bytes), through Arrow when it can."""
+    if len(values) and _all_str(values):
+        arr = _arrow_strings(values.to_numpy(dtype=object))
+        if arr is not None:
+            import pyarrow.compute as pc
+
+            lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+            return pd.Series(lengths, index=values.index, name=values.name)
+    return values.str.len()
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -175,19 +284,159 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
             errors="coerce",
         )
         return ts.astype("datetime64[ns, UTC]"), missing
-    text = values.astype(object).where(values.notna(), "")
-    text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
-    missing = text == ""
-    ts = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-    numeric = pd.to_numeric(text.where(text.str.fullmatch(r"-?\d+(\.\d+)?"), None), errors="coerce")
-    is_num = numeric.notna() & (numeric.abs() < 1e11)
+    all_str = values.dtype == object and _all_str(values)
+    text = values if all_str else values.astype(object).where(values.notna(), "")
+    arr = None
+    if len(text) and (all_str or _all_str(text)):
+        text, arr = _stripped(text, all_str=True)
+    else:
+        text = text.map(lambda v: v.strip() if isinstance(v, str) else str(v))
+    n = len(text)
+    if arr is not None:
+        import pyarrow.compute as pc
+
+        empty = pc.equal(pc.utf8_length(arr), 0).to_numpy(zero_copy_only=False)
+        missing = pd.Series(empty, index=text.index)
+    else:
+        missing = text == ""
+    ns = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)  # NaT
+    as_number = _numeric_text(text, arr)
+    if as_number.any():
+        numeric = pd.to_numeric(text.where(as_number, None), errors="coerce")
+    else:  # no cell looks like a number: what to_numeric gives a column of None
+        numeric = pd.Series(np.nan, index=text.index)
+    is_num = (numeric.notna() & (numeric.abs() < 1e11)).to_numpy(dtype=bool)
     if is_num.any():
-        ts[is_num] = pd.to_datetime(numeric[is_num], unit="s", utc=True)
-    rest = ~is_num & ~missing
+        ns[is_num] = pd.DatetimeIndex(pd.to_datetime(numeric[is_num], unit="s", utc=True)).asi8
+    rest = ~is_num & ~missing.to_numpy(dtype=bool)
     if rest.any():
-        parsed = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
-        ts[rest] = parsed
+        rest_pos = np.flatnonzero(rest)
+        plain = None
+        if arr is not None:
+            plain = _plain_iso(arr if len(rest_pos) == n else arr.take(rest_pos))
+        if plain is not None:  # the common forms, computed directly; pandas parses the others
+            ok, plain_ns = plain
+            ns[rest_pos[ok]] = plain_ns[ok]
+            rest_pos = rest_pos[~ok]
+        if len(rest_pos):
+            # naive and offset-bearing cells apart: in one call pandas (2.3) gives a naive cell the offset
+            # of an aware cell before it ("...+02:00", then "2024-01-01T10:00:00.5" read as 08:00:00.5 UTC)
+            cells = text.iloc[rest_pos]
+            aware = cells.str.contains(_ENDS_WITH_OFFSET, regex=True).to_numpy(dtype=bool)
+            for group in (aware, ~aware):
+                if group.any():
+                    parsed = pd.to_datetime(cells[group], format="ISO8601", utc=True, errors="coerce")
+                    ns[rest_pos[group]] = pd.DatetimeIndex(parsed).asi8
+    ts = pd.Series(ns.view("datetime64[ns]"), index=values.index).dt.tz_localize("UTC")
     return ts, missing
+
+
+_ENDS_WITH_OFFSET = r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+
+# ``YYYY-MM-DD`` or ``YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}][Z|+HH:MM|-HH:MM]`` (RE2; \d is ASCII there)
+_PLAIN_ISO = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})?)?$"
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _plain_iso(arr) -> tuple[np.ndarray, np.ndarray]:  # arr: pa.StringArray
+    """Nanoseconds since the epoch (UTC) of the cells in the plain ISO 8601 forms of :data:`_PLAIN_ISO`
+    whose fields are in range, for years 1678-2261 (inside pandas' nanosecond range); the ``ok`` mask says
+    which. ``pd.to_datetime(cell, format="ISO8601", utc=True)`` gives each of these cells the same instant
+    (a unit test compares them); every other cell (other forms, a 30 February, a leap second, years near
+    the limits) is left to it.
+
+    A matching cell is ASCII with its digits at fixed places, so the fields are read straight from the
+    Arrow array's UTF-8 bytes.
+    """
+    import pyarrow.compute as pc
+
+    n = len(arr)
+    ok = pc.match_substring_regex(arr, _PLAIN_ISO).to_numpy(zero_copy_only=False)
+    ns = np.zeros(n, dtype=np.int64)
+    if not ok.any():
+        return ok, ns
+    offsets, data = _string_bytes(arr)
+    pos = np.flatnonzero(ok)
+    start, end = offsets[pos], offsets[pos + 1]
+    length = end - start
+    last = len(data) - 1
+
+    def digits(at: np.ndarray, width: int) -> np.ndarray:  # (cells, width) bytes from positions ``at``
+        return data[np.minimum(at[:, None] + np.arange(width), last)]
+
+    width = int(length[0])
+    if len(pos) == n and width >= 19 and (length == width).all():
+        # every cell matched, all of one length (one writer's format): the bytes are an (n, width) grid
+        grid = data[start[0] : start[0] + n * width].reshape(n, width)
+        head, tail_of = grid, lambda sel: grid[sel, width - 6 :]
+    else:
+        head, tail_of = digits(start, 19), lambda sel: digits(end[sel] - 6, 6)
+
+    def number(block: np.ndarray, first: int, count: int) -> np.ndarray:  # decimal digits -> int64
+        out = block[:, first].astype(np.int64) - 48
+        for k in range(first + 1, first + count):
+            out = out * 10 + (block[:, k].astype(np.int64) - 48)
+        return out
+
+    # YYYY-MM-DD?HH:MM:SS (a date alone: the bytes after it are not used)
+    y, mo, d = number(head, 0, 4), number(head, 5, 2), number(head, 8, 2)
+    has_time = length > 10
+    h, mi, sec = (np.where(has_time, number(head, i, 2), 0) for i in (11, 14, 17))
+    # an offset is "+HH:MM" (6 bytes: a fraction holds no ":"), "Z" one byte
+    has_offset = has_time & (length >= 25) & (data[np.maximum(end - 3, 0)] == ord(":"))
+    has_z = has_time & (data[end - 1] == ord("Z"))
+    tz_len = np.where(has_offset, 6, np.where(has_z, 1, 0))
+    tz_seconds = np.zeros(len(pos), dtype=np.int64)
+    tz_h = tz_m = np.zeros(len(pos), dtype=np.int64)
+    if has_offset.any():
+        sel = np.flatnonzero(has_offset)
+        tail = tail_of(sel)  # ±HH:MM
+        tz_h, tz_m = np.zeros_like(tz_seconds), np.zeros_like(tz_seconds)
+        tz_h[sel], tz_m[sel] = number(tail, 1, 2), number(tail, 4, 2)
+        sign = np.where(tail[:, 0] == ord("-"), -1, 1)
+        tz_seconds[sel] = sign * (tz_h[sel] * 3600 + tz_m[sel] * 60)
+    frac_len = np.where(has_time & (length > 19), length - 20 - tz_len, 0)  # digits after "."
+    frac = np.zeros(len(pos), dtype=np.int64)
+    if (frac_len > 0).any():
+        sel = np.flatnonzero(frac_len > 0)
+        block = digits(start[sel] + 20, 9).astype(np.int64) - 48
+        block = np.where(np.arange(9) < frac_len[sel, None], block, 0)
+        frac[sel] = block @ (10 ** np.arange(8, -1, -1, dtype=np.int64))
+
+    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+    month_ok = (mo >= 1) & (mo <= 12)
+    dim = _DAYS_IN_MONTH[np.where(month_ok, mo, 0)] + (leap & (mo == 2))
+    fine = (
+        (y >= 1678) & (y <= 2261) & month_ok & (d >= 1) & (d <= dim)
+        & (h <= 23) & (mi <= 59) & (sec <= 59) & (tz_h <= 23) & (tz_m <= 59)
+    )  # fmt: skip
+    # days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil)
+    yy = y - (mo <= 2)
+    era = yy // 400
+    yoe = yy - era * 400
+    doy = (153 * ((mo + 9) % 12) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    seconds = ((days * 24 + h) * 60 + mi) * 60 + sec - tz_seconds
+    ns[pos] = seconds * 1_000_000_000 + frac
+    good = np.zeros(n, dtype=bool)
+    good[pos] = fine
+    return good, ns
+
+
+def _numeric_text(text: pd.Series, arr) -> pd.Series:
+    """``text.str.fullmatch(_NUMERIC_TEXT)`` for a column of stripped strings; with ``arr`` (the column in
+    Arrow) Arrow decides the ASCII cells (where ``\\d`` is ``[0-9]``), Python's ``re`` the others."""
+    if arr is None:
+        return text.str.fullmatch(_NUMERIC_TEXT)
+    import pyarrow.compute as pc
+
+    match = pc.match_substring_regex(arr, _ASCII_NUMERIC_TEXT).to_numpy(zero_copy_only=False)
+    other = ~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False)
+    if other.any():
+        pattern = re.compile(_NUMERIC_TEXT)
+        match = match.copy()
+        match[other] = [pattern.fullmatch(v) is not None for v in text.to_numpy(dtype=object)[other]]
+    return pd.Series(match, index=text.index)
 
 
 def _beyond_ns_range(value: object) -> bool:
@@ -211,13 +460,30 @@ def _labels(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
         num = values.astype(float)
         missing = values.isna()
     else:
-        text = values.astype(object).where(values.notna(), "")
-        text = text.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
-        missing = text.map(lambda v: isinstance(v, str) and v == "").astype(bool)
-        text = text.replace({"true": 1, "false": 0})
-        num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
-    not_binary = ~missing & ~num.isin([0.0, 1.0])
+        text = (
+            values
+            if values.dtype == object and _all_str(values)
+            else values.astype(object).where(values.notna(), "")
+        )
+        coded = _string_codes(text)
+        if coded is not None:  # a label column holds a handful of distinct strings: decide each once
+            codes, uniques = coded
+            num_u, missing_u = _text_labels(pd.Series(uniques, dtype=object))
+            num = pd.Series(num_u.to_numpy()[codes], index=values.index)
+            missing = pd.Series(missing_u.to_numpy()[codes], index=values.index)
+        else:
+            num, missing = _text_labels(text)
+    not_binary = ~missing & ~((num == 0.0) | (num == 1.0))
     return num, missing, not_binary
+
+
+def _text_labels(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(label as float with NaN, missing mask) of a label column that is not numeric."""
+    text = text.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    missing = text.map(lambda v: isinstance(v, str) and v == "").astype(bool)
+    text = text.replace({"true": 1, "false": 0})
+    num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(float)
+    return num, missing
 
 
 def validate_events(
@@ -265,9 +531,23 @@ def validate_events(
     min_ts = min_ts.tz_localize("UTC") if min_ts.tzinfo is None else min_ts.tz_convert("UTC")
 
     id_wrong = {c: wrong_type(df[c], allow_numbers=False) for c in ID_COLUMNS}
-    ids = {c: id_strings(df[c]) for c in ID_COLUMNS}
+    ids: dict[str, pd.Series] = {}
+    empty: dict[str, np.ndarray] = {}
+    too_long: dict[str, np.ndarray] = {}
+    id_arrow: dict[str, Any] = {}
+    for c in ID_COLUMNS:
+        ids[c], id_arrow[c] = _id_strings(df[c])
+        if id_arrow[c] is not None:
+            import pyarrow.compute as pc
+
+            lengths = pc.utf8_length(id_arrow[c]).to_numpy(zero_copy_only=False)
+            empty[c], too_long[c] = lengths == 0, lengths > max_id_chars
+        else:
+            empty[c] = (ids[c] == "").to_numpy(dtype=bool)
+            too_long[c] = (str_lengths(ids[c]) > max_id_chars).to_numpy(dtype=bool)
     ts_wrong = wrong_type(df["event_timestamp"], allow_numbers=True)
-    ts, ts_missing = parse_timestamps(df["event_timestamp"].where(~ts_wrong, None))
+    stamps = df["event_timestamp"]
+    ts, ts_missing = parse_timestamps(stamps.where(~ts_wrong, None) if ts_wrong.any() else stamps)
     ts_missing &= ~ts_wrong
     failed = ts.isna() & ~ts_missing & ~ts_wrong
     beyond_np = np.zeros(received, dtype=bool)
@@ -280,8 +560,8 @@ def validate_events(
     checks: list[tuple[str, pd.Series]] = []
     for c in ID_COLUMNS:
         checks.append((f"{c}{WRONG_TYPE}", id_wrong[c]))
-        checks.append((f"{c}_empty", (ids[c] == "") & ~id_wrong[c]))
-        checks.append((f"{c}{TOO_LONG}", (ids[c].str.len() > max_id_chars) & ~id_wrong[c]))
+        checks.append((f"{c}_empty", pd.Series(empty[c], index=df.index) & ~id_wrong[c]))
+        checks.append((f"{c}{TOO_LONG}", pd.Series(too_long[c], index=df.index) & ~id_wrong[c]))
     checks += [
         (LABEL_MISSING, label_missing),
         (LABEL_NOT_BINARY, label_bad),
@@ -303,19 +583,31 @@ def validate_events(
 
     # Duplicates: the first otherwise-valid row with an id wins; every other row with that id is a duplicate.
     eid = ids["event_id"]
-    candidate = ~bad_so_far & (eid != "").to_numpy()
-    first_valid = pd.Series(False, index=df.index)
-    cand_ids = eid[candidate]
-    first_valid[cand_ids[~cand_ids.duplicated(keep="first")].index] = True
-    valid_id_set = set(cand_ids)
-    dup = (eid != "") & eid.isin(valid_id_set) & ~first_valid
-    checks.append((EVENT_ID_DUPLICATE, dup))
+    has_id = ~empty["event_id"]
+    candidate = ~bad_so_far & has_id
+    if id_arrow["event_id"] is not None:  # the same rule on integer codes, one per distinct id
+        encoded = id_arrow["event_id"].dictionary_encode()
+        codes, distinct = encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
+        cand_pos = np.flatnonzero(candidate)
+        _, first_of_code = np.unique(codes[cand_pos], return_index=True)
+        first_valid = np.zeros(received, dtype=bool)
+        first_valid[cand_pos[first_of_code]] = True
+        code_valid = np.zeros(len(distinct), dtype=bool)
+        code_valid[codes[cand_pos]] = True
+        dup = has_id & code_valid[codes] & ~first_valid
+    else:
+        first = pd.Series(False, index=df.index)
+        cand_ids = eid[candidate]
+        first[cand_ids[~cand_ids.duplicated(keep="first")].index] = True
+        dup = has_id & eid.isin(set(cand_ids)).to_numpy(dtype=bool) & ~first.to_numpy()
+    checks.append((EVENT_ID_DUPLICATE, pd.Series(dup, index=df.index)))
     if callable(seen_ids):
         days = ts.dropna().dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
         seen_ids = seen_ids([str(d) for d in np.unique(days)])
     if seen_ids is not None:
         seen = seen_ids if isinstance(seen_ids, set | frozenset) else set(seen_ids)
-        checks.append((EVENT_ID_SEEN, (eid != "") & eid.isin(seen)))
+        was_seen = eid.isin(seen).to_numpy(dtype=bool) if seen else np.zeros(received, dtype=bool)
+        checks.append((EVENT_ID_SEEN, pd.Series(has_id & was_seen, index=df.index)))
 
     reason_cols = {name: mask.to_numpy(dtype=bool) for name, mask in checks}
     any_bad = np.zeros(received, dtype=bool)

@@ -445,8 +445,9 @@ def _aged_hours_epoch(hours: np.ndarray, rows: np.ndarray, stamps: Any, as_of: d
     The same floats as the scalar path: the elapsed time is exact in integer microseconds, then divided
     as ``timedelta.total_seconds`` does (one correctly rounded division).
     """
-    picked = [stamps[k] for k in rows]
-    if not all(type(t) is int for t in picked):
+    picked = stamps[rows] if isinstance(stamps, np.ndarray) else [stamps[k] for k in rows]
+    kinds = set(map(type, picked))
+    if kinds and kinds != {int}:
         return None
     as_of_us = (as_of - EPOCH_UTC) // timedelta(microseconds=1)
     elapsed_s = (as_of_us - np.asarray(picked, dtype=np.int64) * 1_000_000).astype(np.float64) / 1e6
@@ -721,6 +722,14 @@ class _DecodedCache:
             for new_arr, old_arr in zip(new_list, old_list, strict=True):
                 new_arr[:n] = old_arr[:n]
 
+    def gather(self, idx: np.ndarray) -> tuple[dict[str, np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Copies of the cached rows at positions ``idx``: (columns, found per view, stamps per view)."""
+        return (
+            {name: values[idx] for name, values in self.values.items()},
+            [f[idx] for f in self.found],
+            [t[idx] for t in self.stamps],
+        )
+
     def add(self, ids: list[str], cols: dict[str, np.ndarray], found: list[Any], stamps: list[Any]) -> None:
         """Keep the rows of ``ids`` (distinct); ids cached meanwhile by another thread are skipped."""
         keep = [k for k, i in enumerate(ids) if i not in self.pos]
@@ -861,10 +870,25 @@ class OnlineFeatures:
                 for cache in self._cache.values():
                     cache.clear()
                 self._cache_version = version
-            missing = {
-                entity: [i for i in dict.fromkeys(entity_ids) if i not in self._cache[entity].pos]
+            # the cache's position of every id (None: not cached); all cached, the common case: gather now,
+            # under the same lock (positions change only when the cache is emptied), age outside it
+            where = {
+                entity: list(map(self._cache[entity].pos.get, entity_ids))
                 for entity, entity_ids in ids.items()
             }
+            hit = None
+            if not any(None in w for w in where.values()):
+                hit = {
+                    entity: self._cache[entity].gather(np.array(w, dtype=np.intp))
+                    for entity, w in where.items()
+                }
+            else:
+                missing = {
+                    entity: [i for i in dict.fromkeys(entity_ids) if i not in self._cache[entity].pos]
+                    for entity, entity_ids in ids.items()
+                }
+        if hit is not None:
+            return self._aged(hit, as_of)
         missing = {entity: m for entity, m in missing.items() if m}
         if missing:
             fresh = self._read_stored(missing, None, keep=True)
@@ -876,7 +900,6 @@ class OnlineFeatures:
                     fresh = {}
             if fresh:
                 return self._read_stored(ids, as_of)
-        out: dict[str, dict[str, np.ndarray]] = {}
         with self._cache_lock:
             if self._cache_version != version:  # emptied by a concurrent change: read directly
                 gathered = None
@@ -887,13 +910,14 @@ class OnlineFeatures:
                     idx = np.fromiter(
                         (cache.pos[i] for i in entity_ids), dtype=np.intp, count=len(entity_ids)
                     )
-                    gathered[entity] = (
-                        {name: values[idx] for name, values in cache.values.items()},
-                        [f[idx] for f in cache.found],
-                        [t[idx] for t in cache.stamps],
-                    )
+                    gathered[entity] = cache.gather(idx)
         if gathered is None:
             return self._read_stored(ids, as_of)
+        return self._aged(gathered, as_of)
+
+    def _aged(self, gathered: dict[str, Any], as_of: datetime | None) -> dict[str, dict[str, np.ndarray]]:
+        """Per entity, the gathered cached columns, aged to ``as_of`` (see :func:`_age_activity`)."""
+        out: dict[str, dict[str, np.ndarray]] = {}
         for entity, (cols, founds, stamps) in gathered.items():
             out[entity] = cols
             if as_of is not None:
@@ -957,7 +981,7 @@ class OnlineFeatures:
                 online learner pushes). When None, the stored values are returned as they are.
         """
         user_id = str(user_id)
-        item_ids = [str(i) for i in item_ids]
+        item_ids = list(map(str, item_ids))
         if as_of is not None and as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
         unique = list(dict.fromkeys(item_ids))

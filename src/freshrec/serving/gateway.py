@@ -252,7 +252,10 @@ def encode_column(proto: Any, values: Any, dtype: int, rank: int, n: int) -> Non
         proto.tensor_shape.dim.add().size = 1
     if dtype == DT_STRING:
         items = values.tolist() if hasattr(values, "tolist") else list(values)
-        proto.string_val.extend([s.encode() if type(s) is str else str(s).encode() for s in items])
+        if set(map(type, items)) <= {str}:  # the common case, encoded in C
+            proto.string_val.extend(list(map(str.encode, items)))
+        else:
+            proto.string_val.extend([s.encode() if type(s) is str else str(s).encode() for s in items])
     elif dtype in _NUMPY:
         arr = np.asarray(values)
         if dtype in (DT_INT32, DT_INT64) and arr.dtype.kind == "f":
