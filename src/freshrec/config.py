@@ -381,6 +381,26 @@ class ScreeningSettings(BaseModel):
     min_batch_events: int = Field(50, ge=1)  # smaller batches: only the absolute tests (too noisy)
     # Hold when a statistic is further than this many robust sd (1.4826 MAD) from the reference median.
     max_robust_z: float = Field(6.0, gt=0)
+    # Per-test overrides of max_robust_z. score_shift: on MovieLens a batch rated by one person the model
+    # knows to dislike most films sits 7.5 robust sd below the reference's mean score (clean replay), so the
+    # score test only catches gross shifts (a broken feature pushing every score to one end).
+    max_robust_z_by_test: dict[str, float] = Field(default_factory=lambda: {"score_shift": 10.0})
+    # label_drift: a one-sided CUSUM of the serving AUC's robust-z deficits, S = clip(S - z - allowance,
+    # 0, cap); the batch is held while S > limit. A label flip from a point on moves every batch a little
+    # (single batches of it overlap clean ones: 0.58 vs a clean minimum of 0.50), the CUSUM adds it up.
+    drift_allowance: float = Field(1.0, ge=0)
+    drift_limit: float = Field(4.0, gt=0)
+    drift_cap: float = Field(8.0, gt=0)  # how much evidence is kept: bounds the clean batches to recover
+    # entity_tail_clicks: per user with >= min_entity_events in the batch, the binomial tail probability of
+    # its clicks on long-tail items (popularity_feature at most the reference's tail_quantile) at the
+    # reference's rate of such clicks; held below 10**-max_entity_log10_p. A bot clicking every item clicks
+    # the catalogue's tail, which people rarely click; click *rate* alone does not tell it from a person on
+    # MovieLens (a person clicks 128 of 132 in one batch, 187 of 190 in another).
+    popularity_feature: str = "item_events_total"
+    tail_quantile: float = Field(0.1, gt=0, lt=1)
+    min_entity_events: int = Field(20, ge=1)
+    max_entity_log10_p: float = Field(10.0, gt=0)
+    tail_samples_per_batch: int = Field(64, ge=1)  # (popularity, label) pairs kept per reference batch
     # Floors on the robust sd, per statistic (a reference of near-equal batches must not hold every batch).
     min_scale: dict[str, float] = Field(
         default_factory=lambda: {
