@@ -385,11 +385,12 @@ class ScreeningSettings(BaseModel):
     # knows to dislike most films sits 7.5 robust sd below the reference's mean score (clean replay), so the
     # score test only catches gross shifts (a broken feature pushing every score to one end).
     max_robust_z_by_test: dict[str, float] = Field(default_factory=lambda: {"score_shift": 10.0})
-    # label_drift: a one-sided CUSUM of the serving AUC's robust-z deficits, S = clip(S - z - allowance,
-    # 0, cap); the batch is held while S > limit. A label flip from a point on moves every batch a little
+    # label_drift: a one-sided CUSUM of the label disagreement d (the worse of the serving AUC's robust-z
+    # deficit and the serving logloss's robust-z excess), S = clip(S + d - allowance, 0, cap); the batch is
+    # held while S > limit. A label flip from a point on moves every batch a little
     # (single batches of it overlap clean ones: 0.58 vs a clean minimum of 0.50), the CUSUM adds it up.
-    drift_allowance: float = Field(1.0, ge=0)
-    drift_limit: float = Field(4.0, gt=0)
+    drift_allowance: float = Field(1.5, ge=0)
+    drift_limit: float = Field(4.5, gt=0)
     drift_cap: float = Field(8.0, gt=0)  # how much evidence is kept: bounds the clean batches to recover
     # entity_tail_clicks: per user with >= min_entity_events in the batch, the binomial tail probability of
     # its clicks on long-tail items (popularity_feature at most the reference's tail_quantile) at the
@@ -399,7 +400,7 @@ class ScreeningSettings(BaseModel):
     popularity_feature: str = "item_events_total"
     tail_quantile: float = Field(0.1, gt=0, lt=1)
     min_entity_events: int = Field(20, ge=1)
-    max_entity_log10_p: float = Field(10.0, gt=0)
+    max_entity_log10_p: float = Field(15.0, gt=0)
     tail_samples_per_batch: int = Field(64, ge=1)  # (popularity, label) pairs kept per reference batch
     # Floors on the robust sd, per statistic (a reference of near-equal batches must not hold every batch).
     min_scale: dict[str, float] = Field(

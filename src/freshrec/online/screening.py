@@ -10,11 +10,14 @@ that were learned):
 - ``score_shift``: the serving version's mean score on the batch against the reference's mean scores;
 - ``serving_logloss`` / ``serving_auc``: how surprising the batch's labels are to the serving version (a
   label flip makes the served model rank the batch worse than chance);
-- ``label_drift``: a one-sided CUSUM of the serving AUC's robust-z deficits over consecutive batches. A
+- ``label_drift``: a one-sided CUSUM over consecutive batches of their label disagreement with the serving
+  version (the worse of the serving AUC's robust-z deficit and the serving logloss's robust-z excess). A
   label flip from a point on is persistent but single batches of it overlap clean ones (one person rating
   a whole batch: on the MovieLens replay flipped batches reach AUC 0.58, clean ones fall to 0.50); the
   CUSUM holds the first flipped batch (its deficit alone passes the limit) and keeps holding while the
-  evidence stays, batches too small for the other tests included;
+  evidence stays, batches too small for the other tests included. A batch failing a test that is not about
+  its labels (a bot, duplicates, a broken feature) does not feed it: that anomaly explains its labels. An
+  operator's release resets it;
 - ``entity_tail_clicks``: per user with many events in the batch, the binomial tail probability of its
   clicks on long-tail items (popularity at most the reference's 10th percentile) at the reference's rate of
   such clicks. A bot clicking every item clicks the catalogue's tail, which people rarely click (about 4% of
@@ -51,6 +54,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +80,9 @@ TESTS = (
     "entity_tail_clicks",
 )
 # Robust-z tests: (statistic, side); "upper" holds only large values, "lower" only small ones.
+# Tests of the labels against the serving version: a batch failing any *other* test (a bot, duplicates, a
+# broken feature) does not feed the label_drift CUSUM, its labels are explained by that anomaly.
+_LABEL_TESTS = {"label_rate", "serving_logloss", "serving_auc", "label_drift"}
 _Z_TESTS = {
     "label_rate": ("label_rate", "both"),
     "score_shift": ("mean_score", "both"),
@@ -269,6 +276,8 @@ class Screener:
         state_dir: where ``screening.json`` (reference, counters) and ``held/`` live (None: in memory).
         metrics_path: a Prometheus textfile rewritten after each verdict (None: no textfile).
         model: the model name (the metrics' label).
+        log_features: numeric inputs range-checked on the ``log1p`` scale (the counts the model itself
+            takes the ``log1p`` of: a heavy user's event count doubling is not a broken feature).
     """
 
     def __init__(
@@ -277,8 +286,10 @@ class Screener:
         state_dir: Path | None = None,
         metrics_path: Path | None = None,
         model: str = "model",
+        log_features: Iterable[str] = (),
     ) -> None:
         self.settings = settings
+        self.log_features = sorted(set(log_features))
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.metrics_path = metrics_path
         self.model = model
@@ -355,10 +366,12 @@ class Screener:
                 tests[name] = self._z_test(name, stat, side, stats.get(stat))
             if frame is not None and numeric:
                 tests["feature_range"] = self._range_test(frame, numeric)
-            tests["label_drift"] = self._drift_test(tests["serving_auc"], stats.get("serving_auc"))
             tail = self._tail_test(events, frame)
             if tail is not None:
                 tests["entity_tail_clicks"] = tail
+            tests["label_drift"] = self._drift_test(tests["serving_auc"], tests["serving_logloss"], stats)
+            if not all(t.passed for n, t in tests.items() if n not in _LABEL_TESTS):
+                self._pending_drift = None
         elif reference_warm and self.drift > s.drift_limit:
             # Too small a batch to judge on its own, while the stream's labels disagree with the serving
             # version: held with the rest (a flip's last, short batch must not slip through).
@@ -374,20 +387,28 @@ class Screener:
         self._pending = (events, frame, numeric, stats)
         return verdict
 
-    def _drift_test(self, auc_test: TestResult, value: float | None) -> TestResult:
+    def _drift_test(self, auc_test: TestResult, ll_test: TestResult, stats: dict[str, float]) -> TestResult:
+        """The CUSUM of the batch's label disagreement: the worse of the serving AUC's robust-z deficit and
+        the serving logloss's robust-z excess."""
         s = self.settings
-        z = auc_test.value if auc_test.threshold is not None else None
-        if z is None or value is None:
+        parts = [
+            sign * float(t.value)
+            for t, sign in ((auc_test, -1.0), (ll_test, 1.0))
+            if t.threshold is not None and t.value is not None
+        ]
+        if not parts:
             return TestResult("label_drift", self.drift <= s.drift_limit, self.drift, s.drift_limit, "")
-        new = min(s.drift_cap, max(0.0, self.drift - float(z) - s.drift_allowance))
+        deficit = max(parts)
+        new = min(s.drift_cap, max(0.0, self.drift + deficit - s.drift_allowance))
         self._pending_drift = new
         return TestResult(
             "label_drift",
             new <= s.drift_limit,
             new,
             s.drift_limit,
-            f"labels disagree with the serving version: CUSUM of serving-AUC deficits {new:.1f} "
-            f"(limit {s.drift_limit:g}; this batch's AUC {value:.3f}, {float(z):+.1f} robust sd)",
+            f"labels disagree with the serving version: CUSUM of label-disagreement deficits {new:.1f} (limit "
+            f"{s.drift_limit:g}; this batch's serving AUC {stats.get('serving_auc', float('nan')):.3f}, "
+            f"logloss {stats.get('serving_logloss', float('nan')):.3f}: {deficit:+.1f} robust sd)",
         )
 
     def _tail_test(self, events: pd.DataFrame, frame: pd.DataFrame | None) -> TestResult | None:
@@ -454,7 +475,7 @@ class Screener:
                 continue
             lo, hi = ranges[c]
             margin = s.range_margin * max(hi - lo, 1e-9)
-            x = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
+            x = self._range_values(frame, c)
             bad = ~np.isfinite(x) | (x < lo - margin) | (x > hi + margin)
             if int(bad.sum()) > worst_n:
                 worst, worst_n = c, int(bad.sum())
@@ -468,6 +489,10 @@ class Screener:
             f"{share:.1%} of the rows have a model input outside the reference range (e.g. {worst}; "
             f"at most {s.max_out_of_range_share:.1%})",
         )
+
+    def _range_values(self, frame: pd.DataFrame, column: str) -> np.ndarray:
+        x = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+        return np.log1p(np.maximum(x, 0.0)) if column in self.log_features else x
 
     def _duplicate_share(self, events: pd.DataFrame) -> float:
         cols = [c for c in ("user_id", "item_id", "event_timestamp") if c in events.columns]
@@ -559,7 +584,7 @@ class Screener:
                 r = {}
                 for c in numeric:
                     if c in frame.columns and len(frame):
-                        x = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
+                        x = self._range_values(frame, c)
                         x = x[np.isfinite(x)]
                         if len(x):
                             r[c] = (float(x.min()), float(x.max()))
@@ -614,6 +639,7 @@ class Screener:
         state = {
             "reference": list(self.reference),
             "ranges": [{c: list(v) for c, v in r.items()} for r in self.ranges],
+            "log_features": self.log_features,
             "recent_keys": [[int(k), int(v)] for k, v in self.recent_keys.items()],
             "tail_samples": list(self.tail_samples),
             "drift": self.drift,
@@ -630,7 +656,8 @@ class Screener:
             return
         state = json.loads(path.read_text())
         self.reference.extend(state.get("reference", []))
-        self.ranges.extend({c: (v[0], v[1]) for c, v in r.items()} for r in state.get("ranges", []))
+        if state.get("log_features", []) == self.log_features:  # else: ranges on another scale, relearned
+            self.ranges.extend({c: (v[0], v[1]) for c, v in r.items()} for r in state.get("ranges", []))
         self.recent_keys = OrderedDict((int(k), int(v)) for k, v in state.get("recent_keys", []))
         self.tail_samples.extend(state.get("tail_samples", []))
         self.drift = float(state.get("drift", 0.0))
