@@ -385,9 +385,9 @@ class ScreeningSettings(BaseModel):
     # knows to dislike most films sits 7.5 robust sd below the reference's mean score (clean replay), so the
     # score test only catches gross shifts (a broken feature pushing every score to one end).
     max_robust_z_by_test: dict[str, float] = Field(default_factory=lambda: {"score_shift": 10.0})
-    # label_drift: a one-sided CUSUM of the label disagreement d (the worse of the serving AUC's robust-z
-    # deficit and the serving logloss's robust-z excess), S = clip(S + d - allowance, 0, cap); the batch is
-    # held while S > limit. A label flip from a point on moves every batch a little
+    # label_drift: a one-sided CUSUM of the label disagreement d (the serving AUC's robust-z deficit plus
+    # the serving logloss's robust-z excess, over sqrt 2), S = clip(S + d - allowance, 0, cap); the batch is
+    # held while S > limit (replay: clean batches reach 2.9, a flip's first batch 6.5 to 7.7). A label flip from a point on moves every batch a little
     # (single batches of it overlap clean ones: 0.58 vs a clean minimum of 0.50), the CUSUM adds it up.
     drift_allowance: float = Field(1.5, ge=0)
     drift_limit: float = Field(4.5, gt=0)

@@ -11,7 +11,7 @@ that were learned):
 - ``serving_logloss`` / ``serving_auc``: how surprising the batch's labels are to the serving version (a
   label flip makes the served model rank the batch worse than chance);
 - ``label_drift``: a one-sided CUSUM over consecutive batches of their label disagreement with the serving
-  version (the worse of the serving AUC's robust-z deficit and the serving logloss's robust-z excess). A
+  version (the serving AUC's robust-z deficit plus the serving logloss's robust-z excess, over sqrt 2). A
   label flip from a point on is persistent but single batches of it overlap clean ones (one person rating
   a whole batch: on the MovieLens replay flipped batches reach AUC 0.58, clean ones fall to 0.50); the
   CUSUM holds the first flipped batch (its deficit alone passes the limit) and keeps holding while the
@@ -388,8 +388,8 @@ class Screener:
         return verdict
 
     def _drift_test(self, auc_test: TestResult, ll_test: TestResult, stats: dict[str, float]) -> TestResult:
-        """The CUSUM of the batch's label disagreement: the worse of the serving AUC's robust-z deficit and
-        the serving logloss's robust-z excess."""
+        """The CUSUM of the batch's label disagreement: the serving AUC's robust-z deficit and the serving
+        logloss's robust-z excess, summed over sqrt(2)."""
         s = self.settings
         parts = [
             sign * float(t.value)
@@ -398,7 +398,8 @@ class Screener:
         ]
         if not parts:
             return TestResult("label_drift", self.drift <= s.drift_limit, self.drift, s.drift_limit, "")
-        deficit = max(parts)
+        # Stouffer's sum of the two (a flip moves both; a clean batch one person rates mostly moves one).
+        deficit = sum(parts) / math.sqrt(len(parts))
         new = min(s.drift_cap, max(0.0, self.drift + deficit - s.drift_allowance))
         self._pending_drift = new
         return TestResult(
