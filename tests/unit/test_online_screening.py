@@ -262,3 +262,27 @@ def test_binomial_tail():
     assert binomial_log10_sf(0, 10, 0.3) == 0.0
     assert abs(binomial_log10_sf(10, 10, 0.5) - 10 * np.log10(0.5)) < 1e-9
     assert abs(10 ** binomial_log10_sf(3, 5, 0.5) - 0.5) < 1e-9
+
+
+def test_tail_samples_drift_and_log_ranges_survive_a_restart(tmp_path):
+    rng = np.random.default_rng(9)
+    s = Screener(ScreeningSettings(), tmp_path / "screening", log_features=["item_events_total"])
+    start = 0
+    for _ in range(6):
+        ev, fr, p = _popular_batch(rng, start)
+        s.accept(s.screen(ev, fr, p, ["item_events_total"]))
+        start += len(ev)
+    ev, fr, p = _batch(rng, start, flip=True)  # labels against the scores: drift evidence
+    fr = fr.assign(item_events_total=rng.lognormal(4.0, 1.0, len(ev)))
+    v = s.screen(ev, fr, p, ["item_events_total"])
+    (s.hold if v.held else s.accept)(v)
+    assert s.drift > 0
+    # The count's range is kept on the log1p scale (counts up to ~1,000 here: raw ranges would reach 100s).
+    assert s.ranges[-1]["item_events_total"][1] < 10
+
+    again = Screener(ScreeningSettings(), tmp_path / "screening", log_features=["item_events_total"])
+    assert again.drift == s.drift and len(again.tail_samples) == len(s.tail_samples)
+    assert list(again.ranges) == list(s.ranges)
+    # Ranges kept on another scale are not reused (they are relearned from the next batches).
+    raw = Screener(ScreeningSettings(), tmp_path / "screening")
+    assert len(raw.ranges) == 0 and len(raw.reference) == len(s.reference)
