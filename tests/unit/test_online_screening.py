@@ -164,3 +164,125 @@ def test_screening_metrics_textfile(tmp_path):
     assert 'freshrec_screening_held_batches{model="ctr"} 1.0' in text
     assert 'freshrec_screening_batches_screened{model="ctr"} 11.0' in text
     assert 'freshrec_screening_holds_by_test_total{model="ctr",test="serving_auc"} 1.0' in text
+
+
+def _mild_batch(rng, start: int, n: int = 200, signal: float = 0.55):
+    """A batch whose labels follow the scores only weakly (AUC ~0.6): alone, within the serving_auc limit."""
+    ev, fr, p = _batch(rng, start, n)
+    y = (rng.uniform(size=n) < 0.5 + signal * (p - 0.5)).astype("int8")
+    ev["label"] = y
+    return ev, fr.assign(label=y), p
+
+
+def test_label_drift_holds_a_persistent_disagreement_no_single_batch_test_catches():
+    rng = np.random.default_rng(6)
+    s = Screener(ScreeningSettings())
+    start = _warm(s, rng, 30)
+    verdicts = []
+    for k in range(4):
+        ev, fr, p = _mild_batch(rng, start + 1000 * k)
+        v = s.screen(ev, fr, p, ["user_events_total"])
+        assert v.tests["serving_auc"].passed  # no single batch is out of line on its own
+        (s.hold if v.held else s.accept)(v)
+        verdicts.append(v)
+    held = [v.held for v in verdicts]
+    assert held[0] is False and all(held[2:]), [v.tests["label_drift"].value for v in verdicts]
+    assert all(not v.tests["label_drift"].passed for v in verdicts if v.held)
+    assert any("CUSUM" in r for r in verdicts[-1].reasons)
+
+    small, fr, p = _batch(rng, start + 9000, n=20, flip=True)  # too small for the per-batch tests
+    v = s.screen(small, fr, p)
+    assert v.held and list(v.tests) == ["duplicate_share", "label_drift"]
+    s.hold(v)
+
+    for k in range(6):  # clean batches again: the evidence runs out and they are learned
+        ev, fr, p = _batch(rng, start + 20_000 + 1000 * k)
+        v = s.screen(ev, fr, p)
+        (s.hold if v.held else s.accept)(v)
+    assert not v.held and s.drift == 0.0
+
+
+def test_a_strong_flip_is_held_by_label_drift_at_its_first_batch():
+    rng = np.random.default_rng(7)
+    s = Screener(ScreeningSettings())
+    start = _warm(s, rng, 20)
+    ev, fr, p = _batch(rng, start, flip=True)
+    v = s.screen(ev, fr, p)
+    assert v.held and not v.tests["label_drift"].passed
+
+
+def _popular_batch(rng, start: int, n: int = 200):
+    """Clean events with item popularity: people click popular items far more than the long tail."""
+    ev, fr, p = _batch(rng, start, n)
+    pop = rng.lognormal(4.0, 1.0, n)
+    y = (rng.uniform(size=n) < np.where(pop < 20, 0.15, 0.6)).astype("int8")
+    ev["label"] = y
+    return ev, fr.assign(item_events_total=pop, label=y), p
+
+
+def test_a_bot_clicking_the_long_tail_is_held_but_an_enthusiast_is_not():
+    rng = np.random.default_rng(8)
+    s = Screener(ScreeningSettings())
+    start = 0
+    for _ in range(20):
+        ev, fr, p = _popular_batch(rng, start)
+        v = s.screen(ev, fr, p)
+        assert not v.held, v.reasons
+        s.accept(v)
+        start += len(ev)
+
+    # A person clicking nearly everything they rate, on the popular items people rate: not a bot.
+    ev, fr, p = _popular_batch(rng, start)
+    fan = np.arange(len(ev)) < 100
+    ev.loc[fan, "user_id"] = "fan"
+    ev.loc[fan, "label"] = 1
+    fr["label"] = ev["label"]
+    fr.loc[fan, "item_events_total"] = rng.lognormal(5.0, 0.5, int(fan.sum()))
+    v = s.screen(ev, fr, p)
+    assert v.tests["entity_tail_clicks"].passed, v.tests["entity_tail_clicks"].message
+    s.accept(v)
+
+    # A bot: 80 clicks by one new user spread over the catalogue (uniform popularity), among clean events.
+    ev, fr, p = _popular_batch(rng, start + 1000)
+    bot = np.arange(len(ev)) < 80
+    ev.loc[bot, "user_id"] = "bot"
+    ev.loc[bot, "label"] = 1
+    # the catalogue, not the events: most items are rarely rated
+    fr.loc[bot, "item_events_total"] = rng.lognormal(2.5, 1.0, int(bot.sum()))
+    v = s.screen(ev, fr, p)
+    assert v.held and not v.tests["entity_tail_clicks"].passed
+    assert "user bot" in v.tests["entity_tail_clicks"].message
+    s.hold(v)
+    assert s.summary()["holds_by_test"]["entity_tail_clicks"] == 1
+
+
+def test_binomial_tail():
+    from freshrec.online.screening import binomial_log10_sf
+
+    assert binomial_log10_sf(0, 10, 0.3) == 0.0
+    assert abs(binomial_log10_sf(10, 10, 0.5) - 10 * np.log10(0.5)) < 1e-9
+    assert abs(10 ** binomial_log10_sf(3, 5, 0.5) - 0.5) < 1e-9
+
+
+def test_tail_samples_drift_and_log_ranges_survive_a_restart(tmp_path):
+    rng = np.random.default_rng(9)
+    s = Screener(ScreeningSettings(), tmp_path / "screening", log_features=["item_events_total"])
+    start = 0
+    for _ in range(6):
+        ev, fr, p = _popular_batch(rng, start)
+        s.accept(s.screen(ev, fr, p, ["item_events_total"]))
+        start += len(ev)
+    ev, fr, p = _batch(rng, start, flip=True)  # labels against the scores: drift evidence
+    fr = fr.assign(item_events_total=rng.lognormal(4.0, 1.0, len(ev)))
+    v = s.screen(ev, fr, p, ["item_events_total"])
+    (s.hold if v.held else s.accept)(v)
+    assert s.drift > 0
+    # The count's range is kept on the log1p scale (counts up to ~1,000 here: raw ranges would reach 100s).
+    assert s.ranges[-1]["item_events_total"][1] < 10
+
+    again = Screener(ScreeningSettings(), tmp_path / "screening", log_features=["item_events_total"])
+    assert again.drift == s.drift and len(again.tail_samples) == len(s.tail_samples)
+    assert list(again.ranges) == list(s.ranges)
+    # Ranges kept on another scale are not reused (they are relearned from the next batches).
+    raw = Screener(ScreeningSettings(), tmp_path / "screening")
+    assert len(raw.ranges) == 0 and len(raw.reference) == len(s.reference)

@@ -350,6 +350,9 @@ class OnlineLearner:
                 self.state_dir / "screening" if self.state_dir is not None else None,
                 screening_metrics,
                 model_name,
+                log_features=[
+                    f.name for f in self.spec.features if f.encoding == "normalize" and f.params.get("log1p")
+                ],
             )
             if settings.screening.enabled
             else None

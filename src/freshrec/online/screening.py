@@ -9,8 +9,20 @@ that were learned):
   reference batches' rates, with a floor on the scale);
 - ``score_shift``: the serving version's mean score on the batch against the reference's mean scores;
 - ``serving_logloss`` / ``serving_auc``: how surprising the batch's labels are to the serving version (a
-  label flip makes the served model rank the batch worse than chance; a bot clicking every item clicks
-  the long tail the model scores low);
+  label flip makes the served model rank the batch worse than chance);
+- ``label_drift``: a one-sided CUSUM over consecutive batches of their label disagreement with the serving
+  version (the serving AUC's robust-z deficit plus the serving logloss's robust-z excess, over sqrt 2). A
+  label flip from a point on is persistent but single batches of it overlap clean ones (one person rating
+  a whole batch: on the MovieLens replay flipped batches reach AUC 0.58, clean ones fall to 0.50); the
+  CUSUM holds the first flipped batch (its deficit alone passes the limit) and keeps holding while the
+  evidence stays, batches too small for the other tests included. A batch failing a test that is not about
+  its labels (a bot, duplicates, a broken feature) does not feed it: that anomaly explains its labels. An
+  operator's release resets it;
+- ``entity_tail_clicks``: per user with many events in the batch, the binomial tail probability of its
+  clicks on long-tail items (popularity at most the reference's 10th percentile) at the reference's rate of
+  such clicks. A bot clicking every item clicks the catalogue's tail, which people rarely click (about 4% of
+  events on MovieLens; the injected bot: half of its 128). Click *rate* alone does not separate a bot from
+  a person: on the MovieLens replay one person clicks 128 of 132 items in a batch after 131 of 298 before;
 - ``entity_share``: the share of the batch's events from its three most active users (on MovieLens a
   person rates a whole batch alone, so this one only catches what is far outside the reference);
 - ``duplicate_share``: the share of events repeating an earlier event's (user, item, time) under another
@@ -28,6 +40,9 @@ Until ``min_reference_batches`` batches were learned only the absolute tests (du
 No multivariate (isolation-forest) score: on the MovieLens replay the per-test verdicts already hold every
 injected batch and no clean one (``benchmarks/bench_update_loop.py``), so a further score could only add
 false holds.
+
+Each test's threshold is ``max_robust_z`` unless ``max_robust_z_by_test`` overrides it (``score_shift``:
+10, since a batch rated by one person the model knows to dislike most films is 7.5 robust sd low).
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +76,13 @@ TESTS = (
     "entity_share",
     "duplicate_share",
     "feature_range",
+    "label_drift",
+    "entity_tail_clicks",
 )
 # Robust-z tests: (statistic, side); "upper" holds only large values, "lower" only small ones.
+# Tests of the labels against the serving version: a batch failing any *other* test (a bot, duplicates, a
+# broken feature) does not feed the label_drift CUSUM, its labels are explained by that anomaly.
+_LABEL_TESTS = {"label_rate", "serving_logloss", "serving_auc", "label_drift"}
 _Z_TESTS = {
     "label_rate": ("label_rate", "both"),
     "score_shift": ("mean_score", "both"),
@@ -109,6 +130,22 @@ class Verdict:
 
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def binomial_log10_sf(k: int, n: int, p: float) -> float:
+    """log10 P(X >= k) for X ~ Binomial(n, p) (exact, summed in log space)."""
+    if k <= 0:
+        return 0.0
+    if k > n:
+        return -math.inf
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    lp, lq = math.log(p), math.log1p(-p)
+    lg = math.lgamma(n + 1)
+    terms = [
+        lg - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k, n + 1)
+    ]
+    m = max(terms)
+    return (m + math.log(sum(math.exp(t - m) for t in terms))) / math.log(10)
 
 
 def _key_hashes(events: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -239,6 +276,8 @@ class Screener:
         state_dir: where ``screening.json`` (reference, counters) and ``held/`` live (None: in memory).
         metrics_path: a Prometheus textfile rewritten after each verdict (None: no textfile).
         model: the model name (the metrics' label).
+        log_features: numeric inputs range-checked on the ``log1p`` scale (the counts the model itself
+            takes the ``log1p`` of: a heavy user's event count doubling is not a broken feature).
     """
 
     def __init__(
@@ -247,14 +286,19 @@ class Screener:
         state_dir: Path | None = None,
         metrics_path: Path | None = None,
         model: str = "model",
+        log_features: Iterable[str] = (),
     ) -> None:
         self.settings = settings
+        self.log_features = sorted(set(log_features))
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.metrics_path = metrics_path
         self.model = model
         self.held = HeldStore(self.state_dir / "held" if self.state_dir is not None else None)
         self.reference: deque[dict[str, float]] = deque(maxlen=max(1, settings.reference_batches))
         self.ranges: deque[dict[str, tuple[float, float]]] = deque(maxlen=max(1, settings.reference_batches))
+        # (popularity, label) samples of the reference batches' events, for the long-tail click test.
+        self.tail_samples: deque[list[list[float]]] = deque(maxlen=max(1, settings.reference_batches))
+        self.drift = 0.0  # the label_drift CUSUM
         # (user, item, time) hash -> event_id hash of recent events: a repeat under another id is a duplicate.
         self.recent_keys: OrderedDict[int, int] = OrderedDict()
         self.counters: dict[str, int] = {
@@ -270,6 +314,7 @@ class Screener:
         self._pending: tuple[pd.DataFrame, pd.DataFrame | None, list[str] | None, dict[str, float]] | None = (
             None
         )
+        self._pending_drift: float | None = None
         self.restore()
 
     # ------------------------------------------------------------------------------------------ verdicts
@@ -313,15 +358,90 @@ class Screener:
             f"{dup:.1%} of the batch repeats earlier events under new event ids "
             f"(at most {s.max_duplicate_share:.1%})",
         )
-        warm = len(self.reference) >= s.min_reference_batches and len(events) >= s.min_batch_events
+        reference_warm = len(self.reference) >= s.min_reference_batches
+        warm = reference_warm and len(events) >= s.min_batch_events
+        self._pending_drift = None
         if warm:
             for name, (stat, side) in _Z_TESTS.items():
                 tests[name] = self._z_test(name, stat, side, stats.get(stat))
             if frame is not None and numeric:
                 tests["feature_range"] = self._range_test(frame, numeric)
+            tail = self._tail_test(events, frame)
+            if tail is not None:
+                tests["entity_tail_clicks"] = tail
+            tests["label_drift"] = self._drift_test(tests["serving_auc"], tests["serving_logloss"], stats)
+            if not all(t.passed for n, t in tests.items() if n not in _LABEL_TESTS):
+                self._pending_drift = None
+        elif reference_warm and self.drift > s.drift_limit:
+            # Too small a batch to judge on its own, while the stream's labels disagree with the serving
+            # version: held with the rest (a flip's last, short batch must not slip through).
+            tests["label_drift"] = TestResult(
+                "label_drift",
+                False,
+                self.drift,
+                s.drift_limit,
+                f"label drift alarm: CUSUM of serving-AUC deficits {self.drift:.1f} (limit {s.drift_limit:g}) "
+                f"from earlier batches; this batch of {len(events)} events is too small to clear it",
+            )
         verdict.held = not all(t.passed for t in tests.values())
         self._pending = (events, frame, numeric, stats)
         return verdict
+
+    def _drift_test(self, auc_test: TestResult, ll_test: TestResult, stats: dict[str, float]) -> TestResult:
+        """The CUSUM of the batch's label disagreement: the serving AUC's robust-z deficit and the serving
+        logloss's robust-z excess, summed over sqrt(2)."""
+        s = self.settings
+        parts = [
+            sign * float(t.value)
+            for t, sign in ((auc_test, -1.0), (ll_test, 1.0))
+            if t.threshold is not None and t.value is not None
+        ]
+        if not parts:
+            return TestResult("label_drift", self.drift <= s.drift_limit, self.drift, s.drift_limit, "")
+        # Stouffer's sum of the two (a flip moves both; a clean batch one person rates mostly moves one).
+        deficit = sum(parts) / math.sqrt(len(parts))
+        new = min(s.drift_cap, max(0.0, self.drift + deficit - s.drift_allowance))
+        self._pending_drift = new
+        return TestResult(
+            "label_drift",
+            new <= s.drift_limit,
+            new,
+            s.drift_limit,
+            f"labels disagree with the serving version: CUSUM of label-disagreement deficits {new:.1f} (limit "
+            f"{s.drift_limit:g}; this batch's serving AUC {stats.get('serving_auc', float('nan')):.3f}, "
+            f"logloss {stats.get('serving_logloss', float('nan')):.3f}: {deficit:+.1f} robust sd)",
+        )
+
+    def _tail_test(self, events: pd.DataFrame, frame: pd.DataFrame | None) -> TestResult | None:
+        s = self.settings
+        col = s.popularity_feature
+        if frame is None or col not in frame.columns or len(frame) != len(events):
+            return None
+        ref = [pair for batch in self.tail_samples for pair in batch]
+        if len(self.tail_samples) < s.min_reference_batches or not ref:
+            return None
+        arr = np.asarray(ref, dtype=np.float64)
+        cut = float(np.quantile(arr[:, 0], s.tail_quantile))
+        base = max(float(np.mean((arr[:, 0] <= cut) & (arr[:, 1] > 0))), 0.5 / len(arr))
+        pop = pd.to_numeric(frame[col], errors="coerce").to_numpy(np.float64)
+        y = pd.to_numeric(events["label"], errors="coerce").to_numpy(np.float64)
+        tail_click = (pop <= cut) & (y > 0)
+        users = events["user_id"].astype(str).to_numpy()
+        worst, worst_p, worst_n, worst_c = None, 0.0, 0, 0
+        counts = pd.Series(tail_click.astype(np.int64)).groupby(users).agg(["size", "sum"])
+        for user, (n, c) in counts[counts["size"] >= s.min_entity_events].iterrows():
+            lp = binomial_log10_sf(int(c), int(n), base)
+            if lp < worst_p:
+                worst, worst_p, worst_n, worst_c = user, lp, int(n), int(c)
+        value = -worst_p
+        return TestResult(
+            "entity_tail_clicks",
+            value <= s.max_entity_log10_p,
+            float(value) if math.isfinite(value) else 1e9,
+            s.max_entity_log10_p,
+            f"user {worst}: {worst_c} of its {worst_n} events are clicks on long-tail items ({col} <= "
+            f"{cut:g}; reference rate {base:.1%}): p = 1e{worst_p:.0f} (limit 1e-{s.max_entity_log10_p:g})",
+        )
 
     def _z_test(self, name: str, stat: str, side: str, value: float | None) -> TestResult:
         s = self.settings
@@ -331,16 +451,14 @@ class Screener:
         med = float(np.median(ref))
         scale = max(1.4826 * float(np.median(np.abs(ref - med))), s.min_scale.get(stat, 0.01))
         z = (value - med) / scale
-        bad = (side in ("both", "upper") and z > s.max_robust_z) or (
-            side in ("both", "lower") and z < -s.max_robust_z
-        )
+        limit = s.max_robust_z_by_test.get(name, s.max_robust_z)
+        bad = (side in ("both", "upper") and z > limit) or (side in ("both", "lower") and z < -limit)
         return TestResult(
             name,
             not bad,
             float(z),
-            s.max_robust_z,
-            f"{stat} {value:.4g} is {z:+.1f} robust sd from the reference's {med:.4g} "
-            f"(limit {s.max_robust_z:g})",
+            limit,
+            f"{stat} {value:.4g} is {z:+.1f} robust sd from the reference's {med:.4g} (limit {limit:g})",
         )
 
     def _range_test(self, frame: pd.DataFrame, numeric: list[str]) -> TestResult:
@@ -358,7 +476,7 @@ class Screener:
                 continue
             lo, hi = ranges[c]
             margin = s.range_margin * max(hi - lo, 1e-9)
-            x = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
+            x = self._range_values(frame, c)
             bad = ~np.isfinite(x) | (x < lo - margin) | (x > hi + margin)
             if int(bad.sum()) > worst_n:
                 worst, worst_n = c, int(bad.sum())
@@ -372,6 +490,10 @@ class Screener:
             f"{share:.1%} of the rows have a model input outside the reference range (e.g. {worst}; "
             f"at most {s.max_out_of_range_share:.1%})",
         )
+
+    def _range_values(self, frame: pd.DataFrame, column: str) -> np.ndarray:
+        x = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)
+        return np.log1p(np.maximum(x, 0.0)) if column in self.log_features else x
 
     def _duplicate_share(self, events: pd.DataFrame) -> float:
         cols = [c for c in ("user_id", "item_id", "event_timestamp") if c in events.columns]
@@ -400,8 +522,15 @@ class Screener:
             return
         events, frame, numeric, stats = pending
         self._pending = None
+        self._commit_drift()
         self._add_to_reference(events, frame, numeric, stats)
         self.save()
+
+    def _commit_drift(self) -> None:
+        # The CUSUM follows the stream: a held batch's evidence counts as much as a learned one's.
+        if self._pending_drift is not None:
+            self.drift = self._pending_drift
+            self._pending_drift = None
 
     def hold(self, verdict: Verdict) -> None:
         """Keep the batch of ``verdict`` (just screened) with its reasons; it is not learned."""
@@ -409,6 +538,7 @@ class Screener:
             raise RuntimeError("hold() without a batch just screened")
         events = self._pending[0]
         self._pending = None
+        self._commit_drift()
         self.held.put(events, verdict)
         self.counters["batches_held"] += 1
         self.counters["events_held"] += len(events)
@@ -436,6 +566,7 @@ class Screener:
         """A released batch was learned: it joins the reference (the operator said it is the new normal)."""
         stats = batch_stats(events, scores)
         self._add_to_reference(events, frame, numeric, stats)
+        self.drift = 0.0  # the operator judged the held data: the drift evidence starts again
         self.held.forget(verdict["batch_id"])
         self.counters["batches_released"] += 1
         self.counters["events_released"] += len(events)
@@ -454,11 +585,20 @@ class Screener:
                 r = {}
                 for c in numeric:
                     if c in frame.columns and len(frame):
-                        x = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
+                        x = self._range_values(frame, c)
                         x = x[np.isfinite(x)]
                         if len(x):
                             r[c] = (float(x.min()), float(x.max()))
                 self.ranges.append(r)
+            col = self.settings.popularity_feature
+            if frame is not None and col in frame.columns and len(frame) == len(events):
+                pop = pd.to_numeric(frame[col], errors="coerce").to_numpy(np.float64)
+                y = pd.to_numeric(events["label"], errors="coerce").to_numpy(np.float64)
+                keep = np.isfinite(pop) & np.isfinite(y)
+                idx = np.flatnonzero(keep)
+                step = max(1, len(idx) // self.settings.tail_samples_per_batch)
+                idx = idx[::step][: self.settings.tail_samples_per_batch]
+                self.tail_samples.append([[float(pop[i]), float(y[i])] for i in idx])
         cols = [c for c in ("user_id", "item_id", "event_timestamp") if c in events.columns]
         if len(cols) >= 2 and len(events):
             keys = _key_hashes(events, cols).tolist()
@@ -500,7 +640,10 @@ class Screener:
         state = {
             "reference": list(self.reference),
             "ranges": [{c: list(v) for c, v in r.items()} for r in self.ranges],
+            "log_features": self.log_features,
             "recent_keys": [[int(k), int(v)] for k, v in self.recent_keys.items()],
+            "tail_samples": list(self.tail_samples),
+            "drift": self.drift,
             "counters": self.counters,
             "holds_by_test": self.holds_by_test,
             "verdicts": list(self.verdicts),
@@ -514,8 +657,11 @@ class Screener:
             return
         state = json.loads(path.read_text())
         self.reference.extend(state.get("reference", []))
-        self.ranges.extend({c: (v[0], v[1]) for c, v in r.items()} for r in state.get("ranges", []))
+        if state.get("log_features", []) == self.log_features:  # else: ranges on another scale, relearned
+            self.ranges.extend({c: (v[0], v[1]) for c, v in r.items()} for r in state.get("ranges", []))
         self.recent_keys = OrderedDict((int(k), int(v)) for k, v in state.get("recent_keys", []))
+        self.tail_samples.extend(state.get("tail_samples", []))
+        self.drift = float(state.get("drift", 0.0))
         self.counters.update(state.get("counters", {}))
         self.holds_by_test.update(state.get("holds_by_test", {}))
         self.verdicts.extend(state.get("verdicts", []))
