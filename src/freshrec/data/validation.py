@@ -300,24 +300,25 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     else:
         missing = text == ""
     ns = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)  # NaT
-    as_number = _numeric_text(text, arr)
-    if as_number.any():
-        numeric = pd.to_numeric(text.where(as_number, None), errors="coerce")
-    else:  # no cell looks like a number: what to_numeric gives a column of None
-        numeric = pd.Series(np.nan, index=text.index)
-    is_num = (numeric.notna() & (numeric.abs() < 1e11)).to_numpy(dtype=bool)
-    if is_num.any():
-        ns[is_num] = pd.DatetimeIndex(pd.to_datetime(numeric[is_num], unit="s", utc=True)).asi8
-    rest = ~is_num & ~missing.to_numpy(dtype=bool)
-    if rest.any():
+    missing_np = missing.to_numpy(dtype=bool)
+    # the plain ISO forms first, computed directly (such a cell never looks like a number)
+    plain = np.zeros(n, dtype=bool)
+    if arr is not None and not missing_np.all():
+        cand = np.flatnonzero(~missing_np)
+        ok, plain_ns = _plain_iso(arr if len(cand) == n else arr.take(cand))
+        ns[cand[ok]] = plain_ns[ok]
+        plain[cand[ok]] = True
+    is_num = np.zeros(n, dtype=bool)
+    if not (plain | missing_np).all():
+        as_number = _numeric_text(text, arr) & ~plain
+        if as_number.any():
+            numeric = pd.to_numeric(text.where(as_number, None), errors="coerce")
+            is_num = (numeric.notna() & (numeric.abs() < 1e11)).to_numpy(dtype=bool)
+            if is_num.any():
+                ns[is_num] = pd.DatetimeIndex(pd.to_datetime(numeric[is_num], unit="s", utc=True)).asi8
+    rest = ~is_num & ~missing_np & ~plain
+    if rest.any():  # pandas parses the other forms
         rest_pos = np.flatnonzero(rest)
-        plain = None
-        if arr is not None:
-            plain = _plain_iso(arr if len(rest_pos) == n else arr.take(rest_pos))
-        if plain is not None:  # the common forms, computed directly; pandas parses the others
-            ok, plain_ns = plain
-            ns[rest_pos[ok]] = plain_ns[ok]
-            rest_pos = rest_pos[~ok]
         if len(rest_pos):
             # naive and offset-bearing cells apart: in one call pandas (2.3) gives a naive cell the offset
             # of an aware cell before it ("...+02:00", then "2024-01-01T10:00:00.5" read as 08:00:00.5 UTC)
@@ -338,6 +339,33 @@ _PLAIN_ISO = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
+# the plain forms of one length: positions of digits and of fixed characters (":" "-" "Z"), per length
+_GRID_DIGITS = {10: [0, 1, 2, 3, 5, 6, 8, 9]}
+_GRID_DIGITS[19] = _GRID_DIGITS[10] + [11, 12, 14, 15, 17, 18]
+_GRID_DIGITS[20] = _GRID_DIGITS[19]
+_GRID_DIGITS[25] = _GRID_DIGITS[19] + [20, 21, 23, 24]
+_GRID_FIXED = {10: {4: b"-", 7: b"-"}}
+_GRID_FIXED[19] = {**_GRID_FIXED[10], 10: b"T ", 13: b":", 16: b":"}
+_GRID_FIXED[20] = {**_GRID_FIXED[19], 19: b"Z"}
+_GRID_FIXED[25] = {**_GRID_FIXED[19], 19: b"+-", 22: b":"}
+
+
+def _plain_grid(offsets: np.ndarray, data: np.ndarray) -> np.ndarray | None:
+    """For a column whose cells all have one length of a plain form (10 ``YYYY-MM-DD``, 19
+    ``YYYY-MM-DD?HH:MM:SS``, 20 ``...Z``, 25 ``...+HH:MM``), which cells match :data:`_PLAIN_ISO`: the
+    same answer as the regex for such cells, from byte comparisons on the (n, length) grid. None when the
+    column is not of one such length, or some cell does not match (the regex then decides each cell)."""
+    lengths = np.diff(offsets)
+    width = int(lengths[0])
+    if width not in _GRID_DIGITS or not (lengths == width).all():
+        return None
+    grid = data[offsets[0] : offsets[0] + len(lengths) * width].reshape(-1, width)
+    ok = ((grid[:, _GRID_DIGITS[width]] - np.uint8(48)) <= 9).all(axis=1)
+    for at, allowed in _GRID_FIXED[width].items():
+        ok &= np.isin(grid[:, at], np.frombuffer(allowed, dtype=np.uint8))
+    return ok if ok.all() else None
+
+
 def _plain_iso(arr) -> tuple[np.ndarray, np.ndarray]:  # arr: pa.StringArray
     """Nanoseconds since the epoch (UTC) of the cells in the plain ISO 8601 forms of :data:`_PLAIN_ISO`
     whose fields are in range, for years 1678-2261 (inside pandas' nanosecond range); the ``ok`` mask says
@@ -351,11 +379,15 @@ def _plain_iso(arr) -> tuple[np.ndarray, np.ndarray]:  # arr: pa.StringArray
     import pyarrow.compute as pc
 
     n = len(arr)
-    ok = pc.match_substring_regex(arr, _PLAIN_ISO).to_numpy(zero_copy_only=False)
     ns = np.zeros(n, dtype=np.int64)
+    if not n:
+        return np.zeros(0, dtype=bool), ns
+    offsets, data = _string_bytes(arr)
+    ok = _plain_grid(offsets, data)  # one writer's format: checked byte by byte, no regex
+    if ok is None:
+        ok = pc.match_substring_regex(arr, _PLAIN_ISO).to_numpy(zero_copy_only=False)
     if not ok.any():
         return ok, ns
-    offsets, data = _string_bytes(arr)
     pos = np.flatnonzero(ok)
     start, end = offsets[pos], offsets[pos + 1]
     length = end - start
