@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 
@@ -451,3 +452,38 @@ def test_cached_lookups_see_every_commit_of_any_writer(prepared):
     after = reader.lookup(user, items, as_of=when)
     assert after["item_events_total"].iloc[0] == 98765.0
     pd.testing.assert_frame_equal(after, via_feast.lookup(user, items, as_of=when))
+
+
+def test_a_lookup_whose_rows_another_lookup_evicted_meanwhile_reads_them_directly(prepared):
+    """Two gateway threads: A has just cached the rows it read from SQLite; before A gathers them, B's rows
+    overflow the cache's bound and empty it. A must answer (reading directly), not fail on ids no longer
+    cached (was KeyError → HTTP 500). The interleaving is forced by running B right after A's add."""
+    settings, events = prepared
+    store.apply(settings)
+    store.materialize(settings)
+    online = store.OnlineFeatures(settings)
+    via_feast = store.OnlineFeatures(settings)
+    via_feast._sqlite = None
+    cache = online._cache["item"]
+    cache.MAX_IDS = 8  # an instance bound: 8 item ids
+    user = events["user_id"].iloc[-1]
+    all_items = events["item_id"].drop_duplicates().astype(str)
+    mine, theirs = list(all_items.iloc[:6]), list(all_items.iloc[6:12])
+    add = cache.add
+    interleaved = []
+
+    def add_then_b(ids, cols, found, stamps):
+        add(ids, cols, found, stamps)
+        if not interleaved:  # thread B, between A's add and A's gather (A's lock released)
+            interleaved.append(True)
+            lock = online._cache_lock
+            online._cache_lock = threading.Lock()  # B runs on this thread: a lock of its own
+            try:
+                online.lookup(user, theirs)
+            finally:
+                online._cache_lock = lock
+
+    cache.add = add_then_b
+    got = online.lookup(user, mine)
+    assert interleaved and not set(mine) <= set(cache.pos)  # B's add did empty A's rows
+    pd.testing.assert_frame_equal(got, via_feast.lookup(user, mine))

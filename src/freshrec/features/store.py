@@ -907,10 +907,11 @@ class OnlineFeatures:
                 gathered = {}
                 for entity, entity_ids in ids.items():
                     cache = self._cache[entity]
-                    idx = np.fromiter(
-                        (cache.pos[i] for i in entity_ids), dtype=np.intp, count=len(entity_ids)
-                    )
-                    gathered[entity] = cache.gather(idx)
+                    where = list(map(cache.pos.get, entity_ids))
+                    if None in where:  # another thread's add emptied the cache (MAX_IDS) meanwhile
+                        gathered = None
+                        break
+                    gathered[entity] = cache.gather(np.array(where, dtype=np.intp))
         if gathered is None:
             return self._read_stored(ids, as_of)
         return self._aged(gathered, as_of)
