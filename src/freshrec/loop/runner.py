@@ -90,7 +90,7 @@ class RunOptions:
     drift_windows_to_retrain: int = 2  # consecutive drifted windows before the retraining pipeline starts
     # The online learner trains on the features each impression was served with (what the gateway looked
     # up at request time), not on exact point-in-time features it is never served with (False: exact).
-    learn_on_served_features: bool = False
+    learn_on_served_features: bool = True
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
 
     @classmethod
@@ -122,7 +122,13 @@ def apply_options(settings: Settings, options: RunOptions) -> Settings:
         update["data"] = settings.data.model_copy(update={"dataset": dataset})
     if options.epochs:
         update["training"] = settings.training.model_copy(update={"epochs": options.epochs})
-    update["online"] = settings.online.model_copy(update={"export_every_events": options.export_every_events})
+    # The replay hands the learner what landed once there are export_every_events events (a window's end:
+    # whatever is left); one poll takes all of them, so its export follows the batch's last event (with a
+    # smaller poll the export would fire mid-batch and the rest would wait a whole batch to be served).
+    every = options.export_every_events
+    update["online"] = settings.online.model_copy(
+        update={"export_every_events": every, "micro_batch": max(settings.online.micro_batch, 2 * every)}
+    )
     return settings.model_copy(update=update)
 
 
@@ -563,6 +569,16 @@ class Loop:
         self._score_served_online()  # the learner as it was when those pages were served
         # the replay appended the events synchronously: everything to learn is there, no need to wait
         self.learner.run(self.source, until_idle=True, idle_timeout_s=0.0)
+        # A window's last, smaller batch: exported too (once the guard has enough events to judge), so the
+        # next window's first pages are not served by a version that lacks it.
+        learner = self.learner
+        attempted = learner.exports[-1].events_learned if learner.exports else self._learned_at_start
+        if (
+            learner.repository is not None
+            and learner.superseded is None
+            and learner.totals.learned - attempted >= self.settings.online.guard_min_events
+        ):
+            learner.maybe_export()
 
     def _score_served_online(self) -> None:
         """Score the pages served since the learner last changed with the learner's model as it is now,
@@ -626,6 +642,7 @@ class Loop:
             from freshrec.loop.replay import ServedFeaturizer
 
             learner.featurizer = ServedFeaturizer(learner.featurizer)
+        self._learned_at_start = learner.totals.learned
         learner.metrics.keep_all = True  # every (label, score) pair, for exact per-window AUC in the report
         source = build_source(
             self.settings, "eventlog", start_after=self.bootstrap_events["event_timestamp"].max()
