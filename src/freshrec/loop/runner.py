@@ -945,6 +945,17 @@ class Loop:
                 col = f"{variant}_auc"
                 if col in df:
                     s[f"mean window AUC, {name}"] = round(float(df[col].mean()), 4)
+            means = {v: float(df[f"{v}_auc"].mean()) for v in SUMMARY_VARIANTS if f"{v}_auc" in df}
+            if len(means) == len(SUMMARY_VARIANTS):
+                # What the exact figures have that a request cannot: the page's own earlier impressions in
+                # the features (static exact − static); in the model, those and every event learned since
+                # the version serving the request (the learner's prequential − online at request time).
+                s["AUC lost to request-time features (static exact − static)"] = round(
+                    means["static_exact"] - means["static"], 4
+                )
+                s["AUC lost to model age (learner's prequential − online)"] = round(
+                    means["online_learner"] - means["online"], 4
+                )
         s["pages"] = len(self.record.pages)
         s["notices (windows with one)"] = sum(1 for d in self.record.drift if d.get("notices"))
         s["windows with drift (retraining reason)"] = sum(
