@@ -88,9 +88,10 @@ class RunOptions:
     # that often, so a page is served by a version at most N events behind it.
     export_every_events: int = 500
     drift_windows_to_retrain: int = 2  # consecutive drifted windows before the retraining pipeline starts
-    # The online learner trains on the features each impression was served with (what the gateway looked
-    # up at request time), not on exact point-in-time features it is never served with (False: exact).
-    learn_on_served_features: bool = True
+    # True: the online learner trains on the features each impression was served with (what the gateway
+    # looked up at request time) instead of exact point-in-time ones. Off: measured no better (MovieLens,
+    # seed 42: --quick served 0.6618 vs 0.6631, full 0.7200 vs 0.7220).
+    learn_on_served_features: bool = False
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
 
     @classmethod
