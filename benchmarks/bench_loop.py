@@ -96,11 +96,25 @@ def rows_for(kind: str, got: dict) -> list[Row]:
                 f"loop: {label} mean window AUC online",
                 summary["mean window AUC, online"],
                 summary.get("mean window AUC, static"),
-                conditions=f"prequential, per replay window; baseline: the frozen bootstrap model; served "
-                f"{summary.get('mean window AUC, served')}",
+                conditions=f"the online learner as it was at each request, per replay window, on the "
+                f"features the gateway looked up for the page (request time); baseline: the frozen "
+                f"bootstrap model on the same; served {summary.get('mean window AUC, served')}; "
+                f"{_context(record)}",
             )
         )
     return rows
+
+
+def _context(record: dict) -> str:
+    """The exact-feature figures of a run (context: features no request can have) and how it learned."""
+    summary, opts = record["summary"], record["options"]
+    learned = "served" if opts.get("learn_on_served_features") else "exact point-in-time"
+    static = summary.get("mean window AUC, static (exact features)")
+    learner = summary.get("mean window AUC, online (learner's prequential)")
+    return (
+        f"on exact point-in-time features: static {static}, the learner's prequential {learner}; the "
+        f"learner trained on {learned} features, exports every {opts.get('export_every_events')} events"
+    )
 
 
 def quality_rows(kind: str, runs: list[dict]) -> list[Row]:
@@ -127,12 +141,14 @@ def quality_rows(kind: str, runs: list[dict]) -> list[Row]:
             avg["served"],
             avg["static"],
             conditions=f"what the gateway answered, per replay window; baseline: the frozen bootstrap model "
-            f"(target ≥ static + 0.005 and ≥ online − 0.005); {cond}",
+            f"on the same request-time features (target ≥ static + 0.005 and ≥ online − 0.005); online "
+            f"{avg['online']}; {cond}",
         ),
         Row(
             f"loop: {label} mean window AUC static",
             avg["static"],
-            conditions=f"the frozen bootstrap model on exact point-in-time features; {cond}",
+            conditions=f"the frozen bootstrap model on the served impressions' request-time features; "
+            f"{_context(runs[0]['record'])}; {cond}",
         ),
     ]
     if kind == "full":

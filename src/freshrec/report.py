@@ -37,7 +37,8 @@ class RunRecord:
     status: str = "running"
     options: dict[str, Any] = field(default_factory=dict)
     stages: list[StageRecord] = field(default_factory=list)
-    # One row per replay window: window_end (ISO stream time), n, and {static,online,served}_{auc,logloss}.
+    # One row per replay window: window_end (ISO stream time), n, and {static,online,served}_{auc,logloss}
+    # (on request-time features), {static_exact,online_learner}_{auc,logloss} (context).
     stream: list[dict[str, Any]] = field(default_factory=list)
     # One row per drift check: window_end, drift_share, verdict, alerted, report (relative path), drifted.
     drift: list[dict[str, Any]] = field(default_factory=list)
@@ -252,16 +253,18 @@ img {{ max-width: 100%; }} figure {{ margin: .5rem 0; }} figcaption {{ color: #6
 <h2>Summary</h2><table>{summary_rows}</table>
 <h2>Stages</h2>{table([asdict(s) for s in record.stages], ["name", "status", "seconds", "detail"])}
 <h2>Model quality over the stream</h2>
-<p>Prequential metrics per replay window: <b>static</b> is the bootstrap model frozen, <b>online</b> the
-streaming learner scored before it trains on each batch, <b>served</b> what users actually got from the
-gateway (stable or canary), joined with their later clicks. Static and online see each event's exact
-point-in-time features (each event sees every earlier one, even those of its own page); served ones come
-from the online store as of the page's request: pages are served in request-time order, and before each
-one the events up to its time land (user and item activity rows pushed, event log appended), the learner
-learns them and its guarded versions are served as soon as they are published (every
-<code>export_every_events</code>). What served still lacks is the page's own earlier impressions.</p>
+<p>Metrics per replay window, all three on the same inputs: the impressions that were served, each on
+the features the gateway looked up for its page at request time. <b>served</b> is what users actually got
+from the gateway (stable or canary), joined with their later clicks; <b>static</b> the bootstrap model
+frozen; <b>online</b> the streaming learner as it was at the request (before it learned the page's events).
+Pages are served in request-time order; before each one the events up to its time land (user and item
+activity rows pushed, event log appended), the learner learns them and its guarded versions are served as
+soon as they are published (every <code>export_every_events</code>). Context: <b>static_exact</b> is the
+frozen model on exact point-in-time features (each event sees every earlier one, its own page's too, which
+no request can), <b>online_learner</b> the learner's own prequential score on the features it learns from
+(the served ones with <code>learn_on_served_features</code>).</p>
 {figure("quality", "AUC and logloss over stream time")}
-{table(record.stream, ["window_end", "n", "static_auc", "online_auc", "served_auc", "static_logloss", "online_logloss", "served_logloss"])}
+{table(record.stream, ["window_end", "n", "served_auc", "static_auc", "online_auc", "static_exact_auc", "online_learner_auc", "served_logloss", "static_logloss", "online_logloss"])}
 <h2>Monitor: pages and notices</h2>
 <p>A <b>page</b> asks a person to act (broken data, served quality down, a part of the loop stopped);
 a <b>notice</b> records what the loop saw and did by itself (drift → retraining). Drift thresholds are

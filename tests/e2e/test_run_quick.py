@@ -47,8 +47,12 @@ def test_quick_run_completes_and_report_renders(tmp_path, datasets_dir):
     # every replay window has metrics for the frozen model, the online learner and what was served
     assert record["stream"], "no replay windows recorded"
     for row in record["stream"]:
-        for col in ("static_auc", "online_auc", "served_auc"):
+        for col in ("static_auc", "online_auc", "served_auc", "static_exact_auc", "online_learner_auc"):
             assert 0.0 <= row[col] <= 1.0, (col, row)
+    # served, static and online are scored on the same request-time features: what was served is the
+    # online learner's last guarded export, so the two agree (the learner is at most one export ahead)
+    summary = record["summary"]
+    assert abs(summary["mean window AUC, served"] - summary["mean window AUC, online"]) <= 0.01, summary
     assert len(record["drift"]) == len(record["stream"])
     assert all((index.parent / d["report"]).exists() for d in record["drift"] if d["report"])
     # the pipeline pushed the bootstrap model and the online learner exported guarded versions

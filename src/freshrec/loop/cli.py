@@ -35,6 +35,15 @@ def run(
     keep_state: bool = typer.Option(
         False, "--keep-state", help="Keep the previous run's event log and models (default: start clean)."
     ),
+    export_every_events: int | None = typer.Option(
+        None, min=1, help="The online learner learns the landed events and exports every N events."
+    ),
+    learn_on_served_features: bool | None = typer.Option(
+        None,
+        "--learn-on-served-features/--learn-on-exact-features",
+        help="The online learner trains on the features each impression was served with (the gateway's "
+        "request-time lookup) or on exact point-in-time features (default: RunOptions').",
+    ),
 ) -> None:
     """Run the loop: ingest → features → bootstrap pipeline → serve → replay with online learning, drift, canary → report."""
     from rich.console import Console
@@ -50,6 +59,8 @@ def run(
             window_events=window_events,
             speedup=speedup,
             epochs=epochs,
+            export_every_events=export_every_events,
+            learn_on_served_features=learn_on_served_features,
         ).items()
         if v is not None
     }
