@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from freshrec.config import ModelSettings, ScreeningSettings, TrainingSettings
+from freshrec.config import ModelSettings, TrainingSettings
 
 pytestmark = [pytest.mark.slow]
 
@@ -109,7 +109,6 @@ def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, s
         export_every_events=600,
         guard_min_events=200,
         reset_on_guard_failure=True,
-        screening=ScreeningSettings(enabled=False),
     )
     assert learner.screener is None  # the guard alone here (screening would hold the flip before it)
     learner.on_guard_failure = alert
@@ -136,6 +135,7 @@ def test_poisoned_stream_trips_guard_and_no_bad_version_is_exported(bootstrap, s
 
 def test_screening_holds_flipped_batches_before_they_are_learned_and_release_learns_them(bootstrap, settings):
     """The same label flip as above, with screening on: no flipped batch moves the weights until released."""
+    from freshrec.config import ScreeningSettings
     from freshrec.online.sources import Batch
 
     learner = _learner(bootstrap, settings, screening=ScreeningSettings(enabled=True))
