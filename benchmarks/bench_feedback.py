@@ -55,30 +55,20 @@ CAP = 3.0  # training.feedback.max_weight, the default
 SERVED_BEFORE_S = 30.0
 OUT_DIR = REPO / ".freshrec" / "benchmarks"
 
+# One plan for both replays; on the 1M tail it covers the first month (dense: ~100k ratings), the rest
+# stretches over two years.
+_FULL_PLAN: dict[str, Any] = {
+    "start": 0,
+    "history": 20_000,
+    "window": 5_000,
+    "valid": 1_000,
+    "rounds": 2,
+    "epochs": 2,
+    "seeds": [1, 2, 3],
+    "modes": ["weight", "augment"],
+}
 PLANS: dict[bool, dict[str, dict[str, Any]]] = {
-    False: {
-        "movielens-100k": {
-            "start": 0,
-            "history": 20_000,
-            "window": 5_000,
-            "valid": 1_000,
-            "rounds": 2,
-            "epochs": 2,
-            "seeds": [1, 2, 3],
-            "modes": ["weight", "augment"],
-        },
-        "movielens-1m-tail": {
-            # The tail's first month (dense: ~100k ratings); the rest stretches over two years.
-            "start": 0,
-            "history": 20_000,
-            "window": 5_000,
-            "valid": 1_000,
-            "rounds": 2,
-            "epochs": 2,
-            "seeds": [1, 2, 3],
-            "modes": ["weight", "augment"],
-        },
-    },
+    False: {"movielens-100k": _FULL_PLAN, "movielens-1m-tail": _FULL_PLAN},
     True: {
         "movielens-100k": {
             "start": 0,

@@ -280,13 +280,7 @@ class Users:
             f"{who} Job reads --events={path}",
         ) as conn:
             wanted = set(self.event_ids)
-            deadline = time.monotonic() + 45
-            seen = 0
-            while time.monotonic() < deadline:
-                seen = _ids_under(host, wanted)
-                if seen >= 0.9 * len(wanted):
-                    break
-                time.sleep(1.0)
+            seen = _wait_for_ids(host, wanted, 45)
             if seen < 0.9 * len(wanted):
                 raise Broken(
                     "path", f"clicks on Redis stream {stream!r}", f"{who} Job reads {path} ({host})",
@@ -298,25 +292,21 @@ class Users:
     # --- the online learner ---------------------------------------------------------------------------------
     def clicks_after_promotion(self) -> None:
         """The users go on clicking after the canary's verdict: the same pages' clicks again, new ids."""
-        import redis as redis_lib
 
         from freshrec.online.sources import publish_events
 
-        ip, port, db = self.redis_addr
         frame = self.frame.copy()
         frame["event_id"] = [f"rehearsal-{uuid.uuid4().hex}" for _ in range(len(frame))]
         frame["event_timestamp"] = pd.Timestamp.now(tz="UTC")
         self.event_ids += list(frame["event_id"])
-        publish_events(redis_lib.Redis(host=ip, port=port, db=db), self.stream, frame)
+        publish_events(self._redis(), self.stream, frame)
         self.c.note(f"after the verdict the users published {len(frame)} more events to {self.stream!r}")
 
     # --- the stream feature job ------------------------------------------------------------------------
     def feast_rows(self) -> dict[bytes, dict[bytes, bytes]]:
         """Every hash of the Feast online store (Redis), to see which rows the stream job rewrites."""
-        import redis as redis_lib
 
-        ip, port, db = self.redis_addr
-        client = redis_lib.Redis(host=ip, port=port, db=db)
+        client = self._redis()
         return {k: client.hgetall(k) for k in client.scan_iter(count=1000) if client.type(k) == b"hash"}
 
     def stream_job_metric(self, name: str) -> float | None:
@@ -336,7 +326,6 @@ class Users:
     def stream_job_checks(self, rows_before: dict[bytes, dict[bytes, bytes]], written_before: float) -> None:
         """The stream feature job consumed the users' clicks (its own group), rewrote their activity rows in
         the Feast online store the gateway reads, and its metrics reach Prometheus through its Service."""
-        import redis as redis_lib
 
         from freshrec.features.stream import METRIC_PREFIX
 
@@ -346,8 +335,7 @@ class Users:
             self.c.objects, pods[0].obj, c, ref(job), self.c.images.resolve(c["image"], ref(job)).env
         )
         group = env.get("FRESHREC_FEATURES__STREAM__GROUP", "freshrec-features")
-        ip, port, db = self.redis_addr
-        client = redis_lib.Redis(host=ip, port=port, db=db)
+        client = self._redis()
         with self.s.r.connection(
             "event stream -> stream feature job",
             f"Redis stream {self.stream!r}",
@@ -409,14 +397,19 @@ class Users:
             time.sleep(1.0)
         return info
 
+    def _redis(self) -> Any:
+        """A client for the event stream's Redis, through its Service (as the users reach it)."""
+        import redis as redis_lib
+
+        ip, port, db = self.redis_addr
+        return redis_lib.Redis(host=ip, port=port, db=db)
+
     def drifted_clicks(self, n: int = 12_000) -> None:
         """A shift the drift monitor must see: a burst of clicks on a handful of items (a promotion gone viral),
         published to the stream and waited for in the event log the drift CronJob reads."""
-        import redis as redis_lib
 
         from freshrec.online.sources import publish_events
 
-        ip, port, db = self.redis_addr
         base = self.frame.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
         hot = list(pd.unique(self.frame["item_id"]))[:5]
         base["item_id"] = [hot[k % len(hot)] for k in range(len(base))]
@@ -424,25 +417,16 @@ class Users:
         base["event_id"] = [f"rehearsal-drift-{uuid.uuid4().hex}" for _ in range(len(base))]
         base["event_timestamp"] = pd.Timestamp.now(tz="UTC")
         self.event_ids += list(base["event_id"])
-        publish_events(redis_lib.Redis(host=ip, port=port, db=db), self.stream, base)
+        publish_events(self._redis(), self.stream, base)
         host, path, _ = self._reader_path("events")
-        wanted = set(base["event_id"])
-        deadline = time.monotonic() + 90
-        seen = 0
-        while time.monotonic() < deadline:
-            seen = _ids_under(host, wanted)
-            if seen >= 0.9 * len(wanted):
-                break
-            time.sleep(1.0)
+        seen = _wait_for_ids(host, set(base["event_id"]), 90)
         self.c.note(
             f"the users clicked {n} times on {len(hot)} items (all clicks): {seen} reached the event log at {path}"
         )
 
     def learner_consumed(self) -> None:
-        import redis as redis_lib
 
-        ip, port, db = self.redis_addr
-        client = redis_lib.Redis(host=ip, port=port, db=db)
+        client = self._redis()
         with self.s.r.connection(
             "event stream -> online learner",
             f"Redis stream {self.stream!r}",
@@ -518,6 +502,16 @@ def _lineage(base: Path, since: int) -> dict[int, Any]:
                 continue
             out[int(p.name)] = meta.get("parent_version", meta.get("source"))
     return dict(sorted(out.items()))
+
+
+def _wait_for_ids(folder: Path | None, wanted: set[str], timeout_s: float) -> int:
+    """How many of ``wanted`` reached the event log under ``folder`` (waits up to ``timeout_s`` for 90 %)."""
+    deadline = time.monotonic() + timeout_s
+    seen = _ids_under(folder, wanted)
+    while seen < 0.9 * len(wanted) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        seen = _ids_under(folder, wanted)
+    return seen
 
 
 def _ids_under(folder: Path | None, wanted: set[str]) -> int:

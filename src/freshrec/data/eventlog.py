@@ -15,14 +15,13 @@ it is retried, and the retry completes it without duplicates.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from freshrec.data.validation import EVENT_COLUMNS
-from freshrec.io import atomic_write_json, publish_files
+from freshrec.io import atomic_write_json, exclusive_lock, publish_files
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +131,8 @@ class EventLog:
 
     # ------------------------------------------------------------------------------------------ writing
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self) -> AbstractContextManager[None]:
+        return exclusive_lock(self.root / ".lock")
 
     def _manifest_path(self, source_id: str) -> Path:
         return self.root / "_manifest" / f"{hashlib.sha256(source_id.encode()).hexdigest()}.json"

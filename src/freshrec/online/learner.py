@@ -319,7 +319,6 @@ class OnlineLearner:
         # A batch version labelled stable since the learner started (set by superseded_by / a lost
         # compare-and-set): the learner exports no more; its owner restarts it from that version.
         self.superseded: int | None = None
-        self._stable_seen: int | None = None
         self.quarantine_dir = quarantine_dir
         self.push = push
         self.on_guard_failure = on_guard_failure
@@ -591,9 +590,9 @@ class OnlineLearner:
         neither the learner's own serving version, nor one of its exports, nor an online export (an older
         checkpoint's lineage). Exports from here on would not descend from what the stable pods serve.
         """
-        if self.repository is None:
-            return None
-        stable = self.repository.stable()
+        return None if self.repository is None else self._foreign(self.repository.stable())
+
+    def _foreign(self, stable: int | None) -> int | None:
         ours = {self.serving_version, *(e.version for e in self.exports if e.version is not None)}
         if stable is None or stable in ours:
             return None
@@ -607,7 +606,8 @@ class OnlineLearner:
         Nothing is published once another version was promoted (:meth:`superseded_by`): the learner's
         owner restarts it from the new stable version.
         """
-        moved = self.superseded if self.superseded is not None else self.superseded_by()
+        stable = self.repository.stable() if self.repository is not None else None
+        moved = self.superseded if self.superseded is not None else self._foreign(stable)
         if moved is not None:
             if self.superseded is None:
                 log.warning(
@@ -617,7 +617,6 @@ class OnlineLearner:
                 )
             self.superseded = moved
             return {"passed": False, "version": None, "reasons": [f"superseded by v{moved}"]}
-        self._stable_seen = self.repository.stable() if self.repository is not None else None
         result = self.guard()
         rec = ExportRecord(
             attempted_at=time.time(),
@@ -630,7 +629,7 @@ class OnlineLearner:
             guard=result.to_dict(),
         )
         if result.passed:
-            rec.version = self._publish(rec)
+            rec.version = self._publish(rec, expect=stable)
             rec.published_at = time.time()
             self.totals.exports += 1
             _clone_weights(self.model, self.serving_model)
@@ -668,7 +667,7 @@ class OnlineLearner:
         self.trainer = Trainer(self.model, self.settings)
         self.totals.resets += 1
 
-    def _publish(self, rec: ExportRecord) -> int:
+    def _publish(self, rec: ExportRecord, expect: int | None) -> int:
         from freshrec.model.export import export_model
 
         assert self.repository is not None
@@ -702,8 +701,8 @@ class OnlineLearner:
             from freshrec.model.repository import LabelMoved
 
             try:
-                # Compare-and-set: a promotion that landed while this version was exported wins.
-                self.repository.set_label("stable", version, expect=self._stable_seen)
+                # Compare-and-set from the label read before the export: a promotion meanwhile wins.
+                self.repository.set_label("stable", version, expect=expect)
             except LabelMoved as exc:
                 log.warning("v%s published but not labelled stable: %s", version, exc)
                 self.superseded = exc.current
